@@ -1,0 +1,3 @@
+from reflow.cli import main
+
+main()

@@ -1,0 +1,391 @@
+"""``reflow web``, ``reflow up``, ``reflow users …`` and ``reflow tokens …``: the web server
+(REST API and UI) and the credentials it accepts.
+
+Registered on the main app by :func:`register`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from reflow.core.errors import ConfigError, InvalidInput
+from reflow.services.project import Project
+
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+
+SECRET_ENV = "REFLOW_WEB_SECRET_KEY"
+SECRET_FILE = "web-secret.key"
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--home",
+        help="Project folder (default: nearest reflow.toml, or $REFLOW_HOME).",
+        show_default=False,
+    ),
+]
+HostOption = Annotated[
+    str,
+    typer.Option(
+        "--host",
+        "-H",
+        help="Address to listen on. Anything but loopback requires a user or a token.",
+    ),
+]
+PortOption = Annotated[int, typer.Option("--port", "-p", min=1, max=65535, help="TCP port.")]
+NoAuthOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-auth",
+        help="No login and no tokens: for local development, on a loopback address only.",
+    ),
+]
+SecureOption = Annotated[
+    bool,
+    typer.Option(
+        "--secure-cookies",
+        help="Send the session cookie over HTTPS only (behind a TLS-terminating proxy).",
+    ),
+]
+
+users_app = typer.Typer(help="Users who may log in to the web UI.", no_args_is_help=True)
+tokens_app = typer.Typer(
+    help="API tokens for the REST API (`Authorization: Bearer TOKEN`).", no_args_is_help=True
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``web``, ``up``, ``users`` and ``tokens`` to the ``reflow`` command."""
+    app.command("web")(web)
+    app.command("up")(up)
+    app.add_typer(users_app, name="users")
+    app.add_typer(tokens_app, name="tokens")
+
+
+def _fmt(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+# -- users ----------------------------------------------------------------------------------
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise InvalidInput("no terminal to ask for the password: use --password-stdin")
+    return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+PasswordStdin = Annotated[
+    bool,
+    typer.Option("--password-stdin", help="Read the password from the first line of stdin."),
+]
+
+
+@users_app.command("create")
+def users_create(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    password_stdin: PasswordStdin = False,
+    home: HomeOption = None,
+) -> None:
+    """Create a user (the password is asked for, or read from stdin)."""
+    from reflow.services import accounts
+
+    project = Project.open(home)
+    accounts.create_user(project, name, _read_password(password_stdin))
+    console.print(f"User {name} created.")
+
+
+@users_app.command("password")
+def users_password(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    password_stdin: PasswordStdin = False,
+    home: HomeOption = None,
+) -> None:
+    """Set a user's password."""
+    from reflow.services import accounts
+
+    project = Project.open(home)
+    accounts.set_password(project, name, _read_password(password_stdin))
+    console.print(f"Password of {name} changed.")
+
+
+@users_app.command("list")
+def users_list(home: HomeOption = None) -> None:
+    """Users, with when they last logged in."""
+    from reflow.services import accounts
+
+    rows = accounts.list_users(Project.open(home))
+    table = Table("user", "created", "last login", box=None)
+    for r in rows:
+        table.add_row(r.name, _fmt(r.created_at), _fmt(r.last_login_at))
+    console.print(table if rows else "No users.")
+
+
+@users_app.command("delete")
+def users_delete(
+    name: Annotated[str, typer.Argument(help="User name.")], home: HomeOption = None
+) -> None:
+    """Delete a user (and the tokens created for it). Their sessions end at once."""
+    from reflow.services import accounts
+
+    tokens = accounts.delete_user(Project.open(home), name)
+    extra = f" and {tokens} of its tokens" if tokens else ""
+    console.print(f"User {name}{extra} deleted.")
+
+
+# -- tokens ---------------------------------------------------------------------------------
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Argument(help="A name saying what the token is for (ci, ...).")],
+    user: Annotated[
+        str | None,
+        typer.Option(
+            "--user", "-u", help="Belongs to this user (deleted with it).", show_default=False
+        ),
+    ] = None,
+    expires_days: Annotated[
+        float | None,
+        typer.Option(
+            "--expires-days",
+            help="Valid for this many days (default: until revoked).",
+            show_default=False,
+        ),
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """Create an API token and print it: it is shown this once (only its hash is kept)."""
+    from reflow.services import accounts
+
+    token = accounts.create_token(Project.open(home), name, user=user, expires_days=expires_days)
+    err_console.print(
+        f"Token {name} created. Keep it now, it is not shown again; use it as "
+        "'Authorization: Bearer TOKEN'."
+    )
+    console.print(token, soft_wrap=True)
+
+
+@tokens_app.command("list")
+def tokens_list(
+    show_all: Annotated[bool, typer.Option("--all", help="Revoked tokens too.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Tokens (never their value): name, prefix, user, expiry, last use."""
+    from reflow.services import accounts
+
+    rows = accounts.list_tokens(Project.open(home), include_revoked=show_all)
+    table = Table("token", "starts with", "user", "created", "expires", "last used", box=None)
+    if show_all:
+        table.add_column("revoked")
+    for r in rows:
+        cells = [
+            r.name,
+            r.prefix + "…",
+            r.user_name or "",
+            _fmt(r.created_at),
+            _fmt(r.expires_at) or "never",
+            _fmt(r.last_used_at),
+        ]
+        if show_all:
+            cells.append(_fmt(r.revoked_at))
+        table.add_row(*cells)
+    console.print(table if rows else "No tokens.")
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    name: Annotated[str, typer.Argument(help="Token name.")], home: HomeOption = None
+) -> None:
+    """Revoke a token: requests using it are refused from now on."""
+    from reflow.services import accounts
+
+    accounts.revoke_token(Project.open(home), name)
+    console.print(f"Token {name} revoked.")
+
+
+# -- serving --------------------------------------------------------------------------------
+def secret_key(project: Project) -> str:
+    """The key signing session cookies: $REFLOW_WEB_SECRET_KEY, else one kept in the
+    project's state folder (created on first use, readable by its owner only)."""
+    if value := os.environ.get(SECRET_ENV):
+        return value
+    path = project.settings.state_folder / SECRET_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    return key
+
+
+def check_access(project: Project, host: str, no_auth: bool) -> None:
+    """Refuse to serve without authentication off loopback, or with nobody to let in."""
+    from reflow.services import accounts
+    from reflow.web.security import is_loopback
+
+    loopback = is_loopback(host)
+    if no_auth and not loopback:
+        raise ConfigError(
+            f"--no-auth is only allowed on a loopback address (127.0.0.1, ::1, localhost), "
+            f"not {host}"
+        )
+    if not no_auth and not accounts.has_credentials(project):
+        hint = ", or pass --no-auth for local development" if loopback else ""
+        raise ConfigError(
+            "no user or API token is configured, so nobody could log in: create one with "
+            f"`reflow users create NAME` or `reflow tokens create NAME`{hint}"
+        )
+
+
+def build_server(
+    project: Project, host: str, port: int, *, no_auth: bool, secure_cookies: bool, quiet: bool
+) -> Any:
+    import uvicorn
+
+    from reflow.web.app import create_app
+    from reflow.web.security import LOOPBACK_NAMES, is_loopback
+
+    check_access(project, host, no_auth)
+    app = create_app(
+        project,
+        auth=not no_auth,
+        secret_key=secret_key(project),
+        secure_cookies=secure_cookies,
+        # On loopback, refuse other Host names: a page elsewhere cannot rebind its DNS here.
+        allowed_hosts=list(LOOPBACK_NAMES) if is_loopback(host) else None,
+    )
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning" if quiet else "info",
+        access_log=not quiet,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    return uvicorn.Server(config)
+
+
+def _serve(server: Any) -> None:
+    """Run until SIGTERM/Ctrl-C; a signal ends it cleanly (exit code 0)."""
+    stop_signals: list[int] = []
+
+    def remember(signum: int, _frame: Any) -> None:
+        stop_signals.append(signum)
+        server.should_exit = True
+
+    # uvicorn restores these after its graceful shutdown and replays the signal to them.
+    signal.signal(signal.SIGTERM, remember)
+    signal.signal(signal.SIGINT, remember)
+    server.run()
+    if not server.started and not stop_signals:
+        raise typer.Exit(1)
+
+
+def _banner(project: Project, host: str, port: int, no_auth: bool) -> None:
+    shown = f"[{host}]" if ":" in host else host
+    err_console.print(
+        f"reflow web: http://{shown}:{port}  (REST API under /api/v1, reference at /api; "
+        f"{'authentication OFF' if no_auth else 'login or Bearer token required'}) -> "
+        f"{project.db.engine.url.render_as_string(hide_password=True)}"
+    )
+
+
+def web(
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8080,
+    no_auth: NoAuthOption = False,
+    secure_cookies: SecureOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No access log.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Serve the REST API (/api/v1) and the web UI, on the project's metadata database.
+    Runs beside `reflow scheduler`; stops cleanly on SIGTERM or Ctrl-C."""
+    project = Project.open(home)
+    server = build_server(
+        project, host, port, no_auth=no_auth, secure_cookies=secure_cookies, quiet=quiet
+    )
+    _banner(project, host, port, no_auth)
+    _serve(server)
+    err_console.print("reflow web: stopped")
+
+
+def up(
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8080,
+    no_auth: NoAuthOption = False,
+    secure_cookies: SecureOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No access log.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Run the scheduler (a child process) and the web server together, for local use.
+    Ctrl-C or SIGTERM stops both; if the scheduler exits, the web server stops too."""
+    project = Project.open(home)
+    server = build_server(
+        project, host, port, no_auth=no_auth, secure_cookies=secure_cookies, quiet=quiet
+    )
+    env = {**os.environ, "REFLOW_HOME": str(project.settings.home)}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "reflow.cli", "scheduler", "--home", str(project.settings.home)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    failed: list[int] = []
+
+    def watch() -> None:
+        code = child.wait()
+        if not server.should_exit:
+            # Code 0: it was stopped (Ctrl-C reaches the whole process group).
+            if code != 0:
+                err_console.print(f"[red]reflow up: the scheduler exited (code {code})[/]")
+                failed.append(code)
+            server.should_exit = True
+
+    threading.Thread(target=watch, name="reflow-up-scheduler", daemon=True).start()
+    _banner(project, host, port, no_auth)
+    try:
+        _serve(server)
+    finally:
+        server.should_exit = True
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    err_console.print("reflow up: stopped")
+    if failed:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """``python -m reflow.cli.web``: these commands alone, with the CLI's error handling."""
+    from reflow.core.errors import ReflowError
+
+    app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+    register(app)
+    try:
+        app()
+    except ReflowError as exc:
+        err_console.print(f"[red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

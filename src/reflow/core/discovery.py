@@ -1,0 +1,148 @@
+"""Finding pipelines in a folder of Python files. One broken file never hides the others."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import traceback
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reflow.core.errors import PipelineError, ReflowError
+from reflow.core.pipeline import Pipeline
+
+
+@dataclass
+class ImportProblem:
+    """A file that could not be loaded, or a pipeline in it that is invalid."""
+
+    path: str
+    message: str
+    detail: str = ""
+
+
+@dataclass
+class Discovered:
+    pipelines: dict[str, Pipeline] = field(default_factory=dict)
+    problems: list[ImportProblem] = field(default_factory=list)
+
+
+def pipeline_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.rglob("*.py")
+        if not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts)
+    )
+
+
+def load_file(path: Path) -> list[Pipeline]:
+    """Import one file and return the pipelines it defines, validated.
+
+    Raises PipelineError with a message naming the file.
+    """
+    path = path.resolve()
+    module_name = "reflow_pipeline_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    module = types.ModuleType(module_name)
+    module.__file__ = str(path)
+    found: list[Pipeline] = []
+    previous = Pipeline._registry
+    Pipeline._registry = found
+    sys.modules[module_name] = module
+    try:
+        # Compiled from the source every time: the bytecode cache keys on whole-second
+        # mtimes and could hand back the previous version of a file edited just now.
+        code = compile(path.read_bytes(), str(path), "exec")
+        exec(code, module.__dict__)
+    except ReflowError as exc:
+        sys.modules.pop(module_name, None)
+        raise PipelineError(f"{path}: {exc}") from None
+    except SyntaxError as exc:
+        sys.modules.pop(module_name, None)
+        raise PipelineError(f"{path}: SyntaxError: {exc.msg} (line {exc.lineno})") from exc
+    except OSError as exc:
+        sys.modules.pop(module_name, None)
+        raise PipelineError(f"{path}: cannot read: {exc.strerror}") from None
+    except (Exception, SystemExit) as exc:  # a pipeline file must never stop the caller
+        sys.modules.pop(module_name, None)
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+        where = f" (line {frames[-1].lineno})" if frames else ""
+        raise PipelineError(f"{path}: {type(exc).__name__}: {exc}{where}") from exc
+    finally:
+        Pipeline._registry = previous
+        Pipeline._stack.clear()
+    for pipeline in found:
+        pipeline.fileloc = str(path)
+        try:
+            pipeline.validate()
+        except PipelineError as exc:
+            raise PipelineError(f"{path}: {exc}") from None
+    return found
+
+
+def discover(folder: Path) -> Discovered:
+    """Load every pipeline file under ``folder`` (files and folders starting with '_' or '.'
+    are skipped). Problems are collected, never raised."""
+    catalog = Catalog(folder)
+    catalog.refresh()
+    return Discovered(catalog.pipelines, catalog.problems)
+
+
+class Catalog:
+    """The pipelines of a folder, re-read only for files that changed since last time."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._files: dict[Path, tuple[tuple[int, int], list[Pipeline] | ImportProblem]] = {}
+        self.pipelines: dict[str, Pipeline] = {}
+        self.problems: list[ImportProblem] = []
+
+    def refresh(self) -> bool:
+        """Re-import new and changed files; return True when anything changed."""
+        if str(self.folder) not in sys.path:
+            sys.path.insert(0, str(self.folder))
+        changed = False
+        current: dict[Path, tuple[tuple[int, int], list[Pipeline] | ImportProblem]] = {}
+        for path in pipeline_files(self.folder):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            cached = self._files.get(path)
+            if cached is not None and cached[0] == stamp:
+                current[path] = cached
+                continue
+            changed = True
+            try:
+                current[path] = (stamp, load_file(path))
+            except PipelineError as exc:
+                detail = traceback.format_exception(exc.__cause__) if exc.__cause__ else []
+                current[path] = (stamp, ImportProblem(str(path), str(exc), "".join(detail)))
+        changed = changed or set(current) != set(self._files)
+        self._files = current
+        if changed:
+            self._rebuild()
+        return changed
+
+    def _rebuild(self) -> None:
+        self.pipelines, self.problems = {}, []
+        seen: dict[str, str] = {}
+        for path, (_, loaded) in sorted(self._files.items()):
+            if isinstance(loaded, ImportProblem):
+                self.problems.append(loaded)
+                continue
+            for pipeline in loaded:
+                if pipeline.name in seen:
+                    self.problems.append(
+                        ImportProblem(
+                            str(path),
+                            f"{path}: pipeline {pipeline.name!r} is already defined in "
+                            f"{seen[pipeline.name]}",
+                        )
+                    )
+                    continue
+                seen[pipeline.name] = str(path)
+                self.pipelines[pipeline.name] = pipeline

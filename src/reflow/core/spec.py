@@ -1,0 +1,64 @@
+"""What a launcher is asked to run: plain data built by a task kind from the run context."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from reflow.core.states import FailureReason
+
+
+@dataclass(frozen=True)
+class TrySpec:
+    """One try, fully rendered: the launcher runs exactly this and nothing else."""
+
+    try_id: int
+    argv: tuple[str, ...]
+    log_path: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    kill_grace: float = 10.0
+    # Identity of the try (pipeline, run_id, task, try_number), for labels and log headers.
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TryRef:
+    """What the store remembers of a started try, enough for a launcher to adopt it."""
+
+    try_id: int
+    log_path: str
+    pid: int | None = None
+    host: str | None = None
+    external_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Handle:
+    """Where a started try runs, to be recorded on the try row."""
+
+    try_id: int
+    pid: int | None
+    host: str
+    external_id: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a try ended, as seen by its launcher.
+
+    ``reason`` is None for success, ``error`` for a non-zero exit, ``lost`` when the try
+    vanished without leaving an exit status. The scheduler replaces it with the cancel
+    reason (``timed_out``, ``killed``, ...) when it had asked for the try to be stopped.
+    """
+
+    try_id: int
+    exit_code: int | None
+    reason: FailureReason | None
+    ended_at: datetime
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None

@@ -1,0 +1,56 @@
+"""The launcher interface: where a try runs. A new launcher is one file implementing this."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from reflow.core.spec import Handle, Outcome, TryRef, TrySpec
+
+
+class Launcher(ABC):
+    """Starts, watches, stops and adopts tries. Never touches the metadata store.
+
+    All methods are called from the scheduler's single thread.
+    """
+
+    name: str
+
+    @abstractmethod
+    def start(self, spec: TrySpec) -> Handle:
+        """Start the try and return at once; it is watched until :meth:`poll` reports it."""
+
+    @abstractmethod
+    def poll(self) -> list[Outcome]:
+        """Return the outcome of every watched try that ended since the last call.
+
+        Also carries out pending escalations (SIGKILL after the grace period).
+        """
+
+    @abstractmethod
+    def cancel(self, try_id: int, grace: float) -> None:
+        """Ask a watched try to stop: terminate now, kill after ``grace`` seconds.
+
+        Returns at once; the outcome arrives through :meth:`poll`. Unknown ids are ignored.
+        """
+
+    @abstractmethod
+    def adopt(self, ref: TryRef) -> bool:
+        """Watch a try started by another (dead) scheduler.
+
+        Returns True if it is still alive. Either way it is watched from now on, so a try
+        that already ended is reported by the next :meth:`poll` (with its exit status if it
+        left one, else with reason ``lost``).
+        """
+
+    def wait(self, timeout: float) -> None:
+        """Block until a watched try may have ended, or ``timeout`` seconds passed."""
+        import time
+
+        time.sleep(max(0.0, timeout))
+
+    @abstractmethod
+    def watched(self) -> set[int]:
+        """Ids of the tries this launcher is watching."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release resources; watched tries keep running (a later scheduler adopts them)."""

@@ -1,0 +1,703 @@
+"""The scheduler: one loop that turns due intervals into runs and runs into tries.
+
+Each tick: collect finished tries, re-read changed pipeline files, create due scheduled
+runs, enforce deadlines, admit queued runs under ``max_active_runs``, schedule task
+instances whose upstreams are done, and hand them to the launcher under
+``max_active_tasks`` and ``parallelism``. The scheduler decides; the store executes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+from sqlalchemy import Connection, Row
+
+from reflow.core.config import Settings
+from reflow.core.context import RunInfo, build_context
+from reflow.core.discovery import Catalog
+from reflow.core.errors import Conflict, ReflowError
+from reflow.core.pipeline import Pipeline
+from reflow.core.spec import Outcome, TryRef
+from reflow.core.states import (
+    TI_FAILED_RESULTS,
+    TI_FINISHED,
+    TI_UPSTREAM_BAD,
+    TI_UPSTREAM_OK,
+    BackfillState,
+    FailureReason,
+    RunOrigin,
+    RunState,
+    TIState,
+)
+from reflow.launchers.base import Launcher
+from reflow.store import history, repo
+from reflow.store.db import Database
+from reflow.tasks.build import build_try
+
+log = logging.getLogger("reflow.scheduler")
+
+Clock = Callable[[], datetime]
+_ORIGIN_RANK = {RunOrigin.SCHEDULED: 0, RunOrigin.MANUAL: 1, RunOrigin.BACKFILL: 2}
+# Failures that a retry cannot fix: the run is over or a person stopped the try.
+_NO_RETRY = {FailureReason.RUN_TIMED_OUT.value, FailureReason.KILLED.value}
+_MAX_RUNS_PER_TICK = 1000
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def run_id_for(origin: RunOrigin, logical_date: datetime) -> str:
+    return f"{origin.value}__{logical_date.astimezone(UTC).isoformat()}"
+
+
+def run_info(run: Row[Any], pipeline: Pipeline) -> RunInfo:
+    return RunInfo(
+        pipeline=run.pipeline,
+        run_id=run.run_id,
+        logical_date=run.logical_date,
+        data_interval_start=run.data_interval_start,
+        data_interval_end=run.data_interval_end,
+        conf=run.conf,
+        timezone=pipeline.schedule.timezone,
+    )
+
+
+def log_path(logs: Path, pipeline: str, run_id: str, task_id: str, try_number: int) -> Path:
+    return logs / pipeline / run_id / task_id / f"try-{try_number}.log"
+
+
+@dataclass
+class _Launch:
+    ti_id: int
+    run: Row[Any]
+    task_id: str
+    rank: tuple[Any, ...]
+
+
+class Scheduler:
+    """Drives runs to completion. One instance per process; every method runs on its thread.
+
+    ``only`` restricts the pipelines it works on (``trigger --wait`` runs one in-process);
+    ``create_scheduled_runs=False`` stops it from creating runs for due intervals.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        launcher: Launcher,
+        *,
+        catalog: Catalog | None = None,
+        only: Iterable[str] | None = None,
+        create_scheduled_runs: bool = True,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.launcher = launcher
+        self.catalog = catalog or Catalog(settings.pipelines_path)
+        self.only = set(only) if only is not None else None
+        self.create_scheduled_runs = create_scheduled_runs
+        self.clock = clock
+        self.id: int | None = None
+        self.host = socket.gethostname()
+        self._next_parse = datetime.min.replace(tzinfo=UTC)
+        self._next_heartbeat = datetime.min.replace(tzinfo=UTC)
+        self._next_recovery = datetime.min.replace(tzinfo=UTC)
+        self._next_due: dict[str, datetime] = {}
+        self._signalled: set[int] = set()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @property
+    def pipelines(self) -> dict[str, Pipeline]:
+        names = self.catalog.pipelines
+        if self.only is None:
+            return names
+        return {n: p for n, p in names.items() if n in self.only}
+
+    def start(self) -> None:
+        """Register, load pipelines and adopt the tries of dead schedulers."""
+        self.db.migrate()
+        now = self.clock()
+        self.refresh_pipelines(now, force=True)
+        self.id = self.db.write(
+            lambda c: repo.register_scheduler(c, self.host, os.getpid(), now, self.only)
+        )
+        _dead, alive = self._partition_others(now)
+        rivals = [r for r in alive if covers(r.scope, self.only)]
+        if rivals and self.db.is_sqlite:
+            pids = ", ".join(str(r.pid) for r in rivals)
+            self.db.write(lambda c: repo.stop_scheduler(c, self._id, now))
+            raise Conflict(
+                f"another scheduler (pid {pids}) is running on this SQLite database; "
+                "SQLite supports one scheduler at a time (use PostgreSQL for several)"
+            )
+        self.recover(now)
+        log.info("scheduler %s started with %d pipelines", self.id, len(self.pipelines))
+
+    def stop(self) -> None:
+        """Stop cleanly. Running tries keep running; the next scheduler adopts them."""
+        if self.id is not None:
+            now = self.clock()
+            watched = sorted(self.launcher.watched())
+            self.db.write(lambda c: repo.heartbeat(c, self._id, watched, now))
+            self.db.write(lambda c: repo.stop_scheduler(c, self._id, now))
+        self.launcher.close()
+
+    def run(
+        self,
+        stop: threading.Event | None = None,
+        until: Callable[[], bool] | None = None,
+        idle_wait: float = 1.0,
+    ) -> None:
+        """Tick until ``stop`` is set or ``until()`` is true, then :meth:`stop`."""
+        stop = stop or threading.Event()
+        if self.id is None:
+            self.start()
+        try:
+            while not stop.is_set():
+                busy = self.tick()
+                if until is not None and until():
+                    return
+                if not busy:
+                    self.launcher.wait(idle_wait)
+        finally:
+            self.stop()
+
+    def stop_tries(self, try_ids: Iterable[int], timeout: float) -> bool:
+        """Carry out the stop requests of these tries and record how they ended, starting
+        nothing else. For commands that stop tries while no scheduler runs. Returns True
+        when every one of them has ended."""
+        wanted = set(try_ids)
+        if self.id is None:
+            self.start()
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                self.record_outcomes(self.launcher.poll(), self.clock())
+                self.enforce_deadlines(self.clock())
+                with self.db.read() as conn:
+                    live = {t.id for t in repo.live_tries(conn)} & wanted
+                if not live or time.monotonic() > deadline:
+                    return not live
+                self.launcher.wait(0.1)
+        finally:
+            self.stop()
+
+    @property
+    def _id(self) -> int:
+        assert self.id is not None, "scheduler not started"
+        return self.id
+
+    # -- the tick -------------------------------------------------------------------------
+    def tick(self, now: datetime | None = None) -> bool:
+        """One pass of the loop; returns True when it changed anything."""
+        now = now or self.clock()
+        busy = self.record_outcomes(self.launcher.poll(), now)
+        if now >= self._next_parse:
+            self.refresh_pipelines(now)
+        if self.create_scheduled_runs:
+            busy |= self.create_due_runs(now)
+        busy |= self.enforce_deadlines(now)
+        busy |= self.admit_runs(now)
+        busy |= self.schedule(now)
+        busy |= self.close_backfills(now)
+        if now >= self._next_heartbeat:
+            watched = sorted(self.launcher.watched())
+            self.db.write(lambda c: repo.heartbeat(c, self._id, watched, now))
+            self._next_heartbeat = now + timedelta(seconds=self.settings.heartbeat_interval)
+        if now >= self._next_recovery:
+            busy |= self.recover(now)
+        return busy
+
+    # -- pipelines --------------------------------------------------------------------------
+    def refresh_pipelines(self, now: datetime, force: bool = False) -> None:
+        self._next_parse = now + timedelta(seconds=self.settings.parse_interval)
+        if not self.catalog.refresh() and not force:
+            return
+        for problem in self.catalog.problems:
+            log.warning("%s", problem.message)
+        sync_catalog(self.db, self.catalog, now)
+        self._next_due.clear()
+
+    # -- scheduled runs -------------------------------------------------------------------
+    def create_due_runs(self, now: datetime) -> bool:
+        created = False
+        for name, pipeline in self.pipelines.items():
+            if pipeline.schedule.is_manual or self._next_due.get(name, now) > now:
+                continue
+            created |= self._create_due_for(pipeline, now)
+        return created
+
+    def _create_due_for(self, pipeline: Pipeline, now: datetime) -> bool:
+        return self.db.write(lambda c: self._create_due(c, pipeline, now))
+
+    def _create_due(self, conn: Connection, pipeline: Pipeline, now: datetime) -> bool:
+        schedule = pipeline.schedule
+        assert pipeline.start_date is not None
+        (row,) = repo.pipeline_rows(conn, [pipeline.name])
+        first = schedule.ceil(pipeline.start_date)
+        nxt = max(row.next_logical_date or first, first)
+        latest = schedule.latest_complete(now)
+        if pipeline.end_date is not None and latest is not None:
+            latest = min(latest, schedule.floor(pipeline.end_date))
+        dates: list[datetime] = []
+        if latest is not None and latest >= nxt:
+            if pipeline.catchup:
+                for d in schedule.logical_dates(nxt, latest):
+                    dates.append(d)
+                    if len(dates) >= _MAX_RUNS_PER_TICK:
+                        break
+            else:
+                dates = [latest]
+        created = False
+        if dates:
+            conf = pipeline.params.resolve({})
+            for logical_date in dates:
+                if repo.dated_run_exists(conn, pipeline.name, logical_date):
+                    continue
+                repo.create_run(
+                    conn,
+                    pipeline=pipeline.name,
+                    run_id=run_id_for(RunOrigin.SCHEDULED, logical_date),
+                    logical_date=logical_date,
+                    interval=schedule.interval(logical_date),
+                    origin=RunOrigin.SCHEDULED,
+                    conf=conf,
+                    version=pipeline.version,
+                    task_ids=pipeline.topological(),
+                    now=now,
+                )
+                created = True
+            nxt = schedule.next_after(dates[-1])
+            repo.set_next_logical_date(conn, pipeline.name, nxt)
+        self._next_due[pipeline.name] = schedule.interval(nxt)[1]
+        return created
+
+    # -- deadlines and cancellation ----------------------------------------------------------
+    def enforce_deadlines(self, now: datetime) -> bool:
+        # Look first without the write lock: most ticks have no deadline to enforce.
+        with self.db.read() as conn:
+            due = bool(repo.expired_tries(conn, self._id, now)) or bool(
+                repo.expired_runs(conn, now, self.pipelines)
+            )
+            requested = repo.cancel_requested(conn, self._id)
+
+        def work(conn: Connection) -> list[Row[Any]]:
+            expired = repo.expired_tries(conn, self._id, now)
+            repo.request_cancel(conn, [r.id for r in expired], FailureReason.TIMED_OUT.value)
+            for run in repo.expired_runs(conn, now, self.pipelines):
+                self._time_out_run(conn, run.id, now)
+            return repo.cancel_requested(conn, self._id)
+
+        if due:
+            requested = self.db.write(work)
+        to_signal = [r for r in requested if r.id not in self._signalled]
+        for row in to_signal:
+            log.info("stopping try %s (%s)", row.id, row.cancel_reason)
+            self.launcher.cancel(row.id, row.kill_grace)
+            self._signalled.add(row.id)
+        return bool(to_signal)
+
+    def _time_out_run(self, conn: Connection, run_pk: int, now: datetime) -> None:
+        """Fail a run past its run_timeout: its live tries are stopped (reason
+        ``run_timed_out``) and its unstarted task instances cancelled."""
+        live = repo.live_tries_of_runs(conn, [run_pk])
+        repo.request_cancel(conn, [t.id for t in live], FailureReason.RUN_TIMED_OUT.value)
+        unstarted = [
+            ti.id
+            for ti in repo.run_task_instances(conn, [run_pk])
+            if ti.state in (TIState.PENDING, TIState.SCHEDULED, TIState.UP_FOR_RETRY)
+        ]
+        for state in (TIState.PENDING, TIState.SCHEDULED, TIState.UP_FOR_RETRY):
+            repo.transition(
+                conn,
+                "ti",
+                unstarted,
+                TIState.CANCELLED,
+                [state],
+                now,
+                detail="run timed out",
+                ended_at=now,
+                failure_reason=FailureReason.RUN_TIMED_OUT.value,
+            )
+
+    # -- outcomes -------------------------------------------------------------------------
+    def record_outcomes(self, outcomes: Sequence[Outcome], now: datetime) -> bool:
+        if not outcomes:
+            return False
+
+        def work(conn: Connection) -> None:
+            for outcome in outcomes:
+                # The launcher's time of the end, not the tick's: latencies stay honest.
+                self._record(conn, outcome, outcome.ended_at)
+
+        self.db.write(work)
+        for outcome in outcomes:
+            self._signalled.discard(outcome.try_id)
+        return True
+
+    def _record(self, conn: Connection, outcome: Outcome, now: datetime) -> None:
+        row = repo.try_row(conn, outcome.try_id)
+        if row is None:
+            return
+        pipeline = self.catalog.pipelines.get(row.pipeline)
+        task = pipeline.tasks.get(row.task_id) if pipeline else None
+        ok = outcome.ok or (row.cancel_reason is not None and outcome.exit_code == 0)
+        reason = None if ok else (row.cancel_reason or (outcome.reason or "error"))
+        app_id = task.app_id_from_log(row.log_path) if task is not None else None
+        if not repo.end_try(
+            conn,
+            row.id,
+            ok=ok,
+            exit_code=outcome.exit_code,
+            reason=reason,
+            detail=outcome.detail or None,
+            now=now,
+            app_id=app_id,
+        ):
+            return
+        live = [TIState.QUEUED, TIState.RUNNING]
+        if ok:
+            repo.transition(
+                conn, "ti", [row.ti], TIState.SUCCESS, live, now, ended_at=now, failure_reason=None
+            )
+            return
+        lost = reason == FailureReason.LOST.value
+        retries = int(task.option("retries")) if task else 0
+        used = row.ti_try_number - row.lost_tries - (1 if lost else 0)
+        can_retry = (
+            task is not None
+            and row.run_state == RunState.RUNNING
+            and reason not in _NO_RETRY
+            and (lost or used <= retries)
+        )
+        if can_retry:
+            delay = 0.0 if lost else task.retry_delay_for(used)  # type: ignore[union-attr]
+            repo.transition(
+                conn,
+                "ti",
+                [row.ti],
+                TIState.UP_FOR_RETRY,
+                live,
+                now,
+                detail=reason,
+                failure_reason=reason,
+                next_try_at=now + timedelta(seconds=delay),
+                lost_tries=row.lost_tries + (1 if lost else 0),
+            )
+        else:
+            repo.transition(
+                conn,
+                "ti",
+                [row.ti],
+                TIState.FAILED,
+                live,
+                now,
+                detail=reason,
+                failure_reason=reason,
+                ended_at=now,
+            )
+
+    def close_backfills(self, now: datetime) -> bool:
+        with self.db.read() as conn:
+            done = history.finished_backfills(conn)
+        if done:
+            self.db.write(lambda c: history.close_backfills(c, done, now))
+        return bool(done)
+
+    # -- admission ------------------------------------------------------------------------
+    def admit_runs(self, now: datetime) -> bool:
+        pipelines = self.pipelines
+
+        def work(conn: Connection) -> bool:
+            queued = repo.queued_runs(conn, pipelines)
+            if not queued:
+                return False
+            mine = repo.lock_pipelines(conn, {r.pipeline for r in queued})
+            queued = [r for r in queued if r.pipeline in mine]
+            backfills = history.open_backfills(conn) if any(r.backfill_id for r in queued) else {}
+            queued.sort(key=lambda r: _admission_rank(r, backfills.get(r.backfill_id)))
+            running = repo.count_running_runs(conn)
+            running_bf = repo.count_running_by_backfill(conn, backfills)
+            admitted = False
+            for run in queued:
+                pipeline = pipelines[run.pipeline]
+                if running.get(run.pipeline, 0) >= pipeline.max_active_runs:
+                    continue
+                backfill = backfills.get(run.backfill_id)
+                if backfill is not None:
+                    if backfill.state == BackfillState.PAUSED:
+                        continue
+                    limit = backfill.max_active_runs
+                    if limit is not None and running_bf.get(backfill.id, 0) >= limit:
+                        continue
+                    running_bf[backfill.id] = running_bf.get(backfill.id, 0) + 1
+                deadline = (
+                    now + timedelta(seconds=pipeline.run_timeout) if pipeline.run_timeout else None
+                )
+                if repo.start_run(conn, run.id, now, deadline):
+                    running[run.pipeline] = running.get(run.pipeline, 0) + 1
+                    admitted = True
+            return admitted
+
+        with self.db.read() as conn:  # no write lock on ticks with nothing queued
+            if not repo.queued_runs(conn, pipelines):
+                return False
+        return self.db.write(work)
+
+    # -- task instances -----------------------------------------------------------------
+    def schedule(self, now: datetime) -> bool:
+        """Move ready TIs to scheduled, finish done runs, then launch what fits."""
+        with self.db.read() as conn:  # no write lock on ticks with nothing running
+            if not any(n for p, n in repo.count_running_runs(conn).items() if p in self.pipelines):
+                return False
+        launches, changed = self.db.write(lambda c: self._schedule(c, now))
+        if launches:
+            changed |= self._launch(launches, now)
+        return changed
+
+    def _schedule(self, conn: Connection, now: datetime) -> tuple[list[_Launch], bool]:
+        pipelines = self.pipelines
+        active = [r for r in repo.active_runs(conn, pipelines) if r.state == RunState.RUNNING]
+        if not active:
+            return [], False
+        tis_by_run: dict[int, list[Row[Any]]] = {}
+        for ti in repo.run_task_instances(conn, [r.id for r in active]):
+            tis_by_run.setdefault(ti.run, []).append(ti)
+        changed = False
+        candidates: list[_Launch] = []
+        for run in active:
+            pipeline = pipelines[run.pipeline]
+            tis = tis_by_run.get(run.id, [])
+            if run.version != pipeline.version:
+                tis = self._reconcile(conn, run, pipeline, tis, now)
+                changed = True
+            state = {ti.task_id: TIState(ti.state) for ti in tis}
+            by_task = {ti.task_id: ti for ti in tis}
+            order = {t: i for i, t in enumerate(pipeline.topological())}
+            to_scheduled: dict[TIState, list[int]] = {}
+            to_upstream_failed: list[int] = []
+            for task_id in sorted(state, key=lambda t: order.get(t, 0)):
+                ti = by_task[task_id]
+                current = state[task_id]
+                task = pipeline.tasks.get(task_id)
+                if task is None:
+                    continue
+                if current == TIState.PENDING:
+                    ups = [state.get(u, TIState.REMOVED) for u in task.upstream_ids]
+                    if any(u in TI_UPSTREAM_BAD for u in ups):
+                        to_upstream_failed.append(ti.id)
+                        state[task_id] = TIState.UPSTREAM_FAILED
+                    elif all(u in TI_UPSTREAM_OK for u in ups):
+                        to_scheduled.setdefault(current, []).append(ti.id)
+                        state[task_id] = TIState.SCHEDULED
+                elif current == TIState.UP_FOR_RETRY and (
+                    ti.next_try_at is None or ti.next_try_at <= now
+                ):
+                    to_scheduled.setdefault(current, []).append(ti.id)
+                    state[task_id] = TIState.SCHEDULED
+                if state[task_id] == TIState.SCHEDULED:
+                    rank = (
+                        _ORIGIN_RANK[RunOrigin(run.origin)],
+                        run.logical_date,
+                        run.id,
+                        order.get(task_id, 0),
+                    )
+                    candidates.append(_Launch(ti.id, run, task_id, rank))
+            for source, ids in to_scheduled.items():
+                repo.transition(conn, "ti", ids, TIState.SCHEDULED, [source], now)
+                changed = True
+            if to_upstream_failed:
+                repo.transition(
+                    conn,
+                    "ti",
+                    to_upstream_failed,
+                    TIState.UPSTREAM_FAILED,
+                    [TIState.PENDING],
+                    now,
+                    ended_at=now,
+                )
+                changed = True
+            if state and all(s in TI_FINISHED for s in state.values()):
+                failed = any(s in TI_FAILED_RESULTS for s in state.values())
+                repo.finish_run(conn, run.id, RunState.FAILED if failed else RunState.SUCCESS, now)
+                changed = True
+        candidates.sort(key=lambda c: c.rank)
+        return candidates, changed
+
+    def _reconcile(
+        self,
+        conn: Connection,
+        run: Row[Any],
+        pipeline: Pipeline,
+        tis: list[Row[Any]],
+        now: datetime,
+    ) -> list[Row[Any]]:
+        """Bring a live run to the pipeline's current structure: new tasks get a pending
+        TI, unfinished TIs of removed tasks become ``removed``."""
+        repo.reconcile_task_instances(
+            conn, run.id, tis, pipeline.topological(), now, finished_too=False
+        )
+        repo.set_run_version(conn, run.id, pipeline.version)
+        return repo.run_task_instances(conn, [run.id])
+
+    def _launch(self, candidates: list[_Launch], now: datetime) -> bool:
+        pipelines = self.pipelines
+        free = self.settings.parallelism - len(self.launcher.watched())
+        if free <= 0:
+            return False
+
+        def take(conn: Connection) -> list[tuple[_Launch, int, int]]:
+            mine = repo.lock_pipelines(conn, {c.run.pipeline for c in candidates})
+            live = repo.count_live_tis(conn)
+            taken: list[tuple[_Launch, int, int]] = []
+            for cand in candidates:
+                if len(taken) >= free:
+                    break
+                pipeline = pipelines[cand.run.pipeline]
+                if cand.run.pipeline not in mine:
+                    continue
+                if live.get(cand.run.pipeline, 0) >= pipeline.max_active_tasks:
+                    continue
+                task = pipeline.tasks[cand.task_id]
+                got = repo.queue_try(
+                    conn,
+                    ti_id=cand.ti_id,
+                    run_pk=cand.run.id,
+                    run_attempt=cand.run.attempt,
+                    launcher=self.launcher.name,
+                    owner=self._id,
+                    log_path_for=lambda n, c=cand: str(
+                        log_path(
+                            self.settings.logs_path, c.run.pipeline, c.run.run_id, c.task_id, n
+                        )
+                    ),
+                    timeout=task.option("timeout"),
+                    kill_grace=float(task.option("kill_grace")),
+                    now=now,
+                )
+                if got is not None:
+                    live[cand.run.pipeline] = live.get(cand.run.pipeline, 0) + 1
+                    taken.append((cand, *got))
+            return taken
+
+        taken = self.db.write(take)
+        started: list[tuple[int, int, Any, datetime]] = []
+        failed: list[Outcome] = []
+        for cand, try_id, number in taken:
+            pipeline = pipelines[cand.run.pipeline]
+            task = pipeline.tasks[cand.task_id]
+            path = log_path(
+                self.settings.logs_path, cand.run.pipeline, cand.run.run_id, cand.task_id, number
+            )
+            try:
+                context = build_context(run_info(cand.run, pipeline), cand.task_id, number)
+                spec = build_try(
+                    task,
+                    context,
+                    try_id=try_id,
+                    log_path=str(path),
+                    pipelines_folder=str(self.settings.pipelines_path),
+                    cwd=str(self.settings.home),
+                )
+                handle = self.launcher.start(spec)
+            except (ReflowError, OSError) as exc:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with path.open("a") as fh:
+                    fh.write(f"reflow: could not start the try: {exc}\n")
+                failed.append(Outcome(try_id, None, FailureReason.ERROR, now, str(exc)))
+                continue
+            started.append((try_id, cand.ti_id, handle, self.clock()))
+
+        def mark(conn: Connection) -> None:
+            for try_id, ti_id, handle, at in started:
+                repo.mark_try_started(
+                    conn,
+                    try_id,
+                    ti_id,
+                    pid=handle.pid,
+                    host=handle.host,
+                    external_id=handle.external_id,
+                    now=at,
+                )
+
+        if started:
+            self.db.write(mark)
+        if failed:
+            self.record_outcomes(failed, now)
+        return bool(taken)
+
+    # -- crash recovery -----------------------------------------------------------------
+    def _partition_others(self, now: datetime) -> tuple[list[Row[Any]], list[Row[Any]]]:
+        """Other registered schedulers, split into (dead, alive)."""
+        with self.db.read() as conn:
+            others = repo.other_schedulers(conn, self._id)
+        limit = now - timedelta(seconds=self.settings.scheduler_timeout)
+        dead, alive = [], []
+        for row in others:
+            if row.heartbeat_at < limit or (row.host == self.host and not _alive(row)):
+                dead.append(row)
+            else:
+                alive.append(row)
+        return dead, alive
+
+    def recover(self, now: datetime) -> bool:
+        """Adopt the live tries of dead schedulers; the launcher reports the lost ones."""
+        self._next_recovery = now + timedelta(seconds=self.settings.scheduler_timeout / 3)
+        dead, alive = self._partition_others(now)
+
+        def work(conn: Connection) -> list[Row[Any]]:
+            repo.mark_schedulers_dead(conn, [r.id for r in dead], now)
+            return repo.claim_orphans(conn, self._id, [r.id for r in alive])
+
+        orphans = self.db.write(work)
+        for row in orphans:
+            ref = TryRef(row.id, row.log_path, row.pid, row.host, row.external_id)
+            alive_now = self.launcher.adopt(ref)
+            log.info("adopted try %s (%s)", row.id, "alive" if alive_now else "gone")
+        return bool(orphans)
+
+
+def _admission_rank(run: Row[Any], backfill: Row[Any] | None) -> tuple[Any, ...]:
+    """Scheduled runs first, then manual, then backfill; within each, oldest logical date
+    first, unless the run's backfill asked for newest first."""
+    stamp = run.logical_date.timestamp()
+    if backfill is not None and backfill.run_order == "newest":
+        stamp = -stamp
+    return (_ORIGIN_RANK[RunOrigin(run.origin)], stamp, run.id)
+
+
+def covers(scope: Sequence[str] | None, pipelines: Iterable[str] | None) -> bool:
+    """Do a scheduler's scope and a set of pipelines share work? (None means all.)"""
+    if scope is None or pipelines is None:
+        return True
+    return bool(set(scope) & set(pipelines))
+
+
+def _alive(row: Row[Any]) -> bool:
+    """Is the scheduler process of ``row`` (on this host) still the one that registered?"""
+    try:
+        proc = psutil.Process(row.pid)
+        started = datetime.fromtimestamp(proc.create_time(), UTC)
+    except psutil.Error:
+        return False
+    return started <= row.started_at + timedelta(seconds=1) and proc.status() != "zombie"
+
+
+def sync_catalog(db: Database, catalog: Catalog, now: datetime) -> None:
+    """Record the catalog's pipelines, versions and import problems in the store."""
+    found = {name: (p.version, p.fileloc, p.structure()) for name, p in catalog.pipelines.items()}
+    problems = {p.path: (p.message, p.detail) for p in catalog.problems}
+    db.write(lambda c: repo.sync_pipelines(c, found, problems, now))

@@ -1,0 +1,385 @@
+"""Backfills: (re)process a range of logical dates through the one scheduler.
+
+A backfill is planned first (which date gets a new run, which run is reset, which is
+skipped and why), then written in one transaction: the backfill row and every run it
+creates or resets. The scheduler runs them like any other run, under every limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row
+
+from reflow.core.errors import Conflict, InvalidInput, NotFound
+from reflow.core.pipeline import Pipeline
+from reflow.core.states import (
+    RUN_ACTIVE,
+    BackfillState,
+    Reprocess,
+    RunOrigin,
+    RunState,
+    TIState,
+)
+from reflow.scheduler import run_id_for, utcnow
+from reflow.services import runs as run_service
+from reflow.services.project import Project
+from reflow.store import history, repo
+
+ORDERS = ("oldest", "newest")
+
+
+@dataclass
+class PlannedDate:
+    logical_date: datetime
+    existing: str | None  # state of the date's run, None when it has none
+    action: str  # create | reset | skip
+    reason: str = ""
+    conf_diff: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    run: Row[Any] | None = None
+
+
+@dataclass
+class Plan:
+    pipeline: Pipeline
+    start: datetime
+    end: datetime
+    conf: dict[str, Any]  # as given
+    resolved: dict[str, Any]  # defaults overlaid with conf, validated
+    reprocess: Reprocess
+    tasks: list[str]  # tasks that run; every task when no selection was made
+    selected: bool  # was a task selection made (--tasks / --from-task)?
+    max_active_runs: int | None
+    order: str
+    dates: list[PlannedDate]
+
+    def count(self, action: str) -> int:
+        return sum(1 for d in self.dates if d.action == action)
+
+    @property
+    def planned(self) -> dict[str, int]:
+        return {a: self.count(a) for a in ("create", "reset", "skip")}
+
+
+def select_tasks(
+    pipeline: Pipeline, tasks: Sequence[str] | None, from_task: str | None
+) -> tuple[list[str], bool]:
+    """The tasks a backfill runs: ``--tasks``, or ``--from-task`` and its downstream."""
+    if tasks and from_task:
+        raise InvalidInput("give --tasks or --from-task, not both")
+    known = pipeline.tasks
+    wanted = list(tasks or []) + ([from_task] if from_task else [])
+    unknown = [t for t in wanted if t not in known]
+    if unknown:
+        raise InvalidInput(
+            f"pipeline {pipeline.name!r} has no task {', '.join(map(repr, unknown))} "
+            f"(tasks: {', '.join(pipeline.topological())})"
+        )
+    if from_task:
+        chosen = {from_task}
+        frontier = [from_task]
+        while frontier:
+            for down in pipeline.downstream_ids(frontier.pop()):
+                if down not in chosen:
+                    chosen.add(down)
+                    frontier.append(down)
+        return [t for t in pipeline.topological() if t in chosen], True
+    if tasks:
+        return [t for t in pipeline.topological() if t in set(tasks)], True
+    return pipeline.topological(), False
+
+
+def plan(
+    project: Project,
+    name: str,
+    *,
+    start: str,
+    end: str,
+    conf: Mapping[str, Any] | None = None,
+    reprocess: str = "missing",
+    tasks: Sequence[str] | None = None,
+    from_task: str | None = None,
+    max_active_runs: int | None = None,
+    order: str = "oldest",
+) -> Plan:
+    """What a backfill would do, date by date. Validates everything; writes nothing."""
+    pipeline = project.pipeline(name)
+    try:
+        policy = Reprocess(reprocess)
+    except ValueError:
+        raise InvalidInput(
+            f"--reprocess must be one of {', '.join(r.value for r in Reprocess)}"
+        ) from None
+    if order not in ORDERS:
+        raise InvalidInput(f"--order must be one of {', '.join(ORDERS)}")
+    if pipeline.schedule.is_manual:
+        raise InvalidInput(f"pipeline {name!r} has no schedule, so it has no dates to backfill")
+    first = run_service.logical_date_for(pipeline, run_service.parse_date(start), utcnow())
+    last = run_service.logical_date_for(pipeline, run_service.parse_date(end), utcnow())
+    if last < first:
+        raise InvalidInput(f"--end {end} is before --start {start}")
+    if max_active_runs is not None and max_active_runs < 1:
+        raise InvalidInput("--max-active-runs must be at least 1")
+    if max_active_runs is not None and max_active_runs > pipeline.max_active_runs:
+        raise InvalidInput(
+            f"--max-active-runs {max_active_runs} is above the pipeline's own limit "
+            f"({pipeline.max_active_runs}); a backfill can only lower it"
+        )
+    _check_in_range(pipeline, first, last)
+    resolved = pipeline.params.resolve(conf)
+    chosen, selected = select_tasks(pipeline, tasks, from_task)
+
+    dates = list(pipeline.schedule.logical_dates(first, last))
+    with project.db.read() as conn:
+        existing = history.dated_runs(conn, name, first, last)
+    planned = [_plan_date(d, existing.get(d), policy, resolved) for d in dates]
+    if order == "newest":
+        planned.reverse()
+    return Plan(
+        pipeline,
+        first,
+        last,
+        dict(conf or {}),
+        resolved,
+        policy,
+        chosen,
+        selected,
+        max_active_runs,
+        order,
+        planned,
+    )
+
+
+def _check_in_range(pipeline: Pipeline, first: datetime, last: datetime) -> None:
+    fmt = "%Y-%m-%d %H:%M"
+    if pipeline.start_date and first < pipeline.schedule.ceil(pipeline.start_date):
+        raise InvalidInput(
+            f"--start {first.strftime(fmt)} is before the pipeline's start_date "
+            f"{pipeline.start_date.strftime(fmt)}"
+        )
+    if pipeline.end_date and last > pipeline.end_date:
+        raise InvalidInput(
+            f"--end {last.strftime(fmt)} is after the pipeline's end_date "
+            f"{pipeline.end_date.strftime(fmt)}"
+        )
+    now = utcnow()
+    latest = pipeline.schedule.latest_complete(now)
+    if latest is None or last > latest:
+        raise InvalidInput(
+            f"--end {last.strftime(fmt)}: that interval has not ended yet (the latest "
+            f"complete one starts {latest.strftime(fmt) if latest else '-'})"
+        )
+
+
+def _plan_date(
+    logical_date: datetime, run: Row[Any] | None, policy: Reprocess, conf: Mapping[str, Any]
+) -> PlannedDate:
+    if run is None:
+        if policy == Reprocess.FAILED:
+            return PlannedDate(logical_date, None, "skip", "no run yet (--reprocess failed)")
+        return PlannedDate(logical_date, None, "create", "no run yet")
+    diff = {k: (run.conf.get(k), v) for k, v in conf.items() if run.conf.get(k) != v}
+    diff.update({k: (v, None) for k, v in run.conf.items() if k not in conf})
+    state = RunState(run.state)
+    if state in RUN_ACTIVE:
+        return PlannedDate(logical_date, state, "skip", f"run is {state.value}", diff, run)
+    if state == RunState.SUCCESS and policy != Reprocess.ALL:
+        return PlannedDate(logical_date, state, "skip", "already succeeded", diff, run)
+    return PlannedDate(logical_date, state, "reset", f"new attempt {run.attempt + 1}", diff, run)
+
+
+def create(project: Project, plan: Plan) -> int:
+    """Write the backfill and its runs in one transaction; returns the backfill id.
+
+    Raises InvalidInput when the plan has nothing to run (and writes nothing)."""
+    if not plan.count("create") and not plan.count("reset"):
+        reasons = sorted({d.reason for d in plan.dates}) or ["no logical date in the range"]
+        raise InvalidInput(
+            f"nothing to backfill: {len(plan.dates)} dates, all skipped ({'; '.join(reasons)})"
+        )
+    pipeline = plan.pipeline
+    all_tasks = pipeline.topological()
+    now = utcnow()
+
+    def work(conn: Any) -> int:
+        backfill_id = history.create_backfill(
+            conn,
+            pipeline=pipeline.name,
+            start=plan.start,
+            end=plan.end,
+            conf=plan.conf,
+            reprocess=plan.reprocess.value,
+            max_active_runs=plan.max_active_runs,
+            run_order=plan.order,
+            tasks=plan.tasks if plan.selected else None,
+            planned=plan.planned,
+            now=now,
+        )
+        for item in plan.dates:
+            if item.action == "create":
+                run_pk = repo.create_run(
+                    conn,
+                    pipeline=pipeline.name,
+                    run_id=run_id_for(RunOrigin.BACKFILL, item.logical_date),
+                    logical_date=item.logical_date,
+                    interval=pipeline.schedule.interval(item.logical_date),
+                    origin=RunOrigin.BACKFILL,
+                    conf=plan.resolved,
+                    version=pipeline.version,
+                    task_ids=all_tasks,
+                    now=now,
+                    backfill_id=backfill_id,
+                )
+                if plan.selected:
+                    _skip_unselected(conn, run_pk, set(plan.tasks), now)
+            elif item.action == "reset":
+                assert item.run is not None
+                # Re-read under the write lock: the plan was made outside it.
+                (run,) = repo.runs_by_pk(conn, [item.run.id])
+                if run.state in RUN_ACTIVE:
+                    raise Conflict(
+                        f"run {run.run_id} became {run.state} while planning; nothing was "
+                        "written, try again"
+                    )
+                history.reset_run(
+                    conn,
+                    run,
+                    clear=plan.tasks,
+                    tasks=all_tasks,
+                    conf=plan.resolved,
+                    origin=RunOrigin.BACKFILL,
+                    version=pipeline.version,
+                    now=now,
+                    backfill_id=backfill_id,
+                )
+        return backfill_id
+
+    return int(project.db.write(work))
+
+
+def _skip_unselected(conn: Any, run_pk: int, selected: set[str], now: datetime) -> None:
+    """A new run of a partial backfill runs only the selected tasks."""
+    others = [ti.id for ti in repo.run_task_instances(conn, [run_pk]) if ti.task_id not in selected]
+    repo.transition(
+        conn,
+        "ti",
+        others,
+        TIState.SKIPPED,
+        [TIState.PENDING],
+        now,
+        detail="not selected by the backfill",
+        ended_at=now,
+    )
+
+
+# -- reading and steering -------------------------------------------------------------------
+@dataclass
+class BackfillStatus:
+    row: Row[Any]
+    runs: dict[str, int]  # state -> count
+
+    @property
+    def total(self) -> int:
+        return sum(self.runs.values())
+
+    @property
+    def done(self) -> int:
+        return sum(n for s, n in self.runs.items() if s not in RUN_ACTIVE)
+
+
+def get(project: Project, backfill_id: int) -> Row[Any]:
+    with project.db.read() as conn:
+        row = history.get_backfill(conn, backfill_id)
+    if row is None:
+        raise NotFound(f"no backfill {backfill_id} (see `reflow backfill list`)")
+    return row
+
+
+def list_backfills(project: Project, pipeline: str | None = None) -> list[BackfillStatus]:
+    if pipeline is not None:
+        run_service.known(project, pipeline)
+    with project.db.read() as conn:
+        rows = history.list_backfills(conn, pipeline)
+        counts = history.run_states_by_backfill(conn, [r.id for r in rows])
+    return [BackfillStatus(r, counts.get(r.id, {})) for r in rows]
+
+
+def show(project: Project, backfill_id: int) -> tuple[BackfillStatus, list[Row[Any]]]:
+    row = get(project, backfill_id)
+    with project.db.read() as conn:
+        runs = history.backfill_runs(conn, backfill_id)
+        counts = history.run_states_by_backfill(conn, [backfill_id]).get(backfill_id, {})
+    return BackfillStatus(row, counts), runs
+
+
+def pause(project: Project, backfill_id: int) -> None:
+    _steer(project, backfill_id, BackfillState.PAUSED, [BackfillState.RUNNING])
+
+
+def resume(project: Project, backfill_id: int) -> None:
+    _steer(project, backfill_id, BackfillState.RUNNING, [BackfillState.PAUSED])
+
+
+def _steer(
+    project: Project, backfill_id: int, to: BackfillState, from_: list[BackfillState]
+) -> None:
+    row = get(project, backfill_id)
+    moved = project.db.write(
+        lambda c: repo.transition(c, "backfill", [backfill_id], to, from_, utcnow())
+    )
+    if not moved:
+        raise Conflict(f"backfill {backfill_id} is {row.state}; cannot make it {to.value}")
+
+
+def cancel(project: Project, backfill_id: int, wait: float = 30.0) -> int:
+    """Cancel a backfill: its queued runs are cancelled and its running tries stopped
+    through their launcher (the same path as timeouts). Returns the runs cancelled."""
+    row = get(project, backfill_id)
+    if row.state not in (BackfillState.RUNNING, BackfillState.PAUSED):
+        raise Conflict(f"backfill {backfill_id} is already {row.state}")
+    now = utcnow()
+
+    def work(conn: Any) -> tuple[int, list[int]]:
+        runs = [r.id for r in history.backfill_runs(conn, backfill_id)]
+        live = [t.id for t in repo.live_tries_of_runs(conn, runs)]
+        cancelled = history.cancel_runs(conn, runs, now, f"backfill {backfill_id} cancelled")
+        repo.transition(
+            conn, "backfill", [backfill_id], BackfillState.CANCELLED, [row.state], now, ended_at=now
+        )
+        return cancelled, live
+
+    cancelled, live = project.db.write(work)
+    if live:
+        run_service.stop_tries(project, row.pipeline, live, wait)
+    return int(cancelled)
+
+
+def wait(
+    project: Project,
+    backfill_id: int,
+    on_progress: Callable[[run_service.Progress], None] = lambda p: None,
+) -> run_service.Progress:
+    row = get(project, backfill_id)
+    with project.db.read() as conn:
+        run_pks = [r.id for r in history.backfill_runs(conn, backfill_id)]
+    return run_service.wait(project, row.pipeline, run_pks, on_progress)
+
+
+def eta(project: Project, backfill_id: int, now: datetime | None = None) -> float | None:
+    """Seconds left, from the durations of this backfill's finished runs and its limit."""
+    status, runs = show(project, backfill_id)
+    durations = [
+        (r.ended_at - r.started_at).total_seconds()
+        for r in runs
+        if r.ended_at and r.started_at and r.state not in RUN_ACTIVE
+    ]
+    if not durations:
+        return None
+    remaining = sum(1 for r in runs if r.state in RUN_ACTIVE)
+    row = status.row
+    project_pipeline = project.catalog.pipelines.get(row.pipeline)
+    slots = row.max_active_runs or (project_pipeline.max_active_runs if project_pipeline else 1)
+    return float(sum(durations) / len(durations) * remaining / max(1, slots))

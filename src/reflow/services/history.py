@@ -1,0 +1,258 @@
+"""Managing run history without SQL: clear, mark, delete runs; delete pipelines; clean."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Row
+
+from reflow.core.errors import Conflict, InvalidInput, NotFound
+from reflow.core.pipeline import Pipeline
+from reflow.core.schedule import to_datetime
+from reflow.core.states import (
+    RUN_ACTIVE,
+    TI_FAILED_RESULTS,
+    RunOrigin,
+    RunState,
+)
+from reflow.scheduler import utcnow
+from reflow.services import runs as run_service
+from reflow.services.backfill import select_tasks
+from reflow.services.project import Project
+from reflow.store import history, repo
+
+
+def _runs(
+    project: Project, pipeline: str, run: str | None, start: str | None, end: str | None
+) -> list[Row[Any]]:
+    """The runs a history command works on: one run, or every run in a date range."""
+    run_service.known(project, pipeline)
+    if run is not None and (start or end):
+        raise InvalidInput("give --run or --start/--end, not both")
+    if run is not None:
+        return [run_service.find_run(project, run, pipeline)]
+    if not start or not end:
+        raise InvalidInput("give --run ID, or --start D and --end D")
+    first, last = run_service.parse_date(start), run_service.parse_date(end)
+    defined = project.catalog.pipelines.get(pipeline)
+    if defined is not None:
+        first = run_service.logical_date_for(defined, first, utcnow())
+        last = run_service.logical_date_for(defined, last, utcnow())
+    else:
+        first, last = to_datetime(first), to_datetime(last)
+    if last < first:
+        raise InvalidInput(f"--end {end} is before --start {start}")
+    with project.db.read() as conn:
+        return history.runs_in_range(conn, pipeline, first, last)
+
+
+# -- clear ----------------------------------------------------------------------------------
+@dataclass
+class Cleared:
+    runs: int = 0
+    task_instances: int = 0
+    left_running: list[tuple[str, str]] = field(default_factory=list)  # (run id, task)
+
+
+def clear(
+    project: Project,
+    pipeline: str,
+    *,
+    run: str | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    tasks: Sequence[str] | None = None,
+    only_failed: bool = False,
+    downstream: bool = False,
+) -> Cleared:
+    """Reset task instances to pending (they get new tries) and queue their runs again."""
+    defined = project.pipeline(pipeline)
+    rows = _runs(project, pipeline, run, start, end)
+    chosen = _chosen_tasks(defined, tasks, downstream)
+    now = utcnow()
+
+    def work(conn: Any) -> Cleared:
+        result = Cleared()
+        tis_by_run: dict[int, list[Row[Any]]] = {}
+        for ti in repo.run_task_instances(conn, [r.id for r in rows]):
+            tis_by_run.setdefault(ti.run, []).append(ti)
+        for row in repo.runs_by_pk(conn, [r.id for r in rows]):
+            tis = tis_by_run.get(row.id, [])
+            wanted = [
+                ti.task_id
+                for ti in tis
+                if ti.task_id in chosen and (not only_failed or ti.state in TI_FAILED_RESULTS)
+            ]
+            if only_failed and downstream:
+                wanted = _with_downstream(defined, wanted)
+            if not wanted and not (row.state in RUN_ACTIVE and defined.version != row.version):
+                continue
+            live = history.reset_run(
+                conn,
+                row,
+                clear=wanted,
+                tasks=defined.topological(),
+                conf=row.conf,
+                origin=RunOrigin(row.origin),
+                version=defined.version,
+                now=now,
+                backfill_id=row.backfill_id,
+            )
+            result.runs += 1
+            result.task_instances += len(wanted) - len(live)
+            result.left_running += [(row.run_id, t) for t in live]
+        return result
+
+    return project.db.write(work)
+
+
+def _chosen_tasks(pipeline: Pipeline, tasks: Sequence[str] | None, downstream: bool) -> set[str]:
+    if not tasks:
+        return set(pipeline.tasks)
+    chosen, _ = select_tasks(pipeline, tasks, None)
+    return set(_with_downstream(pipeline, chosen) if downstream else chosen)
+
+
+def _with_downstream(pipeline: Pipeline, task_ids: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for task_id in task_ids:
+        for t in select_tasks(pipeline, None, task_id)[0]:
+            if t not in out:
+                out.append(t)
+    return out
+
+
+# -- mark -----------------------------------------------------------------------------------
+def mark(project: Project, pipeline: str, run: str, state: str, wait: float = 30.0) -> Row[Any]:
+    """Set a run (and its task instances) to success or failed; its running tries are
+    stopped first."""
+    run_service.known(project, pipeline)
+    try:
+        target = RunState(state)
+    except ValueError:
+        raise InvalidInput("--state must be success or failed") from None
+    if target not in (RunState.SUCCESS, RunState.FAILED):
+        raise InvalidInput("--state must be success or failed")
+    row = run_service.find_run(project, run, pipeline)
+    now = utcnow()
+
+    def work(conn: Any) -> list[int]:
+        (current,) = repo.runs_by_pk(conn, [row.id])
+        live = [t.id for t in repo.live_tries_of_runs(conn, [row.id])]
+        history.mark_run(conn, current, target, now)
+        return live
+
+    live = project.db.write(work)
+    run_service.stop_tries(project, pipeline, live, wait)
+    return run_service.find_run(project, str(row.id))
+
+
+# -- delete ---------------------------------------------------------------------------------
+@dataclass
+class Deleted:
+    runs: int = 0
+    task_instances: int = 0
+    tries: int = 0
+    logs: int = 0
+
+
+def delete(
+    project: Project,
+    pipeline: str,
+    *,
+    run: str | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    force: bool = False,
+    wait: float = 30.0,
+) -> Deleted:
+    """Delete runs with their task instances, tries and logs. An active run is refused,
+    unless ``force``: then it is cancelled and its tries stopped first."""
+    rows = _runs(project, pipeline, run, start, end)
+    active = [r for r in rows if r.state in RUN_ACTIVE]
+    if active and not force:
+        names = ", ".join(r.run_id for r in active[:3])
+        raise Conflict(
+            f"{len(active)} of these runs are {active[0].state} ({names}); "
+            "use --force to stop and delete them"
+        )
+    if active:
+        now = utcnow()
+
+        def stop(conn: Any) -> list[int]:
+            live = [t.id for t in repo.live_tries_of_runs(conn, [r.id for r in active])]
+            history.cancel_runs(conn, [r.id for r in active], now, "deleted")
+            return live
+
+        live = project.db.write(stop)
+        if not run_service.stop_tries(project, pipeline, live, wait):
+            raise Conflict("the runs' tries did not stop in time; nothing was deleted")
+    counts = project.db.write(lambda c: history.delete_runs(c, [r.id for r in rows]))
+    removed = _remove_logs(project, counts["logs"])
+    return Deleted(counts["runs"], counts["task_instances"], counts["tries"], removed)
+
+
+def _remove_logs(project: Project, paths: Sequence[str]) -> int:
+    """Remove log files (and folders left empty) under the logs folder; returns how many."""
+    root = project.settings.logs_path
+    removed = 0
+    for text in paths:
+        path = Path(text)
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed += 1
+        parent = path.parent
+        while parent != root and root in parent.parents:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+    return removed
+
+
+def delete_pipeline(
+    project: Project, name: str, *, purge: bool = False, wait: float = 30.0
+) -> dict[str, Any]:
+    """Forget a pipeline whose file is gone. Its queued and running runs are cancelled.
+    Without ``purge`` its history stays, and a file defining it again picks it up; with
+    ``purge`` everything recorded about it is deleted, logs included."""
+    with project.db.read() as conn:
+        rows = repo.pipeline_rows(conn, [name])
+    if not rows:
+        raise NotFound(f"unknown pipeline {name!r}")
+    if name in project.catalog.pipelines:
+        raise Conflict(
+            f"pipeline {name!r} is still defined in {project.catalog.pipelines[name].fileloc}; "
+            "remove the file first, or the scheduler will load it again"
+        )
+    now = utcnow()
+
+    def cancel(conn: Any) -> list[int]:
+        active = [r.id for r in repo.active_runs(conn, [name])]
+        live = [t.id for t in repo.live_tries_of_runs(conn, active)]
+        history.cancel_runs(conn, active, now, "pipeline deleted")
+        history.deactivate_pipeline(conn, name, now)
+        return live
+
+    live = project.db.write(cancel)
+    run_service.stop_tries(project, name, live, wait)
+    if not purge:
+        return {"runs": 0}
+    counts = project.db.write(lambda c: history.purge_pipeline(c, name))
+    counts["logs"] = _remove_logs(project, counts["logs"])
+    return counts
+
+
+def clean(project: Project, before: str, *, dry_run: bool = False) -> dict[str, Any]:
+    """Purge finished history older than ``before`` (by logical date)."""
+    when = run_service.parse_date(before)
+    cutoff: datetime = to_datetime(when)
+    counts = project.db.write(lambda c: history.clean_before(c, cutoff, dry_run=dry_run))
+    counts["logs"] = len(counts["logs"]) if dry_run else _remove_logs(project, counts["logs"])
+    return counts

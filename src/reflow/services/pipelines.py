@@ -1,0 +1,91 @@
+"""Use-cases on pipelines: list, show, validate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from reflow.core.discovery import ImportProblem, load_file
+from reflow.core.errors import NotFound, PipelineError
+from reflow.core.pipeline import Pipeline
+from reflow.scheduler import utcnow
+from reflow.services.project import Project
+from reflow.store import repo
+
+
+@dataclass
+class PipelineSummary:
+    name: str
+    schedule: str | None
+    tasks: int
+    active: bool
+    next_logical_date: datetime | None
+    latest: list[tuple[datetime, str]]  # (logical date, state) of the latest runs
+    running: int
+    queued: int
+
+
+def list_pipelines(project: Project) -> tuple[list[PipelineSummary], list[ImportProblem]]:
+    catalog = project.catalog
+    now = utcnow()
+    out = []
+    with project.db.read() as conn:
+        rows = repo.pipeline_rows(conn)
+        running = repo.count_running_runs(conn)
+        queued: dict[str, int] = {}
+        for run in repo.queued_runs(conn):
+            queued[run.pipeline] = queued.get(run.pipeline, 0) + 1
+        for row in rows:
+            pipeline = catalog.pipelines.get(row.name)
+            runs = repo.list_runs(conn, pipeline=row.name, limit=5)
+            out.append(
+                PipelineSummary(
+                    name=row.name,
+                    schedule=row.structure.get("schedule"),
+                    tasks=len(row.structure.get("tasks", {})),
+                    active=bool(row.active),
+                    next_logical_date=_next(pipeline, row.next_logical_date, now),
+                    latest=[(r.logical_date, r.state) for r in runs],
+                    running=running.get(row.name, 0),
+                    queued=queued.get(row.name, 0),
+                )
+            )
+    return out, catalog.problems
+
+
+def _next(pipeline: Pipeline | None, stored: datetime | None, now: datetime) -> datetime | None:
+    if pipeline is None or pipeline.schedule.is_manual or pipeline.start_date is None:
+        return None
+    first = pipeline.schedule.ceil(pipeline.start_date)
+    nxt = max(stored or first, first)
+    if not pipeline.catchup:
+        latest = pipeline.schedule.latest_complete(now)
+        if latest is not None and latest > nxt:
+            nxt = latest
+    if pipeline.end_date is not None and nxt > pipeline.end_date:
+        return None
+    return nxt
+
+
+def show_pipeline(project: Project, name: str) -> dict[str, Any]:
+    pipeline = project.pipeline(name)
+    data = pipeline.structure()
+    data["file"] = pipeline.fileloc
+    data["version"] = pipeline.version
+    data["order"] = pipeline.topological()
+    return data
+
+
+def validate(project: Project, path: Path | None = None) -> tuple[list[Pipeline], list[str]]:
+    """Load one file (or the whole folder); return the valid pipelines and the problems."""
+    if path is None:
+        catalog = project.catalog
+        return list(catalog.pipelines.values()), [p.message for p in catalog.problems]
+    if not path.exists():
+        raise NotFound(f"no such file: {path}")
+    try:
+        return load_file(path), []
+    except PipelineError as exc:
+        return [], [str(exc)]

@@ -1,0 +1,303 @@
+"""Use-cases on runs: trigger, wait, list, show, and reading a try's log."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Row
+
+from reflow.core.errors import InvalidInput, NotFound
+from reflow.core.masking import Secrets
+from reflow.core.pipeline import Pipeline
+from reflow.core.schedule import to_datetime
+from reflow.core.states import RUN_FINISHED, RunOrigin, RunState
+from reflow.scheduler import Scheduler, utcnow
+from reflow.scheduler.loop import covers
+from reflow.services.project import Project
+from reflow.store import repo
+
+
+def parse_conf(text: str | None) -> dict[str, Any]:
+    """Parse ``--conf``: a JSON object, or nothing."""
+    if text is None or not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"--conf is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    if not isinstance(value, dict):
+        raise InvalidInput('--conf must be a JSON object, like \'{"key": "value"}\'')
+    return value
+
+
+def parse_date(text: str) -> datetime:
+    """A user-given date or date-time; naive means "in the pipeline's timezone"."""
+    try:
+        return datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidInput(
+            f"bad date {text!r}: expected YYYY-MM-DD or an ISO 8601 date-time"
+        ) from None
+
+
+def logical_date_for(pipeline: Pipeline, when: datetime | None, now: datetime) -> datetime:
+    """The logical date a manual trigger uses: the schedule's interval on ``when``'s date,
+    or, without a date, the latest complete interval (what a scheduled run would do)."""
+    schedule = pipeline.schedule
+    if when is None:
+        latest = schedule.latest_complete(now)
+        return latest if latest is not None else now.replace(microsecond=0)
+    local = to_datetime(when, schedule.tz)
+    if schedule.is_manual:
+        return local.astimezone(UTC)
+    ceil = schedule.ceil(local)
+    if ceil.astimezone(schedule.tz).date() == local.date():
+        return ceil
+    return schedule.floor(local)
+
+
+def trigger(
+    project: Project,
+    name: str,
+    dates: Sequence[str] = (),
+    conf: Mapping[str, Any] | None = None,
+) -> list[Row[Any]]:
+    """Create one manual run per date (or for the latest interval), all or nothing."""
+    pipeline = project.pipeline(name)
+    resolved = pipeline.params.resolve(conf)
+    now = utcnow()
+    logical = [logical_date_for(pipeline, parse_date(d), now) for d in dates] or [
+        logical_date_for(pipeline, None, now)
+    ]
+
+    def work(conn: Any) -> list[int]:
+        pks = []
+        for logical_date in logical:
+            run_id = f"manual__{logical_date.isoformat()}__{uuid.uuid4().hex[:6]}"
+            pks.append(
+                repo.create_run(
+                    conn,
+                    pipeline=name,
+                    run_id=run_id,
+                    logical_date=logical_date,
+                    interval=pipeline.schedule.interval(logical_date),
+                    origin=RunOrigin.MANUAL,
+                    conf=resolved,
+                    version=pipeline.version,
+                    task_ids=pipeline.topological(),
+                    now=now,
+                )
+            )
+        return pks
+
+    pks = project.db.write(work)
+    with project.db.read() as conn:
+        return repo.runs_by_pk(conn, pks)
+
+
+@dataclass
+class Progress:
+    total: int
+    done: int
+    failed: int
+    running: int
+
+
+def progress(project: Project, run_pks: Sequence[int]) -> Progress:
+    with project.db.read() as conn:
+        rows = repo.runs_by_pk(conn, run_pks)
+    return Progress(
+        total=len(rows),
+        done=sum(1 for r in rows if r.state in RUN_FINISHED),
+        failed=sum(1 for r in rows if r.state in (RunState.FAILED, RunState.CANCELLED)),
+        running=sum(1 for r in rows if r.state == RunState.RUNNING),
+    )
+
+
+def scheduler_is_running(project: Project, pipeline: str | None = None) -> bool:
+    """Is a live scheduler working on ``pipeline`` (or on every pipeline)?"""
+    with project.db.read() as conn:
+        live = repo.live_schedulers(conn, utcnow(), project.settings.scheduler_timeout)
+    return any(covers(r.scope, None if pipeline is None else [pipeline]) for r in live)
+
+
+def wait(
+    project: Project,
+    pipeline: str,
+    run_pks: Sequence[int],
+    on_progress: Callable[[Progress], None] = lambda p: None,
+) -> Progress:
+    """Wait until the runs finish. Without a running scheduler, run one in-process for
+    this pipeline (every limit holds as usual); with one, watch the database."""
+    last: list[Progress] = []
+
+    def finished() -> bool:
+        p = progress(project, run_pks)
+        if not last or p != last[-1]:
+            on_progress(p)
+        last[:] = [p]
+        return p.done == p.total
+
+    if scheduler_is_running(project, pipeline):
+        while not finished():
+            time.sleep(0.2)
+    else:
+        scheduler = Scheduler(
+            project.db,
+            project.settings,
+            project.launcher(),
+            catalog=project.catalog,
+            only=[pipeline],
+            create_scheduled_runs=False,
+        )
+        if not finished():
+            scheduler.run(until=finished, idle_wait=0.2)
+    return last[-1]
+
+
+def list_runs(
+    project: Project, pipeline: str | None = None, state: str | None = None, limit: int = 50
+) -> list[Row[Any]]:
+    if pipeline is not None:
+        known(project, pipeline)
+    if state is not None and state not in {s.value for s in RunState}:
+        raise InvalidInput(
+            f"unknown run state {state!r} (one of: {', '.join(s.value for s in RunState)})"
+        )
+    with project.db.read() as conn:
+        return repo.list_runs(conn, pipeline=pipeline, state=state, limit=limit)
+
+
+def known(project: Project, pipeline: str) -> None:
+    """Raise NotFound unless the pipeline exists in the folder or in the history."""
+    with project.db.read() as conn:
+        if repo.pipeline_rows(conn, [pipeline]):
+            return
+    project.pipeline(pipeline)
+
+
+def find_run(project: Project, key: str, pipeline: str | None = None) -> Row[Any]:
+    """A run by its numeric id, its run id, or (with a pipeline) its logical date."""
+    by_date = False
+    with project.db.read() as conn:
+        if key.isdigit():
+            rows = repo.runs_by_pk(conn, [int(key)])
+        elif pipeline is not None:
+            rows = repo.find_runs(conn, pipeline, run_id=key)
+            if not rows:
+                try:
+                    when = parse_date(key)
+                except InvalidInput:
+                    when = None
+                pl = project.catalog.pipelines.get(pipeline)
+                if when is not None and pl is not None:
+                    logical = logical_date_for(pl, when, utcnow())
+                    rows = repo.find_runs(conn, pipeline, logical_date=logical)
+                    by_date = True
+        else:
+            rows = [
+                r
+                for p in repo.pipeline_rows(conn)
+                for r in repo.find_runs(conn, p.name, run_id=key)
+            ]
+    if pipeline is not None:
+        rows = [r for r in rows if r.pipeline == pipeline]
+    if not rows:
+        where = f" of pipeline {pipeline!r}" if pipeline else ""
+        raise NotFound(f"no run {key!r}{where} (see `reflow runs list`)")
+    if len(rows) > 1 and by_date:
+        return rows[0]  # the latest run for that date
+    if len(rows) > 1 and not key.isdigit():
+        ids = ", ".join(str(r.id) for r in rows)
+        raise InvalidInput(f"{key!r} matches several runs ({ids}); give the run's number")
+    return rows[0]
+
+
+@dataclass
+class RunDetail:
+    run: Row[Any]
+    attempts: list[Row[Any]]
+    task_instances: list[Row[Any]]
+    tries: list[Row[Any]]
+
+
+def run_detail(project: Project, run: Row[Any]) -> RunDetail:
+    with project.db.read() as conn:
+        tis = repo.run_task_instances(conn, [run.id])
+        order = _task_order(project, run.pipeline)
+        tis.sort(key=lambda t: (order.get(t.task_id, len(order)), t.task_id))
+        return RunDetail(
+            run, repo.attempts_of(conn, run.id), tis, repo.tries_of(conn, run_pk=run.id)
+        )
+
+
+def _task_order(project: Project, pipeline: str) -> dict[str, int]:
+    pl = project.catalog.pipelines.get(pipeline)
+    return {t: i for i, t in enumerate(pl.topological())} if pl else {}
+
+
+def try_log(
+    project: Project, run: Row[Any], task_id: str, try_number: int | None = None
+) -> tuple[Row[Any], Path]:
+    """The try (latest unless ``try_number``) of a task in a run, and its log file."""
+    with project.db.read() as conn:
+        tries = [t for t in repo.tries_of(conn, run_pk=run.id) if t.task_id == task_id]
+        tis = {t.task_id for t in repo.run_task_instances(conn, [run.id])}
+    if task_id not in tis:
+        raise NotFound(
+            f"run {run.run_id} has no task {task_id!r} (tasks: {', '.join(sorted(tis))})"
+        )
+    if not tries:
+        raise NotFound(f"task {task_id!r} of run {run.run_id} has not run yet")
+    if try_number is None:
+        return tries[-1], Path(tries[-1].log_path)
+    for t in tries:
+        if t.try_number == try_number:
+            return t, Path(t.log_path)
+    numbers = ", ".join(str(t.try_number) for t in tries)
+    raise NotFound(f"task {task_id!r} has no try {try_number} (tries: {numbers})")
+
+
+def secrets_of(project: Project, pipeline: str) -> Secrets:
+    """What must be masked when showing this pipeline's runs, conf and logs."""
+    defined = project.catalog.pipelines.get(pipeline)
+    if defined is not None:
+        return Secrets.of(defined.structure(), defined.params.secret_names())
+    with project.db.read() as conn:
+        rows = repo.pipeline_rows(conn, [pipeline])
+    return Secrets.of(rows[0].structure if rows else None)
+
+
+def stop_tries(project: Project, pipeline: str, try_ids: Sequence[int], timeout: float) -> bool:
+    """Wait until these tries (already asked to stop in the store) have ended.
+
+    A running scheduler carries the stop out; without one, an in-process scheduler adopts
+    the tries, stops them through their launcher and records how they ended. Returns True
+    when all ended within ``timeout`` seconds."""
+    if not try_ids:
+        return True
+    wanted = set(try_ids)
+    if scheduler_is_running(project, pipeline):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with project.db.read() as conn:
+                if not {t.id for t in repo.live_tries(conn)} & wanted:
+                    return True
+            time.sleep(0.2)
+        return False
+    scheduler = Scheduler(
+        project.db,
+        project.settings,
+        project.launcher(),
+        catalog=project.catalog,
+        only=[pipeline],
+        create_scheduled_runs=False,
+    )
+    return scheduler.stop_tries(wanted, timeout)

@@ -1,0 +1,294 @@
+"""The metadata schema. Created and changed only through the Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stored as naive UTC on every backend, always returned timezone-aware (UTC)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
+
+
+NAME = 200
+
+pipelines = Table(
+    "pipelines",
+    metadata,
+    Column("name", String(NAME), primary_key=True),
+    Column("version", String(32), nullable=False),
+    Column("fileloc", Text, nullable=True),
+    Column("active", Boolean, nullable=False, default=True),
+    Column("structure", JSON, nullable=False),
+    # The next scheduled interval to create a run for (None: start from start_date).
+    Column("next_logical_date", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+pipeline_versions = Table(
+    "pipeline_versions",
+    metadata,
+    Column(
+        "pipeline", String(NAME), ForeignKey("pipelines.name", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("version", String(32), primary_key=True),
+    Column("structure", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+import_errors = Table(
+    "import_errors",
+    metadata,
+    Column("path", String(1000), primary_key=True),
+    Column("message", Text, nullable=False),
+    Column("detail", Text, nullable=False, default=""),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+schedulers = Table(
+    "schedulers",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+    Column("stopped_at", UTCDateTime, nullable=True),
+    # Pipelines it works on; None means all (a daemon). `trigger --wait` runs a scoped one.
+    Column("scope", JSON, nullable=True),
+)
+
+backfills = Table(
+    "backfills",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("pipeline", String(NAME), ForeignKey("pipelines.name"), nullable=False),
+    # The requested range of logical dates, both ends included.
+    Column("start", UTCDateTime, nullable=False),
+    Column("end", UTCDateTime, nullable=False),
+    Column("conf", JSON, nullable=False),
+    Column("reprocess", String(16), nullable=False),
+    Column("max_active_runs", Integer, nullable=True),
+    Column("run_order", String(8), nullable=False),
+    Column("tasks", JSON, nullable=True),
+    Column("state", String(16), nullable=False),
+    # What the plan did: {"create": n, "reset": n, "skip": n}.
+    Column("planned", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime, nullable=True),
+    Index("ix_backfills_state", "state"),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("pipeline", String(NAME), ForeignKey("pipelines.name"), nullable=False),
+    Column("run_id", String(250), nullable=False),
+    Column("logical_date", UTCDateTime, nullable=False),
+    Column("data_interval_start", UTCDateTime, nullable=False),
+    Column("data_interval_end", UTCDateTime, nullable=False),
+    Column("origin", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("conf", JSON, nullable=False),
+    Column("attempt", Integer, nullable=False, default=1),
+    Column("version", String(32), nullable=False),
+    Column("backfill_id", Integer, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("queued_at", UTCDateTime, nullable=True),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("ended_at", UTCDateTime, nullable=True),
+    # run_timeout deadline, set when the run starts.
+    Column("deadline", UTCDateTime, nullable=True),
+    UniqueConstraint("pipeline", "run_id"),
+    # The tick's queries filter on state and pipeline: with both in one index the planner
+    # never walks a pipeline's whole history instead.
+    Index("ix_runs_state_pipeline", "state", "pipeline"),
+    Index("ix_runs_backfill_id", "backfill_id"),
+    Index("ix_runs_pipeline_logical_date", "pipeline", "logical_date"),
+    # One scheduled/backfill run per (pipeline, logical date); manual runs are free.
+    Index(
+        "uq_runs_pipeline_logical_date_dated",
+        "pipeline",
+        "logical_date",
+        unique=True,
+        sqlite_where=text("origin != 'manual'"),
+        postgresql_where=text("origin != 'manual'"),
+    ),
+)
+
+run_attempts = Table(
+    "run_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("origin", String(16), nullable=False),
+    Column("conf", JSON, nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("backfill_id", Integer, nullable=True),
+    Column("state", String(16), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("ended_at", UTCDateTime, nullable=True),
+    UniqueConstraint("run", "attempt"),
+)
+
+task_instances = Table(
+    "task_instances",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("task_id", String(NAME), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("try_number", Integer, nullable=False, default=0),
+    # Tries that do not use up a retry: those lost with their scheduler, and every try
+    # made before the task instance was last cleared.
+    Column("lost_tries", Integer, nullable=False, default=0),
+    Column("next_try_at", UTCDateTime, nullable=True),
+    Column("failure_reason", String(16), nullable=True),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("ended_at", UTCDateTime, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("run", "task_id"),
+    Index("ix_task_instances_state", "state"),
+)
+
+tries = Table(
+    "tries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ti", Integer, ForeignKey("task_instances.id", ondelete="CASCADE"), nullable=False),
+    Column("run", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("try_number", Integer, nullable=False),
+    Column("run_attempt", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("launcher", String(32), nullable=False),
+    Column("owner", Integer, nullable=True),
+    Column("host", String(255), nullable=True),
+    Column("pid", Integer, nullable=True),
+    Column("external_id", String(255), nullable=True),
+    Column("log_path", Text, nullable=False),
+    Column("queued_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("ended_at", UTCDateTime, nullable=True),
+    Column("heartbeat_at", UTCDateTime, nullable=True),
+    # Task timeout deadline; run deadlines live on the run.
+    Column("deadline", UTCDateTime, nullable=True),
+    Column("kill_grace", Float, nullable=False, default=10.0),
+    # Why reflow asked this try to stop (timed_out, run_timed_out, killed), if it did.
+    Column("cancel_reason", String(16), nullable=True),
+    Column("exit_code", Integer, nullable=True),
+    Column("failure_reason", String(16), nullable=True),
+    Column("detail", Text, nullable=True),
+    # An id the try's program reported (the Spark application id).
+    Column("app_id", String(255), nullable=True),
+    UniqueConstraint("ti", "try_number"),
+    Index("ix_tries_state", "state"),
+    # At most one live try per task instance.
+    Index(
+        "uq_tries_ti_live",
+        "ti",
+        unique=True,
+        sqlite_where=text("ended_at IS NULL"),
+        postgresql_where=text("ended_at IS NULL"),
+    ),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("entity", String(8), nullable=False),
+    Column("entity_id", Integer, nullable=False),
+    Column("run", Integer, nullable=True, index=True),
+    Column("old", String(16), nullable=True),
+    Column("new", String(16), nullable=False),
+    Column("detail", Text, nullable=True),
+)
+
+# -- web access ---------------------------------------------------------------------------
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(NAME), nullable=False),
+    # "scrypt$n$r$p$<salt hex>$<hash hex>": the parameters and a per-user salt.
+    Column("password_hash", String(255), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_login_at", UTCDateTime, nullable=True),
+    UniqueConstraint("name"),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(NAME), nullable=False),
+    # The token is shown once; only its sha256 is kept (and a prefix, to recognise it).
+    Column("token_hash", String(64), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("last_used_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    UniqueConstraint("token_hash"),
+    # One live token per name; revoked ones stay for the record.
+    Index(
+        "uq_api_tokens_name_live",
+        "name",
+        unique=True,
+        sqlite_where=text("revoked_at IS NULL"),
+        postgresql_where=text("revoked_at IS NULL"),
+    ),
+)

@@ -1,0 +1,838 @@
+"""Named queries: the only place that reads or writes the metadata database.
+
+Every state change goes through :func:`transition`, which names the states it may come
+from, checks them against the table in ``core.states``, counts the rows it changed and
+writes one event per row, in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeAlias
+
+from sqlalchemy import Connection, Row, Table, and_, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from reflow.core.errors import Conflict
+from reflow.core.states import (
+    BACKFILL_TRANSITIONS,
+    RUN_ACTIVE,
+    RUN_TRANSITIONS,
+    TI_FINISHED,
+    TI_TRANSITIONS,
+    TRY_TRANSITIONS,
+    BackfillState,
+    RunOrigin,
+    RunState,
+    TIState,
+    TryState,
+    check_transition,
+)
+from reflow.store.models import (
+    backfills,
+    events,
+    import_errors,
+    pipeline_versions,
+    pipelines,
+    run_attempts,
+    runs,
+    schedulers,
+    task_instances,
+    tries,
+)
+
+_TABLES: dict[str, tuple[Table, dict[Any, frozenset[Any]], type]] = {
+    "backfill": (backfills, BACKFILL_TRANSITIONS, BackfillState),
+    "run": (runs, RUN_TRANSITIONS, RunState),
+    "ti": (task_instances, TI_TRANSITIONS, TIState),
+    "try": (tries, TRY_TRANSITIONS, TryState),
+}
+_CHUNK = 500
+# A result row of any shape.
+Rec: TypeAlias = Row[*tuple[Any, ...]]
+_LIVE_TRY = tries.c.state.in_([TryState.QUEUED.value, TryState.RUNNING.value])
+
+
+def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
+    for i in range(0, len(ids), _CHUNK):
+        yield ids[i : i + _CHUNK]
+
+
+# -- the one state writer -------------------------------------------------------------------
+def transition(
+    conn: Connection,
+    entity: str,
+    ids: Iterable[int],
+    to: Any,
+    from_: Iterable[Any],
+    now: datetime,
+    *,
+    detail: str | None = None,
+    **values: Any,
+) -> list[int]:
+    """Move rows ``ids`` of ``entity`` from one of ``from_`` to ``to``; return the ids moved.
+
+    Rows in another state are left alone (a lost race, for the caller to judge). Raises
+    IllegalTransition when the table forbids ``from_ -> to``: that is a bug.
+    """
+    table, rules, enum = _TABLES[entity]
+    sources = frozenset(enum(s) for s in from_)
+    check_transition(rules, sources, enum(to))
+    wanted = list(dict.fromkeys(ids))
+    if not wanted:
+        return []
+    extra = {"updated_at": now} if entity in ("ti", "backfill") else {}
+    moved: list[tuple[int, str, int | None]] = []
+    for chunk in _chunks(wanted):
+        # Events name the run they concern; a backfill's concern several.
+        run_col = table.c.id if entity in ("run", "backfill") else table.c.run
+        if len(sources) == 1:
+            (old,) = sources
+            stmt = (
+                update(table)
+                .where(table.c.id.in_(chunk), table.c.state == old.value)
+                .values(state=enum(to).value, **extra, **values)
+                .returning(table.c.id, run_col)
+            )
+            moved += [(r[0], old.value, r[1]) for r in conn.execute(stmt)]
+        else:
+            current = conn.execute(
+                select(table.c.id, table.c.state, run_col).where(
+                    table.c.id.in_(chunk), table.c.state.in_([s.value for s in sources])
+                )
+            ).all()
+            by_old: dict[str, list[int]] = {}
+            for row in current:
+                by_old.setdefault(row[1], []).append(row[0])
+            run_of = {row[0]: row[2] for row in current}
+            for old_state, old_ids in by_old.items():
+                stmt = (
+                    update(table)
+                    .where(table.c.id.in_(old_ids), table.c.state == old_state)
+                    .values(state=enum(to).value, **extra, **values)
+                    .returning(table.c.id)
+                )
+                moved += [(r[0], old_state, run_of[r[0]]) for r in conn.execute(stmt)]
+    if moved:
+        conn.execute(
+            insert(events),
+            [
+                {
+                    "at": now,
+                    "entity": entity,
+                    "entity_id": i,
+                    "run": None if entity == "backfill" else run,
+                    "old": old,
+                    "new": enum(to).value,
+                    "detail": detail,
+                }
+                for i, old, run in moved
+            ],
+        )
+    return [m[0] for m in moved]
+
+
+# -- pipelines ------------------------------------------------------------------------------
+def sync_pipelines(
+    conn: Connection,
+    found: Mapping[str, tuple[str, str | None, dict[str, Any]]],
+    problems: Mapping[str, tuple[str, str]],
+    now: datetime,
+) -> list[str]:
+    """Record the pipelines found (name -> version, file, structure) and the import
+    problems (path -> message, detail). Pipelines no longer found become inactive, except
+    those whose file failed to import (their last good version stays active).
+
+    Returns the names whose version changed.
+    """
+    existing = {r.name: r for r in conn.execute(select(pipelines)).all()}
+    changed: list[str] = []
+    for name, (version, fileloc, structure) in found.items():
+        row = existing.get(name)
+        if row is None:
+            conn.execute(
+                insert(pipelines).values(
+                    name=name,
+                    version=version,
+                    fileloc=fileloc,
+                    active=True,
+                    structure=structure,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        elif row.version != version or not row.active or row.fileloc != fileloc:
+            conn.execute(
+                update(pipelines)
+                .where(pipelines.c.name == name)
+                .values(
+                    version=version,
+                    fileloc=fileloc,
+                    active=True,
+                    structure=structure,
+                    updated_at=now,
+                )
+            )
+        if row is None or row.version != version:
+            changed.append(name)
+            known = conn.execute(
+                select(pipeline_versions.c.version).where(
+                    pipeline_versions.c.pipeline == name, pipeline_versions.c.version == version
+                )
+            ).first()
+            if known is None:
+                conn.execute(
+                    insert(pipeline_versions).values(
+                        pipeline=name, version=version, structure=structure, created_at=now
+                    )
+                )
+    broken_files = set(problems)
+    for name, row in existing.items():
+        if name not in found and row.active and row.fileloc not in broken_files:
+            conn.execute(
+                update(pipelines)
+                .where(pipelines.c.name == name)
+                .values(active=False, updated_at=now)
+            )
+    conn.execute(delete(import_errors))
+    if problems:
+        conn.execute(
+            insert(import_errors),
+            [
+                {"path": path, "message": msg, "detail": detail, "created_at": now}
+                for path, (msg, detail) in problems.items()
+            ],
+        )
+    return changed
+
+
+def pipeline_rows(conn: Connection, names: Iterable[str] | None = None) -> list[Rec]:
+    stmt = select(pipelines).order_by(pipelines.c.name)
+    if names is not None:
+        stmt = stmt.where(pipelines.c.name.in_(list(names)))
+    return list(conn.execute(stmt).all())
+
+
+def set_next_logical_date(conn: Connection, name: str, value: datetime) -> None:
+    conn.execute(update(pipelines).where(pipelines.c.name == name).values(next_logical_date=value))
+
+
+def list_import_errors(conn: Connection) -> list[Rec]:
+    return list(conn.execute(select(import_errors).order_by(import_errors.c.path)).all())
+
+
+# -- runs -----------------------------------------------------------------------------------
+def create_run(
+    conn: Connection,
+    *,
+    pipeline: str,
+    run_id: str,
+    logical_date: datetime,
+    interval: tuple[datetime, datetime],
+    origin: RunOrigin,
+    conf: Mapping[str, Any],
+    version: str,
+    task_ids: Sequence[str],
+    now: datetime,
+    backfill_id: int | None = None,
+) -> int:
+    """Insert a queued run with its first attempt and a pending TI per task.
+
+    Raises Conflict when a dated run already exists for that logical date (or the run id
+    is taken); the caller's transaction is left usable.
+    """
+    try:
+        with conn.begin_nested():
+            run_pk = conn.execute(
+                insert(runs)
+                .values(
+                    pipeline=pipeline,
+                    run_id=run_id,
+                    logical_date=logical_date,
+                    data_interval_start=interval[0],
+                    data_interval_end=interval[1],
+                    origin=origin.value,
+                    state=RunState.QUEUED.value,
+                    conf=dict(conf),
+                    attempt=1,
+                    version=version,
+                    backfill_id=backfill_id,
+                    created_at=now,
+                    queued_at=now,
+                )
+                .returning(runs.c.id)
+            ).scalar_one()
+    except IntegrityError:
+        raise Conflict(
+            f"pipeline {pipeline!r} already has a run for {logical_date.isoformat()} ({run_id})"
+        ) from None
+    conn.execute(
+        insert(run_attempts).values(
+            run=run_pk,
+            attempt=1,
+            origin=origin.value,
+            conf=dict(conf),
+            version=version,
+            backfill_id=backfill_id,
+            created_at=now,
+        )
+    )
+    add_task_instances(conn, run_pk, task_ids, now)
+    conn.execute(
+        insert(events).values(
+            at=now,
+            entity="run",
+            entity_id=run_pk,
+            run=run_pk,
+            old=None,
+            new=RunState.QUEUED.value,
+            detail=f"created ({origin.value})",
+        )
+    )
+    return int(run_pk)
+
+
+def add_task_instances(
+    conn: Connection, run_pk: int, task_ids: Iterable[str], now: datetime
+) -> None:
+    rows = [
+        {
+            "run": run_pk,
+            "task_id": t,
+            "state": TIState.PENDING.value,
+            "try_number": 0,
+            "lost_tries": 0,
+            "updated_at": now,
+        }
+        for t in task_ids
+    ]
+    if rows:
+        conn.execute(insert(task_instances), rows)
+
+
+def reconcile_task_instances(
+    conn: Connection,
+    run_pk: int,
+    tis: Sequence[Rec],
+    task_ids: Sequence[str],
+    now: datetime,
+    *,
+    finished_too: bool,
+) -> None:
+    """Bring a run's task instances ``tis`` to the pipeline's current ``task_ids``: new
+    tasks get a pending instance; instances of removed tasks become ``removed`` (only the
+    unfinished ones unless ``finished_too``, so a live run keeps what already happened)."""
+    have = {ti.task_id for ti in tis}
+    add_task_instances(conn, run_pk, [t for t in task_ids if t not in have], now)
+    keep = set(task_ids)
+    gone = [
+        ti
+        for ti in tis
+        if ti.task_id not in keep
+        and ti.state != TIState.REMOVED
+        and (finished_too or ti.state not in TI_FINISHED)
+    ]
+    transition(
+        conn,
+        "ti",
+        [ti.id for ti in gone],
+        TIState.REMOVED,
+        {ti.state for ti in gone},
+        now,
+        detail="task removed from pipeline",
+        ended_at=now,
+    )
+
+
+def dated_run_exists(conn: Connection, pipeline: str, logical_date: datetime) -> bool:
+    return (
+        conn.execute(
+            select(runs.c.id).where(
+                runs.c.pipeline == pipeline,
+                runs.c.logical_date == logical_date,
+                runs.c.origin != RunOrigin.MANUAL.value,
+            )
+        ).first()
+        is not None
+    )
+
+
+def count_running_runs(conn: Connection) -> dict[str, int]:
+    rows = conn.execute(
+        select(runs.c.pipeline, func.count())
+        .where(runs.c.state == RunState.RUNNING.value)
+        .group_by(runs.c.pipeline)
+    ).all()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def queued_runs(conn: Connection, pipeline_names: Iterable[str] | None = None) -> list[Rec]:
+    stmt = select(
+        runs.c.id, runs.c.pipeline, runs.c.origin, runs.c.logical_date, runs.c.backfill_id
+    ).where(runs.c.state == RunState.QUEUED.value)
+    if pipeline_names is not None:
+        stmt = stmt.where(runs.c.pipeline.in_(list(pipeline_names)))
+    return list(conn.execute(stmt).all())
+
+
+def count_running_by_backfill(conn: Connection, ids: Iterable[int]) -> dict[int, int]:
+    wanted = list(ids)
+    if not wanted:
+        return {}
+    rows = conn.execute(
+        select(runs.c.backfill_id, func.count())
+        .where(runs.c.state == RunState.RUNNING.value, runs.c.backfill_id.in_(wanted))
+        .group_by(runs.c.backfill_id)
+    ).all()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def active_runs(conn: Connection, pipeline_names: Iterable[str] | None = None) -> list[Rec]:
+    """Queued and running runs, oldest logical date first.
+
+    Sorted here, not in SQL: an ORDER BY on logical_date lets the planner walk the
+    (pipeline, logical_date) index through the whole history instead of the state index.
+    """
+    stmt = select(runs).where(runs.c.state.in_([s.value for s in RUN_ACTIVE]))
+    if pipeline_names is not None:
+        stmt = stmt.where(runs.c.pipeline.in_(list(pipeline_names)))
+    return sorted(conn.execute(stmt).all(), key=lambda r: (r.logical_date, r.id))
+
+
+def run_task_instances(conn: Connection, run_pks: Sequence[int]) -> list[Rec]:
+    if not run_pks:
+        return []
+    out: list[Rec] = []
+    for chunk in _chunks(list(run_pks)):
+        out += conn.execute(select(task_instances).where(task_instances.c.run.in_(chunk))).all()
+    return out
+
+
+def start_run(conn: Connection, run_pk: int, now: datetime, deadline: datetime | None) -> bool:
+    moved = transition(
+        conn,
+        "run",
+        [run_pk],
+        RunState.RUNNING,
+        [RunState.QUEUED],
+        now,
+        started_at=now,
+        deadline=deadline,
+        ended_at=None,
+    )
+    if moved:
+        attempt = conn.execute(select(runs.c.attempt).where(runs.c.id == run_pk)).scalar_one()
+        conn.execute(
+            update(run_attempts)
+            .where(run_attempts.c.run == run_pk, run_attempts.c.attempt == attempt)
+            .values(started_at=now, state=RunState.RUNNING.value)
+        )
+    return bool(moved)
+
+
+def finish_run(
+    conn: Connection, run_pk: int, state: RunState, now: datetime, detail: str | None = None
+) -> bool:
+    sources = (
+        [RunState.RUNNING, RunState.QUEUED] if state == RunState.CANCELLED else [RunState.RUNNING]
+    )
+    moved = transition(conn, "run", [run_pk], state, sources, now, detail=detail, ended_at=now)
+    if moved:
+        attempt = conn.execute(select(runs.c.attempt).where(runs.c.id == run_pk)).scalar_one()
+        conn.execute(
+            update(run_attempts)
+            .where(run_attempts.c.run == run_pk, run_attempts.c.attempt == attempt)
+            .values(ended_at=now, state=state.value)
+        )
+    return bool(moved)
+
+
+def set_run_version(conn: Connection, run_pk: int, version: str) -> None:
+    conn.execute(update(runs).where(runs.c.id == run_pk).values(version=version))
+
+
+# -- tries ----------------------------------------------------------------------------------
+def queue_try(
+    conn: Connection,
+    *,
+    ti_id: int,
+    run_pk: int,
+    run_attempt: int,
+    launcher: str,
+    owner: int,
+    log_path_for: Any,
+    timeout: float | None,
+    kill_grace: float,
+    now: datetime,
+) -> tuple[int, int] | None:
+    """Take a scheduled TI: TI scheduled -> queued with a new try row. Returns (try id,
+    try number), or None when another scheduler took it first."""
+    if not transition(conn, "ti", [ti_id], TIState.QUEUED, [TIState.SCHEDULED], now):
+        return None
+    number = int(
+        conn.execute(
+            update(task_instances)
+            .where(task_instances.c.id == ti_id)
+            .values(
+                try_number=task_instances.c.try_number + 1, next_try_at=None, failure_reason=None
+            )
+            .returning(task_instances.c.try_number)
+        ).scalar_one()
+    )
+    try_id = int(
+        conn.execute(
+            insert(tries)
+            .values(
+                ti=ti_id,
+                run=run_pk,
+                try_number=number,
+                run_attempt=run_attempt,
+                state=TryState.QUEUED.value,
+                launcher=launcher,
+                owner=owner,
+                log_path=log_path_for(number),
+                queued_at=now,
+                heartbeat_at=now,
+                deadline=now + timedelta(seconds=timeout) if timeout else None,
+                kill_grace=kill_grace,
+            )
+            .returning(tries.c.id)
+        ).scalar_one()
+    )
+    conn.execute(
+        insert(events).values(
+            at=now, entity="try", entity_id=try_id, run=run_pk, old=None, new=TryState.QUEUED.value
+        )
+    )
+    return try_id, number
+
+
+def mark_try_started(
+    conn: Connection,
+    try_id: int,
+    ti_id: int,
+    *,
+    pid: int | None,
+    host: str,
+    external_id: str,
+    now: datetime,
+) -> None:
+    transition(
+        conn,
+        "try",
+        [try_id],
+        TryState.RUNNING,
+        [TryState.QUEUED],
+        now,
+        pid=pid,
+        host=host,
+        external_id=external_id,
+        started_at=now,
+        heartbeat_at=now,
+    )
+    transition(
+        conn, "ti", [ti_id], TIState.RUNNING, [TIState.QUEUED], now, started_at=now, ended_at=None
+    )
+
+
+def end_try(
+    conn: Connection,
+    try_id: int,
+    *,
+    ok: bool,
+    exit_code: int | None,
+    reason: str | None,
+    detail: str | None,
+    now: datetime,
+    app_id: str | None = None,
+) -> bool:
+    to = TryState.SUCCESS if ok else TryState.FAILED
+    return bool(
+        transition(
+            conn,
+            "try",
+            [try_id],
+            to,
+            [TryState.QUEUED, TryState.RUNNING],
+            now,
+            detail=detail,
+            ended_at=now,
+            exit_code=exit_code,
+            failure_reason=reason,
+            app_id=app_id,
+        )
+    )
+
+
+def try_row(conn: Connection, try_id: int) -> Rec | None:
+    """A try with what deciding its outcome needs: its task, TI counters and run."""
+    return conn.execute(
+        select(
+            tries,
+            task_instances.c.task_id,
+            task_instances.c.try_number.label("ti_try_number"),
+            task_instances.c.lost_tries,
+            runs.c.pipeline,
+            runs.c.state.label("run_state"),
+        )
+        .join(task_instances, task_instances.c.id == tries.c.ti)
+        .join(runs, runs.c.id == tries.c.run)
+        .where(tries.c.id == try_id)
+    ).first()
+
+
+def live_tries(
+    conn: Connection, *, owner: int | None = None, owners: Iterable[int] | None = None
+) -> list[Rec]:
+    stmt = select(tries).where(_LIVE_TRY)
+    if owner is not None:
+        stmt = stmt.where(tries.c.owner == owner)
+    if owners is not None:
+        stmt = stmt.where(or_(tries.c.owner.in_(list(owners)), tries.c.owner.is_(None)))
+    return list(conn.execute(stmt.order_by(tries.c.id)).all())
+
+
+def expired_tries(conn: Connection, owner: int, now: datetime) -> list[Rec]:
+    """Live tries of ``owner`` past their own deadline that were not asked to stop yet."""
+    return list(
+        conn.execute(
+            select(tries.c.id, tries.c.kill_grace).where(
+                tries.c.owner == owner,
+                _LIVE_TRY,
+                tries.c.cancel_reason.is_(None),
+                tries.c.deadline.is_not(None),
+                tries.c.deadline <= now,
+            )
+        ).all()
+    )
+
+
+def request_cancel(conn: Connection, try_ids: Sequence[int], reason: str) -> list[int]:
+    """Record why tries must stop (first reason wins); return those newly asked."""
+    if not try_ids:
+        return []
+    rows = conn.execute(
+        update(tries)
+        .where(
+            tries.c.id.in_(list(try_ids)),
+            _LIVE_TRY,
+            tries.c.cancel_reason.is_(None),
+        )
+        .values(cancel_reason=reason)
+        .returning(tries.c.id)
+    ).all()
+    return [r[0] for r in rows]
+
+
+def expired_runs(
+    conn: Connection, now: datetime, pipeline_names: Iterable[str] | None = None
+) -> list[Rec]:
+    stmt = select(runs.c.id, runs.c.pipeline).where(
+        runs.c.state == RunState.RUNNING.value,
+        runs.c.deadline.is_not(None),
+        runs.c.deadline <= now,
+    )
+    if pipeline_names is not None:
+        stmt = stmt.where(runs.c.pipeline.in_(list(pipeline_names)))
+    return list(conn.execute(stmt).all())
+
+
+def live_tries_of_runs(conn: Connection, run_pks: Sequence[int]) -> list[Rec]:
+    if not run_pks:
+        return []
+    return list(
+        conn.execute(
+            select(tries.c.id, tries.c.owner, tries.c.kill_grace).where(
+                tries.c.run.in_(list(run_pks)), _LIVE_TRY
+            )
+        ).all()
+    )
+
+
+# -- schedulers and heartbeats -------------------------------------------------------------
+def register_scheduler(
+    conn: Connection, host: str, pid: int, now: datetime, scope: Iterable[str] | None = None
+) -> int:
+    values = {
+        "host": host,
+        "pid": pid,
+        "started_at": now,
+        "heartbeat_at": now,
+        "scope": sorted(scope) if scope is not None else None,
+    }
+    return int(
+        conn.execute(insert(schedulers).values(**values).returning(schedulers.c.id)).scalar_one()
+    )
+
+
+def lock_pipelines(conn: Connection, names: Iterable[str]) -> set[str]:
+    """Lock the rows of ``names`` for this transaction and return those locked.
+
+    On PostgreSQL, pipelines that another scheduler holds are skipped (``SKIP LOCKED``), so
+    two schedulers never count and fill the same limits at once. On SQLite the
+    transaction already holds the database's write lock (``BEGIN IMMEDIATE``).
+    """
+    wanted = sorted(set(names))
+    if conn.dialect.name == "sqlite" or not wanted:
+        return set(wanted)
+    rows = conn.execute(
+        select(pipelines.c.name)
+        .where(pipelines.c.name.in_(wanted))
+        .order_by(pipelines.c.name)
+        .with_for_update(skip_locked=True)
+    ).all()
+    return {r[0] for r in rows}
+
+
+def heartbeat(conn: Connection, scheduler_id: int, try_ids: Sequence[int], now: datetime) -> None:
+    conn.execute(update(schedulers).where(schedulers.c.id == scheduler_id).values(heartbeat_at=now))
+    for chunk in _chunks(list(try_ids)):
+        conn.execute(update(tries).where(tries.c.id.in_(chunk), _LIVE_TRY).values(heartbeat_at=now))
+
+
+def stop_scheduler(conn: Connection, scheduler_id: int, now: datetime) -> None:
+    conn.execute(
+        update(schedulers)
+        .where(schedulers.c.id == scheduler_id)
+        .values(stopped_at=now, heartbeat_at=now)
+    )
+
+
+def other_schedulers(conn: Connection, scheduler_id: int) -> list[Rec]:
+    """Every other scheduler not known to have stopped."""
+    return list(
+        conn.execute(
+            select(schedulers).where(
+                schedulers.c.id != scheduler_id, schedulers.c.stopped_at.is_(None)
+            )
+        ).all()
+    )
+
+
+def live_schedulers(conn: Connection, now: datetime, timeout: float) -> list[Rec]:
+    return list(
+        conn.execute(
+            select(schedulers).where(
+                schedulers.c.stopped_at.is_(None),
+                schedulers.c.heartbeat_at >= now - timedelta(seconds=timeout),
+            )
+        ).all()
+    )
+
+
+def mark_schedulers_dead(conn: Connection, ids: Sequence[int], now: datetime) -> None:
+    if ids:
+        conn.execute(
+            update(schedulers)
+            .where(schedulers.c.id.in_(list(ids)), schedulers.c.stopped_at.is_(None))
+            .values(stopped_at=now)
+        )
+
+
+def claim_orphans(conn: Connection, me: int, live_owner_ids: Iterable[int]) -> list[Rec]:
+    """Take over every live try whose owner is not a live scheduler; return them."""
+    live = set(live_owner_ids) | {me}
+    candidates = conn.execute(
+        select(tries.c.id, tries.c.owner).where(
+            _LIVE_TRY, or_(tries.c.owner.is_(None), tries.c.owner.not_in(live))
+        )
+    ).all()
+    claimed: list[int] = []
+    for row in candidates:
+        cond = tries.c.owner.is_(None) if row.owner is None else tries.c.owner == row.owner
+        res = conn.execute(
+            update(tries).where(tries.c.id == row.id, cond, _LIVE_TRY).values(owner=me)
+        )
+        if res.rowcount:
+            claimed.append(row.id)
+    if not claimed:
+        return []
+    return list(conn.execute(select(tries).where(tries.c.id.in_(claimed))).all())
+
+
+# -- reads for the CLI and services ----------------------------------------------------------
+def list_runs(
+    conn: Connection,
+    *,
+    pipeline: str | None = None,
+    state: str | None = None,
+    limit: int = 50,
+) -> list[Rec]:
+    stmt = select(runs)
+    if pipeline is not None:
+        stmt = stmt.where(runs.c.pipeline == pipeline)
+    if state is not None:
+        stmt = stmt.where(runs.c.state == state)
+    return list(
+        conn.execute(stmt.order_by(runs.c.logical_date.desc(), runs.c.id.desc()).limit(limit)).all()
+    )
+
+
+def runs_by_pk(conn: Connection, run_pks: Sequence[int]) -> list[Rec]:
+    if not run_pks:
+        return []
+    return list(conn.execute(select(runs).where(runs.c.id.in_(list(run_pks)))).all())
+
+
+def find_runs(
+    conn: Connection,
+    pipeline: str,
+    *,
+    run_id: str | None = None,
+    logical_date: datetime | None = None,
+) -> list[Rec]:
+    stmt = select(runs).where(runs.c.pipeline == pipeline)
+    if run_id is not None:
+        stmt = stmt.where(runs.c.run_id == run_id)
+    if logical_date is not None:
+        stmt = stmt.where(runs.c.logical_date == logical_date)
+    return list(conn.execute(stmt.order_by(runs.c.id.desc())).all())
+
+
+def attempts_of(conn: Connection, run_pk: int) -> list[Rec]:
+    return list(
+        conn.execute(
+            select(run_attempts)
+            .where(run_attempts.c.run == run_pk)
+            .order_by(run_attempts.c.attempt)
+        ).all()
+    )
+
+
+def tries_of(conn: Connection, *, run_pk: int | None = None, ti_id: int | None = None) -> list[Rec]:
+    stmt = select(tries, task_instances.c.task_id).join(
+        task_instances, task_instances.c.id == tries.c.ti
+    )
+    if run_pk is not None:
+        stmt = stmt.where(tries.c.run == run_pk)
+    if ti_id is not None:
+        stmt = stmt.where(tries.c.ti == ti_id)
+    return list(conn.execute(stmt.order_by(tries.c.id)).all())
+
+
+def count_live_tis(conn: Connection) -> dict[str, int]:
+    """Queued or running TIs per pipeline (for max_active_tasks)."""
+    rows = conn.execute(
+        select(runs.c.pipeline, func.count())
+        .select_from(task_instances.join(runs, runs.c.id == task_instances.c.run))
+        .where(
+            and_(
+                task_instances.c.state.in_([TIState.QUEUED.value, TIState.RUNNING.value]),
+                runs.c.state == RunState.RUNNING.value,
+            )
+        )
+        .group_by(runs.c.pipeline)
+    ).all()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def cancel_requested(conn: Connection, owner: int) -> list[Rec]:
+    """Live tries of ``owner`` that someone asked to stop."""
+    return list(
+        conn.execute(
+            select(tries.c.id, tries.c.kill_grace, tries.c.cancel_reason).where(
+                tries.c.owner == owner, _LIVE_TRY, tries.c.cancel_reason.is_not(None)
+            )
+        ).all()
+    )

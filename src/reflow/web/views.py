@@ -1,0 +1,680 @@
+"""Read models for the API and the pages: call the services, shape their rows into the
+API's schemas, mask secrets. Nothing here decides anything the services decide."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any, Literal, cast
+from zoneinfo import ZoneInfo
+
+from reflow.core.errors import InvalidInput, NotFound
+from reflow.core.masking import MASK, Secrets, scrub
+from reflow.core.schedule import to_datetime
+from reflow.core.states import RUN_ACTIVE, RunState
+from reflow.scheduler import utcnow
+from reflow.services import backfill as backfill_service
+from reflow.services import history as history_service
+from reflow.services import pipelines as pipeline_service
+from reflow.services import runs as run_service
+from reflow.services.project import Project
+from reflow.store import history, repo
+from reflow.web import schemas as s
+
+Action = Literal["create", "reset", "skip"]
+LOG_CHUNK = 256 * 1024
+MAX_ID = 2**31 - 1
+_YEARS = (1900, 2999)
+
+
+# -- helpers --------------------------------------------------------------------------------
+def seconds(
+    start: datetime | None, end: datetime | None, now: datetime | None = None
+) -> float | None:
+    if start is None:
+        return None
+    return round(((end or now or utcnow()) - start).total_seconds(), 3)
+
+
+def parse_day(text: str, what: str = "date") -> datetime:
+    """A user-given date, refused with one line when it is not one reflow can schedule."""
+    when = run_service.parse_date(text)
+    if not _YEARS[0] <= when.year <= _YEARS[1]:
+        raise InvalidInput(f"{what} {text!r} is out of range (years {_YEARS[0]}-{_YEARS[1]})")
+    return when
+
+
+class Structures:
+    """Each pipeline's structure and secrets, from its file or, once the file is gone, the
+    store. Cached per loaded pipeline object (a changed file loads a new one)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[object, dict[str, Any], Secrets]] = {}
+
+    def get(self, project: Project, name: str) -> tuple[dict[str, Any], Secrets]:
+        pipeline = project.catalog.pipelines.get(name)
+        with self._lock:
+            hit = self._cache.get(name)
+        if hit is not None and pipeline is not None and hit[0] is pipeline:
+            return hit[1], hit[2]
+        if pipeline is not None:
+            structure = pipeline.structure()
+        else:
+            with project.db.read() as conn:
+                rows = repo.pipeline_rows(conn, [name])
+            structure = dict(rows[0].structure) if rows else {}
+        secrets = Secrets.of(structure, pipeline.params.secret_names() if pipeline else ())
+        if pipeline is not None:
+            with self._lock:
+                self._cache[name] = (pipeline, structure, secrets)
+        return structure, secrets
+
+    def secrets(self, project: Project, name: str) -> Secrets:
+        return self.get(project, name)[1]
+
+    def timezone(self, project: Project, name: str) -> ZoneInfo:
+        structure, _ = self.get(project, name)
+        try:
+            return ZoneInfo(structure.get("timezone") or "UTC")
+        except Exception:
+            return ZoneInfo("UTC")
+
+
+STRUCTURES = Structures()
+
+
+def label(when: datetime, tz: ZoneInfo) -> str:
+    local = when.astimezone(tz)
+    if local.hour == local.minute == local.second == 0:
+        return local.strftime("%Y-%m-%d")
+    return local.strftime("%Y-%m-%d %H:%M")
+
+
+def run_out(row: Any, secrets: Secrets, now: datetime | None = None) -> s.RunOut:
+    return s.RunOut(
+        id=row.id,
+        pipeline=row.pipeline,
+        run_id=row.run_id,
+        logical_date=row.logical_date,
+        data_interval_start=row.data_interval_start,
+        data_interval_end=row.data_interval_end,
+        origin=row.origin,
+        state=row.state,
+        conf=secrets.conf(row.conf),
+        attempt=row.attempt,
+        version=row.version,
+        backfill_id=row.backfill_id,
+        created_at=row.created_at,
+        queued_at=row.queued_at,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        duration=seconds(row.started_at, row.ended_at, now),
+    )
+
+
+def _ti_out(row: Any, now: datetime) -> s.TaskInstanceOut:
+    return s.TaskInstanceOut(
+        task_id=row.task_id,
+        state=row.state,
+        try_number=row.try_number,
+        failure_reason=row.failure_reason,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        next_try_at=row.next_try_at,
+        duration=seconds(row.started_at, row.ended_at, now),
+    )
+
+
+def _try_out(row: Any, confs: Mapping[int, dict[str, Any]], now: datetime) -> s.TryOut:
+    return s.TryOut(
+        task_id=row.task_id,
+        try_number=row.try_number,
+        run_attempt=row.run_attempt,
+        state=row.state,
+        launcher=row.launcher,
+        host=row.host,
+        pid=row.pid,
+        queued_at=row.queued_at,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        duration=seconds(row.started_at, row.ended_at, now),
+        exit_code=row.exit_code,
+        failure_reason=row.failure_reason,
+        cancel_reason=row.cancel_reason,
+        detail=row.detail,
+        app_id=row.app_id,
+        conf=confs.get(row.run_attempt, {}),
+    )
+
+
+# -- pipelines ------------------------------------------------------------------------------
+def pipelines(project: Project) -> s.PipelineListOut:
+    summaries, problems = pipeline_service.list_pipelines(project)
+    with project.db.read() as conn:
+        active = repo.active_runs(conn)
+    counts: dict[tuple[str, str], int] = {}
+    for run in active:
+        counts[(run.pipeline, run.state)] = counts.get((run.pipeline, run.state), 0) + 1
+    return s.PipelineListOut(
+        pipelines=[
+            s.PipelineSummaryOut(
+                name=p.name,
+                schedule=p.schedule,
+                tasks=p.tasks,
+                active=p.active,
+                next_logical_date=p.next_logical_date,
+                latest=[s.LatestRun(logical_date=d, state=st) for d, st in p.latest],
+                running=counts.get((p.name, RunState.RUNNING), 0),
+                queued=counts.get((p.name, RunState.QUEUED), 0),
+            )
+            for p in summaries
+        ],
+        import_errors=[s.ImportErrorOut(path=p.path, message=p.message) for p in problems],
+    )
+
+
+def pipeline(project: Project, name: str) -> s.PipelineOut:
+    """A pipeline's structure; one whose file is gone is shown as last recorded."""
+    try:
+        data = pipeline_service.show_pipeline(project, name)
+    except NotFound:
+        return _recorded(project, name)
+    defined = project.pipeline(name)
+    secrets = STRUCTURES.secrets(project, name)
+    schema = defined.params.json_schema()
+    for pname, prop in (schema.get("properties") or {}).items():
+        if pname in secrets.params and "default" in prop:
+            prop["default"] = MASK
+    return _pipeline_out(data, secrets, schema, active=True)
+
+
+def _recorded(project: Project, name: str) -> s.PipelineOut:
+    with project.db.read() as conn:
+        rows = repo.pipeline_rows(conn, [name])
+    if not rows:
+        project.pipeline(name)  # raises NotFound, naming the known pipelines
+    row = rows[0]
+    data = dict(row.structure)
+    data.update(file=row.fileloc, version=row.version, order=_order(data.get("tasks") or {}))
+    return _pipeline_out(data, STRUCTURES.secrets(project, name), {}, active=bool(row.active))
+
+
+def _order(tasks: Mapping[str, Any]) -> list[str]:
+    """Task ids, upstream first, from a recorded structure."""
+    done: list[str] = []
+    remaining = dict(sorted(tasks.items()))
+    while remaining:
+        ready = [t for t, spec in remaining.items() if set(spec.get("upstream", ())) <= set(done)]
+        for t in ready or list(remaining):
+            done.append(t)
+            del remaining[t]
+    return done
+
+
+def _pipeline_out(
+    data: Mapping[str, Any], secrets: Secrets, schema: dict[str, Any], *, active: bool
+) -> s.PipelineOut:
+    masked = secrets.structure(data)
+    return s.PipelineOut(
+        name=data["name"],
+        version=data["version"],
+        file=data.get("file"),
+        active=active,
+        schedule=data.get("schedule"),
+        timezone=data.get("timezone") or "UTC",
+        start_date=data.get("start_date"),
+        end_date=data.get("end_date"),
+        catchup=bool(data.get("catchup")),
+        max_active_runs=int(data.get("max_active_runs") or 0),
+        max_active_tasks=int(data.get("max_active_tasks") or 0),
+        run_timeout=data.get("run_timeout"),
+        params=masked["params"],
+        params_schema=schema,
+        order=list(data["order"]),
+        tasks=masked["tasks"],
+    )
+
+
+# -- runs -----------------------------------------------------------------------------------
+def _bound(project: Project, name: str, text: str | None, what: str) -> datetime | None:
+    """A date-range bound as a logical date of the pipeline's schedule (UTC)."""
+    if not text:
+        return None
+    when = parse_day(text, what)
+    pl = project.catalog.pipelines.get(name)
+    if pl is not None:
+        return run_service.logical_date_for(pl, when, utcnow())
+    return to_datetime(when)
+
+
+def list_runs(
+    project: Project,
+    *,
+    pipeline: str | None,
+    state: str | None,
+    start: str | None,
+    end: str | None,
+    limit: int,
+) -> s.RunListOut:
+    if not start and not end:
+        rows = run_service.list_runs(project, pipeline, state, limit)
+    else:
+        run_service.list_runs(project, pipeline, state, 1)  # validates pipeline and state
+        names = [pipeline] if pipeline else [p.name for p in _pipeline_rows(project)]
+        rows = []
+        for name in names:
+            first = _bound(project, name, start, "start")
+            last = _bound(project, name, end, "end")
+            if first and last and last < first:
+                raise InvalidInput(f"end {end} is before start {start}")
+            with project.db.read() as conn:
+                rows += history.runs_in_range(conn, name, first, last)
+        if state:
+            rows = [r for r in rows if r.state == state]
+        rows.sort(key=lambda r: (r.logical_date, r.id), reverse=True)
+        rows = rows[:limit]
+    now = utcnow()
+    return s.RunListOut(
+        runs=[run_out(r, STRUCTURES.secrets(project, r.pipeline), now) for r in rows]
+    )
+
+
+def _pipeline_rows(project: Project) -> list[Any]:
+    with project.db.read() as conn:
+        return repo.pipeline_rows(conn)
+
+
+def check_run_key(key: str | None) -> None:
+    """Refuse run numbers no database holds (before they reach a query)."""
+    if key and key.isdigit() and (not key.isascii() or int(key) > MAX_ID):
+        raise NotFound(f"no run {key!r}")
+
+
+def find_run(project: Project, name: str, key: str) -> Any:
+    run_service.known(project, name)
+    check_run_key(key)
+    return run_service.find_run(project, key, name)
+
+
+def run_detail(project: Project, name: str, key: str) -> s.RunDetailOut:
+    detail = run_service.run_detail(project, find_run(project, name, key))
+    secrets = STRUCTURES.secrets(project, name)
+    now = utcnow()
+    confs = {a.attempt: secrets.conf(a.conf) for a in detail.attempts}
+    return s.RunDetailOut(
+        run=run_out(detail.run, secrets, now),
+        attempts=[
+            s.AttemptOut(
+                attempt=a.attempt,
+                origin=a.origin,
+                conf=confs[a.attempt],
+                version=a.version,
+                backfill_id=a.backfill_id,
+                state=a.state,
+                created_at=a.created_at,
+                started_at=a.started_at,
+                ended_at=a.ended_at,
+            )
+            for a in detail.attempts
+        ],
+        task_instances=[_ti_out(t, now) for t in detail.task_instances],
+        tries=[_try_out(t, confs, now) for t in detail.tries],
+    )
+
+
+def task_instance(project: Project, name: str, key: str, task_id: str) -> s.TaskInstanceDetailOut:
+    detail = run_detail(project, name, key)
+    for ti in detail.task_instances:
+        if ti.task_id == task_id:
+            return s.TaskInstanceDetailOut(
+                run=detail.run,
+                task_instance=ti,
+                tries=[t for t in detail.tries if t.task_id == task_id],
+            )
+    tasks = ", ".join(t.task_id for t in detail.task_instances)
+    raise NotFound(f"run {detail.run.run_id} has no task {task_id!r} (tasks: {tasks})")
+
+
+def log(
+    project: Project,
+    name: str,
+    key: str,
+    task_id: str,
+    try_number: int | None,
+    offset: int,
+    limit: int = LOG_CHUNK,
+) -> s.LogOut:
+    """A chunk of a try's log from ``offset``, secrets scrubbed. While the try runs, a
+    chunk ends at a line end, so that a secret is never split between two chunks."""
+    run = find_run(project, name, key)
+    attempt, path = run_service.try_log(project, run, task_id, try_number)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0
+    offset = min(offset, size)
+    chunk = b""
+    if size > offset:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            chunk = fh.read(min(limit, LOG_CHUNK))
+    live = attempt.ended_at is None
+    if chunk and (live or offset + len(chunk) < size):
+        cut = chunk.rfind(b"\n")
+        if cut >= 0:
+            chunk = chunk[: cut + 1]
+        elif live and len(chunk) < limit:
+            chunk = b""  # wait for the line to end
+    secrets = STRUCTURES.secrets(project, name)
+    data = chunk.decode(errors="replace")
+    if secrets:
+        with project.db.read() as conn:
+            confs = [a.conf for a in repo.attempts_of(conn, run.id)]
+        data = scrub(data, secrets.values([run.conf, *confs]))
+    nxt = offset + len(chunk)
+    return s.LogOut(
+        try_number=attempt.try_number,
+        state=attempt.state,
+        offset=offset,
+        next_offset=nxt,
+        size=size,
+        complete=not live and nxt >= size,
+        data=data,
+    )
+
+
+def trigger(project: Project, name: str, body: s.TriggerIn) -> s.TriggerOut:
+    for d in body.dates:
+        parse_day(d)
+    rows = run_service.trigger(project, name, body.dates, body.conf)
+    secrets = STRUCTURES.secrets(project, name)
+    return s.TriggerOut(runs=[run_out(r, secrets) for r in rows])
+
+
+# -- grid -----------------------------------------------------------------------------------
+def _task_order(project: Project, name: str, found: Iterable[str]) -> list[str]:
+    pl = project.catalog.pipelines.get(name)
+    order = pl.topological() if pl is not None else []
+    extra = sorted(set(found) - set(order))
+    return order + extra
+
+
+def _window(
+    project: Project, name: str, start: str | None, end: str | None, offset: int, limit: int
+) -> tuple[list[Any], bool]:
+    """Runs oldest first: the ``limit`` newest after skipping ``offset``; and whether older
+    ones exist."""
+    run_service.known(project, name)
+    first = _bound(project, name, start, "start")
+    last = _bound(project, name, end, "end")
+    if first and last and last < first:
+        raise InvalidInput(f"end {end} is before start {start}")
+    with project.db.read() as conn:
+        if first is None and last is None:
+            rows = repo.list_runs(conn, pipeline=name, limit=offset + limit + 1)
+            window = rows[offset : offset + limit]
+            return window[::-1], len(rows) > offset + limit
+        rows = history.runs_in_range(conn, name, first, last)
+    total = len(rows)
+    hi = max(0, total - offset)
+    return rows[max(0, hi - limit) : hi], hi > limit
+
+
+def _grid_run(row: Any, tz: ZoneInfo, now: datetime) -> s.GridRunOut:
+    return s.GridRunOut(
+        id=row.id,
+        run_id=row.run_id,
+        logical_date=row.logical_date,
+        label=label(row.logical_date, tz),
+        origin=row.origin,
+        state=row.state,
+        duration=seconds(row.started_at, row.ended_at, now),
+    )
+
+
+def grid(
+    project: Project,
+    name: str,
+    *,
+    start: str | None = None,
+    end: str | None = None,
+    offset: int = 0,
+    limit: int = 60,
+) -> s.GridOut:
+    window, older = _window(project, name, start, end, offset, limit)
+    with project.db.read() as conn:
+        tis = repo.run_task_instances(conn, [r.id for r in window])
+    tasks = _task_order(project, name, {t.task_id for t in tis})
+    column = {r.id: i for i, r in enumerate(window)}
+    row_of = {t: i for i, t in enumerate(tasks)}
+    states: list[list[str | None]] = [[None] * len(window) for _ in tasks]
+    for ti in tis:
+        states[row_of[ti.task_id]][column[ti.run]] = ti.state
+    tz = STRUCTURES.timezone(project, name)
+    now = utcnow()
+    return s.GridOut(
+        pipeline=name,
+        tasks=tasks,
+        runs=[_grid_run(r, tz, now) for r in window],
+        states=states,
+        offset=offset,
+        limit=limit,
+        older=offset + limit if older else None,
+        newer=max(0, offset - limit) if offset > 0 else None,
+    )
+
+
+def durations(
+    project: Project,
+    name: str,
+    *,
+    end: str | None = None,
+    limit: int = 30,
+    upto: datetime | None = None,
+) -> s.DurationsOut:
+    """Each task's duration across the latest ``limit`` runs up to ``end`` (a date as
+    typed) or ``upto`` (an exact logical date)."""
+    if upto is not None:
+        run_service.known(project, name)
+        with project.db.read() as conn:
+            window = history.runs_in_range(conn, name, None, upto)[-limit:]
+    else:
+        window, _ = _window(project, name, None, end, 0, limit)
+    with project.db.read() as conn:
+        tis = repo.run_task_instances(conn, [r.id for r in window])
+    tasks = _task_order(project, name, {t.task_id for t in tis})
+    column = {r.id: i for i, r in enumerate(window)}
+    row_of = {t: i for i, t in enumerate(tasks)}
+    values: list[list[float | None]] = [[None] * len(window) for _ in tasks]
+    for ti in tis:
+        if ti.started_at is not None and ti.ended_at is not None:
+            values[row_of[ti.task_id]][column[ti.run]] = seconds(ti.started_at, ti.ended_at)
+    tz = STRUCTURES.timezone(project, name)
+    now = utcnow()
+    return s.DurationsOut(
+        pipeline=name,
+        tasks=tasks,
+        runs=[_grid_run(r, tz, now) for r in window],
+        durations=values,
+    )
+
+
+# -- backfills ------------------------------------------------------------------------------
+def plan(project: Project, name: str, body: s.BackfillIn) -> tuple[Any, s.PlanOut]:
+    parse_day(body.start, "start")
+    parse_day(body.end, "end")
+    p = backfill_service.plan(
+        project,
+        name,
+        start=body.start,
+        end=body.end,
+        conf=body.conf,
+        reprocess=body.reprocess,
+        tasks=body.tasks or None,
+        from_task=body.from_task or None,
+        max_active_runs=body.max_active_runs,
+        order=body.order,
+    )
+    secrets = STRUCTURES.secrets(project, name)
+    tz = STRUCTURES.timezone(project, name)
+    todo = p.count("create") + p.count("reset")
+    out = s.PlanOut(
+        pipeline=name,
+        start=p.start,
+        end=p.end,
+        conf=secrets.conf(p.conf),
+        resolved=secrets.conf(p.resolved),
+        reprocess=p.reprocess.value,
+        tasks=p.tasks,
+        selected=p.selected,
+        max_active_runs=p.max_active_runs,
+        order=p.order,
+        counts=p.planned,
+        dates=[
+            s.PlannedDateOut(
+                logical_date=d.logical_date,
+                label=label(d.logical_date, tz),
+                existing=d.existing,
+                action=cast(Action, d.action),
+                reason=d.reason,
+                conf_diff={
+                    k: [MASK, MASK] if k in secrets.params else [old, new]
+                    for k, (old, new) in sorted(d.conf_diff.items())
+                },
+                run=d.run.id if d.run is not None else None,
+            )
+            for d in p.dates
+        ],
+        estimate=_estimate(project, name, todo, p.max_active_runs or p.pipeline.max_active_runs),
+    )
+    return p, out
+
+
+def _estimate(project: Project, name: str, runs: int, slots: int) -> s.EstimateOut | None:
+    """From the mean duration of the pipeline's recent successful runs."""
+    recent = run_service.list_runs(project, name, RunState.SUCCESS.value, 20)
+    took = [
+        (r.ended_at - r.started_at).total_seconds() for r in recent if r.started_at and r.ended_at
+    ]
+    if not took or not runs:
+        return None
+    per_run = sum(took) / len(took)
+    slots = max(1, slots)
+    return s.EstimateOut(
+        seconds=round(per_run * math.ceil(runs / slots), 3),
+        per_run=round(per_run, 3),
+        sample=len(took),
+        slots=slots,
+    )
+
+
+def create_backfill(project: Project, name: str, body: s.BackfillIn) -> s.BackfillDetailOut:
+    p, _ = plan(project, name, body)
+    backfill_id = backfill_service.create(project, p)
+    return backfill(project, backfill_id)
+
+
+def _backfill_out(status: backfill_service.BackfillStatus, secrets: Secrets) -> s.BackfillOut:
+    r = status.row
+    return s.BackfillOut(
+        id=r.id,
+        pipeline=r.pipeline,
+        start=r.start,
+        end=r.end,
+        conf=secrets.conf(r.conf),
+        reprocess=r.reprocess,
+        max_active_runs=r.max_active_runs,
+        order=r.run_order,
+        tasks=r.tasks,
+        state=r.state,
+        planned=r.planned,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        ended_at=r.ended_at,
+        runs=status.runs,
+        total=status.total,
+        done=status.done,
+        failed=status.runs.get(RunState.FAILED, 0) + status.runs.get(RunState.CANCELLED, 0),
+    )
+
+
+def backfills(project: Project, pipeline: str | None = None) -> s.BackfillListOut:
+    rows = backfill_service.list_backfills(project, pipeline)
+    return s.BackfillListOut(
+        backfills=[_backfill_out(b, STRUCTURES.secrets(project, b.row.pipeline)) for b in rows]
+    )
+
+
+def backfill(project: Project, backfill_id: int) -> s.BackfillDetailOut:
+    status, runs = backfill_service.show(project, backfill_id)
+    secrets = STRUCTURES.secrets(project, status.row.pipeline)
+    active = any(r.state in RUN_ACTIVE for r in runs)
+    now = utcnow()
+    return s.BackfillDetailOut(
+        backfill=_backfill_out(status, secrets),
+        eta_seconds=backfill_service.eta(project, backfill_id) if active else None,
+        runs=[run_out(r, secrets, now) for r in runs],
+    )
+
+
+def steer(project: Project, backfill_id: int, action: str) -> s.BackfillDetailOut:
+    if action == "pause":
+        backfill_service.pause(project, backfill_id)
+    elif action == "resume":
+        backfill_service.resume(project, backfill_id)
+    else:
+        raise InvalidInput(f"unknown backfill action {action!r}")
+    return backfill(project, backfill_id)
+
+
+def cancel_backfill(project: Project, backfill_id: int) -> s.BackfillCancelOut:
+    n = backfill_service.cancel(project, backfill_id)
+    return s.BackfillCancelOut(backfill=backfill(project, backfill_id).backfill, cancelled_runs=n)
+
+
+# -- history --------------------------------------------------------------------------------
+def _check_selection(sel: s.Selection) -> None:
+    check_run_key(sel.run)
+    for text, what in ((sel.start, "start"), (sel.end, "end")):
+        if text:
+            parse_day(text, what)
+
+
+def clear(project: Project, name: str, body: s.ClearIn) -> s.ClearOut:
+    _check_selection(body)
+    result = history_service.clear(
+        project,
+        name,
+        run=body.run,
+        start=body.start,
+        end=body.end,
+        tasks=body.tasks or None,
+        only_failed=body.only_failed,
+        downstream=body.downstream,
+    )
+    return s.ClearOut(
+        runs=result.runs,
+        task_instances=result.task_instances,
+        left_running=[s.LeftRunning(run_id=r, task_id=t) for r, t in result.left_running],
+    )
+
+
+def mark(project: Project, name: str, body: s.MarkIn) -> s.RunOut:
+    check_run_key(body.run)
+    row = history_service.mark(project, name, body.run, body.state)
+    return run_out(row, STRUCTURES.secrets(project, name))
+
+
+def delete(project: Project, name: str, body: s.DeleteIn) -> s.DeleteOut:
+    _check_selection(body)
+    d = history_service.delete(
+        project, name, run=body.run, start=body.start, end=body.end, force=body.force
+    )
+    return s.DeleteOut(runs=d.runs, task_instances=d.task_instances, tries=d.tries, logs=d.logs)
+
+
+def scheduler_running(project: Project) -> bool:
+    return run_service.scheduler_is_running(project)

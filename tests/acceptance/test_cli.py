@@ -1,0 +1,256 @@
+"""The ``reflow`` command as a user runs it, in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REFLOW = [sys.executable, "-m", "reflow.cli.__main__"]
+
+
+def reflow(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "REFLOW_HOME": str(home), "COLUMNS": "200"}
+    return subprocess.run(
+        [*REFLOW, *args],
+        cwd=home,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    home = tmp_path / "proj"
+    result = reflow(tmp_path, "init", str(home))
+    assert result.returncode == 0, result.stderr
+    return home
+
+
+def _run_count(home: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(home / ".reflow" / "reflow.db") as conn:
+        return int(conn.execute("SELECT count(*) FROM runs").fetchone()[0])
+
+
+def test_init_creates_a_project_whose_example_runs(project: Path) -> None:
+    result = reflow(
+        project, "trigger", "example", "--date", "2024-01-02", "--date", "2024-01-03", "--wait"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("success") >= 2
+    assert (project / "data" / "2024-01-02" / "clean.txt").exists()
+    listing = reflow(project, "runs", "list", "example")
+    assert listing.returncode == 0
+    assert "2024-01-03" in listing.stdout and "success" in listing.stdout
+    tasks = reflow(project, "tasks", "list", "1")
+    assert "extract" in tasks.stdout and "report" in tasks.stdout
+    log = reflow(project, "logs", "example", "2024-01-02", "report")
+    assert log.returncode == 0, log.stderr
+    assert "2024-01-02: 5 events" in log.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["trigger", "nope"], "unknown pipeline 'nope'"),
+        (["trigger", "example", "--date", "2024-02-30"], "bad date '2024-02-30'"),
+        (["trigger", "example", "--conf", "{not json"], "--conf is not valid JSON"),
+        (["trigger", "example", "--conf", "[1, 2]"], "--conf must be a JSON object"),
+        (["trigger", "example", "--conf", '{"min_events": -1}'], "param 'min_events'"),
+        (["trigger", "example", "--conf", '{"min_event": 1}'], "unknown param min_event"),
+        (["runs", "list", "nope"], "unknown pipeline 'nope'"),
+        (["runs", "show", "example", "999"], "no run '999'"),
+        (["logs", "example", "2024-01-01", "extract"], "no run '2024-01-01'"),
+        (["pipelines", "show", "nope"], "unknown pipeline 'nope'"),
+        (
+            ["backfill", "nope", "--start", "2024-01-01", "--end", "2024-01-02"],
+            "unknown pipeline 'nope'",
+        ),
+        (
+            ["backfill", "example", "--start", "2024-01-05", "--end", "2024-01-01"],
+            "--end 2024-01-01 is before --start 2024-01-05",
+        ),
+        (
+            ["backfill", "example", "--start", "2023-01-01", "--end", "2024-01-01"],
+            "before the pipeline's start_date",
+        ),
+        (
+            [
+                "backfill",
+                "example",
+                "--start",
+                "2024-01-01",
+                "--end",
+                "2024-01-02",
+                "--tasks",
+                "nope",
+            ],
+            "has no task 'nope'",
+        ),
+        (
+            ["backfill", "example", "--start", "2024-01-01", "--end", "2024-01-02", "--conf", "{"],
+            "--conf is not valid JSON",
+        ),
+        (
+            [
+                "backfill",
+                "example",
+                "--start",
+                "2024-01-01",
+                "--end",
+                "2024-01-02",
+                "--conf",
+                '{"min_events": "many"}',
+            ],
+            "param 'min_events'",
+        ),
+        (["backfill", "show", "99"], "no backfill 99"),
+        (["runs", "clear", "example"], "give --run ID, or --start D and --end D"),
+        (["runs", "mark", "example", "--run", "1", "--state", "done"], "success or failed"),
+        (["runs", "mark", "example", "--run", "7", "--state", "failed"], "no run '7'"),
+        (["runs", "delete", "example", "--start", "x", "--end", "y"], "bad date 'x'"),
+        (["db", "clean", "--before", "yesterday"], "bad date 'yesterday'"),
+        (["pipelines", "delete", "example"], "remove the file first"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_writes_nothing(
+    project: Path, args: list[str], message: str
+) -> None:
+    reflow(project, "pipelines", "list")  # creates the database
+    before = _run_count(project)
+    result = reflow(project, *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert _run_count(project) == before
+
+
+def test_a_failed_run_makes_trigger_wait_exit_non_zero(project: Path) -> None:
+    result = reflow(
+        project,
+        "trigger",
+        "example",
+        "--date",
+        "2024-01-02",
+        "--conf",
+        '{"min_events": 100}',
+        "--wait",
+    )
+    assert result.returncode == 1
+    assert "did not succeed" in result.stderr
+    log = reflow(project, "logs", "example", "2024-01-02", "report", "--try", "1")
+    assert "only 5 events, expected at least 100" in log.stdout
+
+
+def test_pipelines_validate_reports_broken_files(project: Path) -> None:
+    (project / "pipelines" / "broken.py").write_text(
+        "from reflow import Pipeline, Shell\n"
+        "with Pipeline('broken', schedule='not a cron', start_date='2024-01-01'):\n"
+        "    Shell('t', 'true')\n"
+    )
+    result = reflow(project, "pipelines", "validate")
+    assert result.returncode == 1
+    assert "ok example" in result.stdout
+    assert "broken.py: pipeline 'broken': bad schedule 'not a cron'" in result.stderr
+    listing = reflow(project, "pipelines", "list")
+    assert listing.returncode == 0
+    assert "example" in listing.stdout and "import error" in listing.stderr
+
+
+def test_backfill_end_to_end_from_the_command_line(project: Path) -> None:
+    dry = reflow(
+        project, "backfill", "example", "--start", "2024-01-01", "--end", "2024-01-03", "--dry-run"
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.count(" create ") == 3 and "Nothing was written" in dry.stdout
+    assert _run_count(project) == 0
+    done = reflow(
+        project, "backfill", "example", "--start", "2024-01-01", "--end", "2024-01-03", "--wait"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 of 3 runs succeeded" in done.stdout
+    again = reflow(
+        project,
+        "backfill",
+        "example",
+        "--start",
+        "2024-01-01",
+        "--end",
+        "2024-01-03",
+        "--conf",
+        '{"min_events": 10}',
+        "--reprocess",
+        "all",
+        "--wait",
+    )
+    assert again.returncode == 1
+    assert "2024-01-01 failed: report (error)" in again.stderr
+    listing = reflow(project, "backfill", "list")
+    assert "1 " in listing.stdout and "success" in listing.stdout and "failed" in listing.stdout
+    shown = reflow(project, "runs", "show", "example", "2024-01-02")
+    assert "attempt 1" in shown.stdout and "attempt 2" in shown.stdout
+    assert '"min_events": 10' in shown.stdout
+    cleared = reflow(
+        project,
+        "runs",
+        "clear",
+        "example",
+        "--start",
+        "2024-01-01",
+        "--end",
+        "2024-01-03",
+        "--only-failed",
+    )
+    assert cleared.returncode == 0 and "Cleared 3 task instances in 3 runs" in cleared.stdout
+    deleted = reflow(project, "runs", "delete", "example", "--run", "2024-01-01", "--force")
+    assert deleted.returncode == 0 and "Deleted 1 runs" in deleted.stdout
+
+
+def test_help_reads_well() -> None:
+    result = subprocess.run([*REFLOW, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for command in (
+        "init",
+        "pipelines",
+        "trigger",
+        "backfill",
+        "runs",
+        "tasks",
+        "logs",
+        "scheduler",
+        "db",
+    ):
+        assert command in result.stdout
+
+
+def test_secret_params_are_masked_in_run_details_and_logs(project: Path) -> None:
+    (project / "pipelines" / "secretive.py").write_text(
+        "from reflow import Param, Pipeline, Shell\n"
+        "with Pipeline('secretive', schedule='@daily', start_date='2024-01-01',\n"
+        "              params={'api_key': Param('', secret=True)}):\n"
+        "    Shell('t', 'echo using {{ params.api_key }}')\n"
+    )
+    done = reflow(
+        project,
+        "trigger",
+        "secretive",
+        "--date",
+        "2024-01-02",
+        "--conf",
+        '{"api_key": "s3cr3t-value"}',
+        "--wait",
+    )
+    assert done.returncode == 0, done.stderr
+    shown = reflow(project, "runs", "show", "secretive", "2024-01-02")
+    assert '"api_key": "***"' in shown.stdout and "s3cr3t" not in shown.stdout
+    log = reflow(project, "logs", "secretive", "2024-01-02", "t")
+    assert log.stdout.strip() == "using ***"

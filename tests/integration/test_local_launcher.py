@@ -1,0 +1,431 @@
+"""The local launcher with real processes: outcomes, logs, cancel, wake-ups and adoption."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psutil
+import pytest
+
+from reflow.core.errors import InvalidInput
+from reflow.core.spec import Outcome, TryRef, TrySpec
+from reflow.core.states import FailureReason
+from reflow.launchers.local import TRY_ID_VAR, TRY_SCOPE_VAR, LocalLauncher
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="pidfds and /proc are Linux")
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[Path]:
+    """The runtime folder; any process a test leaves behind is killed afterwards."""
+    path = tmp_path / "runtime"
+    yield path
+    for proc in marked(path):
+        proc.kill()
+
+
+@pytest.fixture
+def launcher(runtime: Path) -> Iterator[LocalLauncher]:
+    launcher = LocalLauncher(runtime)
+    yield launcher
+    launcher.close()
+
+
+def spec(
+    tmp_path: Path,
+    try_id: int,
+    *argv: str,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> TrySpec:
+    log = str(tmp_path / "logs" / f"{try_id}.log")
+    return TrySpec(try_id, argv, log, env=env or {}, cwd=cwd)
+
+
+def sh(
+    tmp_path: Path,
+    try_id: int,
+    command: str,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> TrySpec:
+    return spec(tmp_path, try_id, "/bin/sh", "-c", command, env=env, cwd=cwd)
+
+
+def outcomes(launcher: LocalLauncher, count: int = 1, timeout: float = 10.0) -> list[Outcome]:
+    """Wait and poll until ``count`` outcomes were reported."""
+    found: list[Outcome] = []
+    deadline = time.monotonic() + timeout
+    while len(found) < count:
+        assert time.monotonic() < deadline, f"only {len(found)} of {count} outcomes"
+        launcher.wait(0.5)
+        found += launcher.poll()
+    return found
+
+
+def marked(runtime: Path, try_id: int | None = None) -> list[psutil.Process]:
+    """Live (non-zombie) processes carrying the marker of a try launched in ``runtime``."""
+    scope = str(runtime.resolve())
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+            if env.get(TRY_SCOPE_VAR) != scope:
+                continue
+            if try_id is not None and env.get(TRY_ID_VAR) != str(try_id):
+                continue
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+# -- running --------------------------------------------------------------------------
+def test_success_appends_stdout_and_stderr_to_the_log(
+    tmp_path: Path, runtime: Path, launcher: LocalLauncher
+) -> None:
+    log = tmp_path / "logs" / "1.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("earlier\n")
+
+    handle = launcher.start(sh(tmp_path, 1, "echo out; echo err >&2"))
+
+    assert handle.try_id == 1
+    assert handle.host == socket.gethostname()
+    assert handle.pid is not None
+    assert handle.external_id == f"local:{handle.pid}:{psutil.Process(handle.pid).create_time()}"
+    assert launcher.watched() == {1}
+    [outcome] = outcomes(launcher)
+    assert (outcome.try_id, outcome.exit_code, outcome.reason, outcome.ok) == (1, 0, None, True)
+    assert log.read_text() == "earlier\nout\nerr\n"
+    assert launcher.watched() == set()
+    assert list(runtime.iterdir()) == []  # pid and exit files removed once reported
+    assert launcher.poll() == []  # reported exactly once
+
+
+def test_outcome_is_stamped_with_the_injected_clock(tmp_path: Path, runtime: Path) -> None:
+    stamp = datetime(2030, 1, 2, tzinfo=UTC)
+    launcher = LocalLauncher(runtime, clock=lambda: stamp)
+    launcher.start(spec(tmp_path, 1, "true"))
+    [outcome] = outcomes(launcher)
+    assert outcome.ended_at == stamp
+    launcher.close()
+
+
+def test_env_and_cwd_are_applied(tmp_path: Path, launcher: LocalLauncher) -> None:
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    command = 'echo "$GREETING"; echo "$REFLOW_TRY_ID"; pwd; echo "${HOME:+home is set}"'
+    launcher.start(sh(tmp_path, 7, command, env={"GREETING": "hello"}, cwd=str(workdir)))
+    [outcome] = outcomes(launcher)
+    assert outcome.ok
+    lines = (tmp_path / "logs" / "7.log").read_text().splitlines()
+    assert lines == ["hello", "7", str(workdir), "home is set"]
+
+
+def test_a_try_cannot_override_its_marker(tmp_path: Path, launcher: LocalLauncher) -> None:
+    launcher.start(sh(tmp_path, 3, 'echo "$REFLOW_TRY_ID"', env={TRY_ID_VAR: "99"}))
+    outcomes(launcher)
+    assert (tmp_path / "logs" / "3.log").read_text() == "3\n"
+
+
+def test_nonzero_exit_is_an_error_with_its_code(tmp_path: Path, launcher: LocalLauncher) -> None:
+    launcher.start(sh(tmp_path, 1, "exit 3"))
+    [outcome] = outcomes(launcher)
+    assert (outcome.exit_code, outcome.reason, outcome.detail) == (
+        3,
+        FailureReason.ERROR,
+        "exit code 3",
+    )
+
+
+def test_a_command_killed_by_a_signal_says_so(tmp_path: Path, launcher: LocalLauncher) -> None:
+    launcher.start(sh(tmp_path, 1, "kill -9 $$"))
+    [outcome] = outcomes(launcher)
+    assert outcome.reason == FailureReason.ERROR
+    assert outcome.exit_code == 137
+    assert "SIGKILL" in outcome.detail
+    assert (tmp_path / "logs" / "1.log").read_text() == ""  # no shell chatter in the log
+
+
+def test_a_missing_program_fails_with_127_and_says_why_in_the_log(
+    tmp_path: Path, launcher: LocalLauncher
+) -> None:
+    launcher.start(spec(tmp_path, 1, "no-such-program-reflow"))
+    [outcome] = outcomes(launcher)
+    assert outcome.exit_code == 127
+    assert "no-such-program-reflow: not found" in (tmp_path / "logs" / "1.log").read_text()
+
+
+def test_start_refuses_an_empty_command_and_a_missing_cwd(
+    tmp_path: Path, launcher: LocalLauncher
+) -> None:
+    with pytest.raises(InvalidInput):
+        launcher.start(spec(tmp_path, 1))
+    with pytest.raises(OSError):
+        launcher.start(spec(tmp_path, 2, "true", cwd=str(tmp_path / "missing")))
+    assert launcher.watched() == set()
+
+
+def test_fifty_sequential_true_tries_complete(tmp_path: Path, launcher: LocalLauncher) -> None:
+    for try_id in range(1, 51):
+        launcher.start(spec(tmp_path, try_id, "true"))
+        [outcome] = outcomes(launcher)
+        assert (outcome.try_id, outcome.ok) == (try_id, True)
+    assert launcher.watched() == set()
+
+
+def test_normal_exit_kills_what_the_try_left_in_its_process_group(
+    tmp_path: Path, runtime: Path, launcher: LocalLauncher
+) -> None:
+    launcher.start(sh(tmp_path, 1, "sleep 100 & exit 0"))
+    [outcome] = outcomes(launcher)
+    assert outcome.ok
+    wait_for(lambda: not marked(runtime, 1), timeout=2.0)
+
+
+# -- waiting --------------------------------------------------------------------------
+def test_wait_returns_promptly_when_a_try_ends(tmp_path: Path, launcher: LocalLauncher) -> None:
+    launcher.start(spec(tmp_path, 1, "sleep", "0.3"))
+    started = time.monotonic()
+    launcher.wait(10.0)
+    assert time.monotonic() - started < 0.3 + 0.2
+    assert [o.try_id for o in launcher.poll()] == [1]
+
+
+def test_wait_without_pidfds_falls_back_to_short_sleeps(
+    tmp_path: Path, launcher: LocalLauncher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unavailable(pid: int, flags: int = 0) -> int:
+        raise OSError("pidfd_open not supported")
+
+    monkeypatch.setattr(os, "pidfd_open", unavailable)
+    launcher.start(spec(tmp_path, 1, "sleep", "0.2"))
+    started = time.monotonic()
+    launcher.wait(10.0)
+    assert time.monotonic() - started < 2.0
+    [outcome] = outcomes(launcher)
+    assert outcome.ok
+
+
+def test_idle_wait_sleeps_the_timeout(launcher: LocalLauncher) -> None:
+    started = time.monotonic()
+    launcher.wait(0.1)
+    assert time.monotonic() - started >= 0.09
+
+
+# -- cancelling -----------------------------------------------------------------------
+def test_cancel_kills_the_whole_process_group(
+    tmp_path: Path, runtime: Path, launcher: LocalLauncher
+) -> None:
+    launcher.start(sh(tmp_path, 1, "sleep 100 & sleep 100"))
+    wait_for(lambda: len(marked(runtime, 1)) >= 3)  # wrapper, sh, two sleeps
+    started = time.monotonic()
+    launcher.cancel(1, grace=5.0)
+    [outcome] = outcomes(launcher, timeout=5.0 + 2.0)
+    assert time.monotonic() - started < 5.0 + 2.0
+    assert outcome.reason == FailureReason.ERROR
+    assert marked(runtime, 1) == []
+
+
+@pytest.mark.slow
+def test_cancel_escalates_to_sigkill_for_a_child_ignoring_sigterm(
+    tmp_path: Path, runtime: Path, launcher: LocalLauncher
+) -> None:
+    launcher.start(sh(tmp_path, 1, "trap '' TERM; sleep 100; true"))
+    wait_for(lambda: any(p.name() == "sleep" for p in marked(runtime, 1)))
+    started = time.monotonic()
+    launcher.cancel(1, grace=1.0)
+    [outcome] = outcomes(launcher, timeout=1.0 + 2.0)
+    elapsed = time.monotonic() - started
+    assert 1.0 <= elapsed < 1.0 + 2.0
+    assert outcome.exit_code == -9
+    assert "after the grace period" in outcome.detail
+    assert marked(runtime, 1) == []
+
+
+def test_sigkill_escalation_follows_the_injected_clock(tmp_path: Path, runtime: Path) -> None:
+    now = [datetime(2030, 1, 1, tzinfo=UTC)]
+    launcher = LocalLauncher(runtime, clock=lambda: now[0])
+    launcher.start(sh(tmp_path, 1, "trap '' TERM; sleep 100; true"))
+    wait_for(lambda: any(p.name() == "sleep" for p in marked(runtime, 1)))
+    launcher.cancel(1, grace=3600.0)
+    time.sleep(0.2)
+    assert launcher.poll() == []  # SIGTERM is ignored and the grace period is not over
+    now[0] += timedelta(hours=1)
+    [outcome] = outcomes(launcher, timeout=2.0)
+    assert outcome.exit_code == -9
+    assert marked(runtime, 1) == []
+    launcher.close()
+
+
+def test_cancel_kills_a_grandchild_that_called_setsid(
+    tmp_path: Path, runtime: Path, launcher: LocalLauncher
+) -> None:
+    # Both escapees ignore SIGTERM and live in their own session; the second one's parent
+    # exits at once, so it is not even a descendant when the try is cancelled.
+    command = (
+        "setsid sh -c \"trap '' TERM; sleep 100; true\" & "
+        "(setsid sh -c \"trap '' TERM; sleep 101; true\" &) ; "
+        "sleep 100"
+    )
+    launcher.start(sh(tmp_path, 1, command))
+    wait_for(lambda: sum(p.name() == "sleep" for p in marked(runtime, 1)) == 3)
+    launcher.cancel(1, grace=5.0)
+    outcomes(launcher, timeout=5.0 + 2.0)
+    assert marked(runtime, 1) == []
+
+
+def test_cancel_of_unknown_ids_and_twice_is_harmless(
+    tmp_path: Path, runtime: Path, launcher: LocalLauncher
+) -> None:
+    launcher.cancel(404, grace=1.0)
+    launcher.start(sh(tmp_path, 1, "sleep 100"))
+    launcher.cancel(1, grace=5.0)
+    launcher.cancel(1, grace=5.0)
+    [outcome] = outcomes(launcher)
+    assert outcome.try_id == 1
+    launcher.cancel(1, grace=1.0)  # already reported: unknown again
+    assert launcher.poll() == []
+    assert marked(runtime, 1) == []
+
+
+def test_cancel_right_after_start_terminates_without_waiting_for_the_grace_period(
+    tmp_path: Path, runtime: Path, launcher: LocalLauncher
+) -> None:
+    # The SIGTERM may reach the wrapper before or while it forks the command; the command
+    # must still get it, not run until the SIGKILL of a grace period far away.
+    for try_id in range(1, 21):
+        launcher.start(sh(tmp_path, try_id, "sleep 100"))
+        launcher.cancel(try_id, grace=60.0)
+        [outcome] = outcomes(launcher, timeout=10.0)
+        assert outcome.exit_code in (143, -15)
+        assert marked(runtime, try_id) == []
+
+
+# -- adopting ---------------------------------------------------------------------------
+def crashed_scheduler_started(tmp_path: Path, runtime: Path, *argv: str) -> TryRef:
+    """Start a try with a launcher that is then dropped without reaping anything."""
+    first = LocalLauncher(runtime)
+    handle = first.start(spec(tmp_path, 1, *argv))
+    first.close()
+    return TryRef(1, str(tmp_path / "logs" / "1.log"), handle.pid, handle.host, handle.external_id)
+
+
+def test_adopt_a_running_try_then_report_its_real_exit_code(tmp_path: Path, runtime: Path) -> None:
+    ref = crashed_scheduler_started(tmp_path, runtime, "/bin/sh", "-c", "sleep 0.5; exit 3")
+    second = LocalLauncher(runtime)
+    assert second.adopt(ref) is True
+    assert second.watched() == {1}
+    assert second.poll() == []
+    [outcome] = outcomes(second)
+    assert (outcome.exit_code, outcome.reason) == (3, FailureReason.ERROR)
+    assert list(runtime.iterdir()) == []
+    second.close()
+
+
+def test_adopt_a_try_that_ended_while_nobody_watched(tmp_path: Path, runtime: Path) -> None:
+    ref = crashed_scheduler_started(tmp_path, runtime, "/bin/sh", "-c", "exit 5")
+    pid = ref.pid
+    assert pid is not None
+    wait_for(lambda: gone(pid))
+    second = LocalLauncher(runtime)
+    assert second.adopt(ref) is False
+    assert second.watched() == {1}
+    second.wait(10.0)  # returns at once: there is something to report
+    [outcome] = second.poll()
+    assert (outcome.exit_code, outcome.reason) == (5, FailureReason.ERROR)
+    second.close()
+
+
+def test_adopt_a_try_with_no_process_and_no_exit_file_is_lost(runtime: Path) -> None:
+    launcher = LocalLauncher(runtime)
+    ref = TryRef(9, "unused.log", pid=None, host=socket.gethostname(), external_id=None)
+    assert launcher.adopt(ref) is False
+    [outcome] = launcher.poll()
+    assert (outcome.try_id, outcome.exit_code, outcome.reason) == (9, None, FailureReason.LOST)
+    assert outcome.detail == "process vanished without an exit status"
+    launcher.close()
+
+
+def test_adopt_guards_against_pid_reuse(tmp_path: Path, runtime: Path) -> None:
+    ref = crashed_scheduler_started(tmp_path, runtime, "sleep", "100")
+    assert ref.external_id is not None
+    _, pid, created = ref.external_id.split(":")
+    other = TryRef(1, ref.log_path, ref.pid, ref.host, f"local:{pid}:{float(created) - 1000}")
+    launcher = LocalLauncher(runtime)
+    assert launcher.adopt(other) is False
+    [outcome] = launcher.poll()
+    assert outcome.reason == FailureReason.LOST
+    # The try is reported lost, so whatever still carries its marker is killed: a retry
+    # must never overlap with it.
+    wait_for(lambda: marked(runtime, 1) == [], timeout=2.0)
+    launcher.close()
+
+
+def test_adopt_finds_the_process_by_pid_file_or_marker_without_a_handle(
+    tmp_path: Path, runtime: Path
+) -> None:
+    ref = crashed_scheduler_started(tmp_path, runtime, "sleep", "100")
+    bare = TryRef(1, ref.log_path, pid=None, host=None, external_id=None)
+    by_pid_file = LocalLauncher(runtime)
+    assert by_pid_file.adopt(bare) is True
+    by_pid_file.close()
+    (runtime / "1.pid").unlink()
+    by_marker = LocalLauncher(runtime)
+    assert by_marker.adopt(bare) is True
+    by_marker.cancel(1, grace=5.0)
+    [outcome] = outcomes(by_marker)
+    assert outcome.try_id == 1
+    assert marked(runtime, 1) == []
+    by_marker.close()
+
+
+def test_adopted_try_can_be_cancelled(tmp_path: Path, runtime: Path) -> None:
+    ref = crashed_scheduler_started(tmp_path, runtime, "/bin/sh", "-c", "sleep 100 & sleep 100")
+    wait_for(lambda: len(marked(runtime, 1)) >= 3)
+    launcher = LocalLauncher(runtime)
+    assert launcher.adopt(ref) is True
+    launcher.cancel(1, grace=5.0)
+    [outcome] = outcomes(launcher, timeout=5.0 + 2.0)
+    assert outcome.reason == FailureReason.ERROR
+    assert marked(runtime, 1) == []
+    launcher.close()
+
+
+def test_adopt_of_a_try_on_another_host_reports_it_lost(runtime: Path) -> None:
+    launcher = LocalLauncher(runtime)
+    ref = TryRef(4, "unused.log", pid=1, host="elsewhere.invalid", external_id="local:1:0.0")
+    assert launcher.adopt(ref) is False
+    [outcome] = launcher.poll()
+    assert outcome.reason == FailureReason.LOST
+    assert "elsewhere.invalid" in outcome.detail
+    launcher.close()
+
+
+def test_close_leaves_tries_running(tmp_path: Path, runtime: Path) -> None:
+    ref = crashed_scheduler_started(tmp_path, runtime, "sleep", "100")
+    assert ref.pid is not None
+    assert psutil.Process(ref.pid).status() != psutil.STATUS_ZOMBIE
+    assert marked(runtime, 1)

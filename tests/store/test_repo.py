@@ -1,0 +1,272 @@
+"""The store's invariants, on SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from reflow.core.errors import Conflict, IllegalTransition
+from reflow.core.states import RunOrigin, RunState, TIState, TryState
+from reflow.store import repo
+from reflow.store.db import Database
+from reflow.store.models import events, runs, task_instances
+
+NOW = datetime(2024, 1, 10, 12, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+@pytest.fixture
+def migrated(db: Database) -> Database:
+    db.migrate()
+    db.write(
+        lambda c: repo.sync_pipelines(
+            c, {"p": ("v1", "p.py", {"tasks": {}}), "q": ("v1", "q.py", {"tasks": {}})}, {}, NOW
+        )
+    )
+    return db
+
+
+def _run(
+    db: Database,
+    day: int,
+    origin: RunOrigin = RunOrigin.SCHEDULED,
+    pipeline: str = "p",
+    tasks: tuple[str, ...] = ("a", "b"),
+) -> int:
+    logical = datetime(2024, 1, day, tzinfo=UTC)
+    return db.write(
+        lambda c: repo.create_run(
+            c,
+            pipeline=pipeline,
+            run_id=f"{origin.value}__{day}__{logical.timestamp()}",
+            logical_date=logical,
+            interval=(logical, logical + DAY),
+            origin=origin,
+            conf={"x": day},
+            version="v1",
+            task_ids=list(tasks),
+            now=NOW,
+        )
+    )
+
+
+def test_one_scheduled_or_backfill_run_per_logical_date(migrated: Database) -> None:
+    _run(migrated, 1)
+    with pytest.raises(Conflict, match="already has a run for 2024-01-01"):
+        _run(migrated, 1, RunOrigin.BACKFILL)
+    _run(migrated, 1, RunOrigin.MANUAL)  # manual runs have their own identity
+    _run(migrated, 1, pipeline="q")
+    with migrated.read() as conn:
+        assert conn.execute(select(func.count()).select_from(runs)).scalar() == 3
+
+
+def test_a_conflict_leaves_the_rest_of_the_transaction_intact(migrated: Database) -> None:
+    _run(migrated, 1)
+
+    def work(conn):  # type: ignore[no-untyped-def]
+        logical = datetime(2024, 1, 1, tzinfo=UTC)
+        with pytest.raises(Conflict):
+            repo.create_run(
+                conn,
+                pipeline="p",
+                run_id="other",
+                logical_date=logical,
+                interval=(logical, logical + DAY),
+                origin=RunOrigin.SCHEDULED,
+                conf={},
+                version="v1",
+                task_ids=["a"],
+                now=NOW,
+            )
+        logical2 = datetime(2024, 1, 2, tzinfo=UTC)
+        return repo.create_run(
+            conn,
+            pipeline="p",
+            run_id="second",
+            logical_date=logical2,
+            interval=(logical2, logical2 + DAY),
+            origin=RunOrigin.SCHEDULED,
+            conf={},
+            version="v1",
+            task_ids=["a"],
+            now=NOW,
+        )
+
+    assert migrated.write(work) > 0
+
+
+def test_transition_moves_only_rows_in_the_named_states_and_logs_events(
+    migrated: Database,
+) -> None:
+    run_pk = _run(migrated, 1)
+    with migrated.read() as conn:
+        ids = [t.id for t in repo.run_task_instances(conn, [run_pk])]
+    moved = migrated.write(
+        lambda c: repo.transition(c, "ti", ids, TIState.SCHEDULED, [TIState.PENDING], NOW)
+    )
+    assert sorted(moved) == sorted(ids)
+    again = migrated.write(
+        lambda c: repo.transition(c, "ti", ids, TIState.SCHEDULED, [TIState.PENDING], NOW)
+    )
+    assert again == []  # a lost race moves nothing
+    with migrated.read() as conn:
+        logged = conn.execute(
+            select(events.c.old, events.c.new).where(events.c.entity == "ti")
+        ).all()
+    assert sorted(logged) == [("pending", "scheduled")] * 2
+
+
+def test_an_illegal_transition_is_a_bug_that_raises(migrated: Database) -> None:
+    run_pk = _run(migrated, 1)
+    with pytest.raises(IllegalTransition, match="pending -> running"):
+        migrated.write(
+            lambda c: repo.transition(c, "ti", [1], TIState.RUNNING, [TIState.PENDING], NOW)
+        )
+    with pytest.raises(IllegalTransition, match="success -> running"):
+        migrated.write(
+            lambda c: repo.transition(c, "run", [run_pk], RunState.RUNNING, [RunState.SUCCESS], NOW)
+        )
+
+
+def _queue(db: Database, run_pk: int, task: str = "a") -> int:
+    with db.read() as conn:
+        ti = next(t for t in repo.run_task_instances(conn, [run_pk]) if t.task_id == task)
+    db.write(lambda c: repo.start_run(c, run_pk, NOW, None))
+    db.write(lambda c: repo.transition(c, "ti", [ti.id], TIState.SCHEDULED, [TIState.PENDING], NOW))
+    sched = db.write(lambda c: repo.register_scheduler(c, "host", 1, NOW))
+    got = db.write(
+        lambda c: repo.queue_try(
+            c,
+            ti_id=ti.id,
+            run_pk=run_pk,
+            run_attempt=1,
+            launcher="local",
+            owner=sched,
+            log_path_for=lambda n: f"/tmp/{n}.log",
+            timeout=None,
+            kill_grace=1.0,
+            now=NOW,
+        )
+    )
+    assert got is not None
+    return ti.id
+
+
+def test_at_most_one_live_try_per_task_instance(migrated: Database) -> None:
+    run_pk = _run(migrated, 1)
+    ti_id = _queue(migrated, run_pk)
+    with migrated.read() as conn:
+        assert (
+            conn.execute(
+                select(task_instances.c.state).where(task_instances.c.id == ti_id)
+            ).scalar()
+            == TIState.QUEUED
+        )
+    from reflow.store.models import tries
+
+    with pytest.raises(IntegrityError):
+        migrated.write(
+            lambda c: c.execute(
+                tries.insert().values(
+                    ti=ti_id,
+                    run=run_pk,
+                    try_number=2,
+                    run_attempt=1,
+                    state=TryState.QUEUED.value,
+                    launcher="local",
+                    log_path="x",
+                    queued_at=NOW,
+                    kill_grace=1.0,
+                )
+            )
+        )
+
+
+def test_a_task_instance_is_queued_by_one_claimer_only(migrated: Database) -> None:
+    run_pk = _run(migrated, 1)
+    with migrated.read() as conn:
+        ti = next(t for t in repo.run_task_instances(conn, [run_pk]) if t.task_id == "a")
+    migrated.write(lambda c: repo.start_run(c, run_pk, NOW, None))
+    migrated.write(
+        lambda c: repo.transition(c, "ti", [ti.id], TIState.SCHEDULED, [TIState.PENDING], NOW)
+    )
+    results: list[object] = []
+
+    def claim() -> None:
+        results.append(
+            migrated.write(
+                lambda c: repo.queue_try(
+                    c,
+                    ti_id=ti.id,
+                    run_pk=run_pk,
+                    run_attempt=1,
+                    launcher="local",
+                    owner=None,  # type: ignore[arg-type]
+                    log_path_for=lambda n: f"/tmp/{n}.log",
+                    timeout=None,
+                    kill_grace=1.0,
+                    now=NOW,
+                )
+            )
+        )
+
+    threads = [threading.Thread(target=claim) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(r is not None for r in results) == 1
+
+
+def test_queued_runs_come_scheduled_first_then_manual_then_backfill(
+    migrated: Database,
+) -> None:
+    backfill = _run(migrated, 1, RunOrigin.BACKFILL)
+    manual = _run(migrated, 2, RunOrigin.MANUAL)
+    scheduled = _run(migrated, 9)
+    older_backfill = _run(migrated, 0 + 3, RunOrigin.BACKFILL)
+    from reflow.scheduler.loop import _admission_rank
+
+    with migrated.read() as conn:
+        queued = repo.queued_runs(conn)
+    order = [r.id for r in sorted(queued, key=lambda r: _admission_rank(r, None))]
+    assert order == [scheduled, manual, backfill, older_backfill]
+
+
+def test_orphaned_tries_are_claimed_once(migrated: Database) -> None:
+    run_pk = _run(migrated, 1)
+    _queue(migrated, run_pk)
+    me = migrated.write(lambda c: repo.register_scheduler(c, "host", 2, NOW))
+    claimed = migrated.write(lambda c: repo.claim_orphans(c, me, []))
+    assert len(claimed) == 1 and claimed[0].owner == me
+    other = migrated.write(lambda c: repo.register_scheduler(c, "host", 3, NOW))
+    assert migrated.write(lambda c: repo.claim_orphans(c, other, [me])) == []
+
+
+def test_finishing_a_run_closes_its_attempt(migrated: Database) -> None:
+    run_pk = _run(migrated, 1)
+    migrated.write(lambda c: repo.start_run(c, run_pk, NOW, NOW + DAY))
+    migrated.write(lambda c: repo.finish_run(c, run_pk, RunState.SUCCESS, NOW + DAY))
+    with migrated.read() as conn:
+        (attempt,) = repo.attempts_of(conn, run_pk)
+        (run,) = repo.runs_by_pk(conn, [run_pk])
+    assert attempt.state == RunState.SUCCESS and attempt.ended_at == NOW + DAY
+    assert run.started_at == NOW and run.deadline == NOW + DAY
+    assert run.conf == {"x": 1}
+
+
+def test_import_errors_are_replaced_at_each_sync(migrated: Database) -> None:
+    migrated.write(lambda c: repo.sync_pipelines(c, {}, {"bad.py": ("bad.py: boom", "")}, NOW))
+    with migrated.read() as conn:
+        assert [e.message for e in repo.list_import_errors(conn)] == ["bad.py: boom"]
+        rows = {r.name: r.active for r in repo.pipeline_rows(conn)}
+    assert rows == {"p": False, "q": False}
+    migrated.write(lambda c: repo.sync_pipelines(c, {"p": ("v2", "p.py", {})}, {}, NOW))
+    with migrated.read() as conn:
+        assert repo.list_import_errors(conn) == []
+        (p,) = repo.pipeline_rows(conn, ["p"])
+    assert (p.active, p.version) == (True, "v2")

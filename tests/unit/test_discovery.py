@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from reflow.core import pipeline as pipeline_module
 from reflow.core.discovery import Catalog, discover, load_file, pipeline_files
 from reflow.core.pipeline import Pipeline
 
@@ -192,7 +194,7 @@ def test_loading_a_file_leaves_no_pipeline_context_open(folder: Path) -> None:
     load_file(path)
 
     assert Pipeline.current() is None
-    assert Pipeline._registry is None
+    assert pipeline_module._defining.registry is None
 
 
 # -- skipped files ------------------------------------------------------------------------
@@ -361,3 +363,28 @@ def test_refresh_reimports_a_same_size_edit_made_within_the_same_second(
 
     assert catalog.refresh() is True
     assert catalog.pipelines["events"].tasks["extract"].command == "extract two"  # type: ignore[attr-defined]
+
+
+def test_files_loaded_in_two_threads_at_once_each_find_their_pipelines(folder: Path) -> None:
+    # The scheduler and the web server may load pipeline files in one process at once.
+    def sleepy(name: str, seconds: float) -> str:
+        return good(name).replace("from reflow", f"import time\ntime.sleep({seconds})\nfrom reflow")
+
+    # The second file starts loading while the first sleeps, and is still loading when the
+    # first defines its pipeline.
+    paths = [
+        write(folder, "first.py", sleepy("first", 0.1)),
+        write(folder, "second.py", sleepy("second", 0.3)),
+    ]
+    results: dict[str, list[str]] = {}
+
+    def load(path: Path) -> None:
+        results[path.stem] = [p.name for p in load_file(path)]
+
+    threads = [threading.Thread(target=load, args=(p,)) for p in paths]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert results == {"first": ["first"], "second": ["second"]}

@@ -47,32 +47,27 @@ def load_file(path: Path) -> list[Pipeline]:
     module_name = "reflow_pipeline_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
     module = types.ModuleType(module_name)
     module.__file__ = str(path)
-    found: list[Pipeline] = []
-    previous = Pipeline._registry
-    Pipeline._registry = found
     sys.modules[module_name] = module
-    try:
-        # Compiled from the source every time: the bytecode cache keys on whole-second
-        # mtimes and could hand back the previous version of a file edited just now.
-        code = compile(path.read_bytes(), str(path), "exec")
-        exec(code, module.__dict__)
-    except ReflowError as exc:
-        sys.modules.pop(module_name, None)
-        raise PipelineError(f"{path}: {exc}") from None
-    except SyntaxError as exc:
-        sys.modules.pop(module_name, None)
-        raise PipelineError(f"{path}: SyntaxError: {exc.msg} (line {exc.lineno})") from exc
-    except OSError as exc:
-        sys.modules.pop(module_name, None)
-        raise PipelineError(f"{path}: cannot read: {exc.strerror}") from None
-    except (Exception, SystemExit) as exc:  # a pipeline file must never stop the caller
-        sys.modules.pop(module_name, None)
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
-        where = f" (line {frames[-1].lineno})" if frames else ""
-        raise PipelineError(f"{path}: {type(exc).__name__}: {exc}{where}") from exc
-    finally:
-        Pipeline._registry = previous
-        Pipeline._stack.clear()
+    with Pipeline.collecting() as found:
+        try:
+            # Compiled from the source every time: the bytecode cache keys on whole-second
+            # mtimes and could hand back the previous version of a file edited just now.
+            code = compile(path.read_bytes(), str(path), "exec")
+            exec(code, module.__dict__)
+        except ReflowError as exc:
+            sys.modules.pop(module_name, None)
+            raise PipelineError(f"{path}: {exc}") from None
+        except SyntaxError as exc:
+            sys.modules.pop(module_name, None)
+            raise PipelineError(f"{path}: SyntaxError: {exc.msg} (line {exc.lineno})") from exc
+        except OSError as exc:
+            sys.modules.pop(module_name, None)
+            raise PipelineError(f"{path}: cannot read: {exc.strerror}") from None
+        except (Exception, SystemExit) as exc:  # a pipeline file must never stop the caller
+            sys.modules.pop(module_name, None)
+            frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+            where = f" (line {frames[-1].lineno})" if frames else ""
+            raise PipelineError(f"{path}: {type(exc).__name__}: {exc}{where}") from exc
     for pipeline in found:
         pipeline.fileloc = str(path)
         try:

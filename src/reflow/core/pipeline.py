@@ -16,13 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, timedelta
 from typing import Any, ClassVar
 
 from reflow.core.errors import ConfError, PipelineError, ReflowError, ScheduleError
 from reflow.core.params import Param, ParamSet
+from reflow.core.pod import Pod, Scratch, scratch_plain
 from reflow.core.schedule import Schedule, to_datetime
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
@@ -58,11 +61,15 @@ class TaskDefaults:
     timeout: float | None = None
     kill_grace: float = 10.0
     env: Mapping[str, str] = field(default_factory=dict)
+    pod: Pod | None = None
+    scratch: Scratch | None = None
 
     def __post_init__(self) -> None:
         # Durations may be given as seconds, timedeltas or strings like "45m".
         for name in ("retry_delay", "max_retry_delay", "timeout", "kill_grace"):
             object.__setattr__(self, name, to_seconds(getattr(self, name), f"default {name}"))
+        _check_kind(self.pod, Pod, "default pod", "Pod(...)")
+        _check_kind(self.scratch, Scratch, "default scratch", "scratch(size, ...)")
         if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
             raise PipelineError(
                 f"default retries must be a non-negative integer, got {self.retries!r}"
@@ -79,6 +86,11 @@ class TaskDefaults:
         if unknown:
             raise PipelineError(f"unknown task default {', '.join(unknown)}")
         return cls(**value)
+
+
+def _check_kind(value: Any, kind: type, what: str, example: str) -> None:
+    if value is not None and not isinstance(value, kind):
+        raise PipelineError(f"{what}: expected {example}, got {value!r}")
 
 
 _INHERITED = (
@@ -112,6 +124,8 @@ class Task:
         timeout: timedelta | float | str | None = None,
         kill_grace: timedelta | float | str | None = None,
         env: Mapping[str, str] | None = None,
+        pod: Pod | None = None,
+        scratch: Scratch | None = None,
         pipeline: Pipeline | None = None,
     ) -> None:
         if not isinstance(task_id, str) or not _ID.match(task_id):
@@ -128,6 +142,10 @@ class Task:
         self.timeout = to_seconds(timeout, f"task {task_id!r} timeout")
         self.kill_grace = to_seconds(kill_grace, f"task {task_id!r} kill_grace")
         self.env: dict[str, str] = dict(env or {})
+        _check_kind(pod, Pod, f"task {task_id!r} pod", "Pod(...)")
+        _check_kind(scratch, Scratch, f"task {task_id!r} scratch", "scratch(size, ...)")
+        self.pod = pod
+        self.scratch = scratch
         self.upstream_ids: set[str] = set()
         self.pipeline: Pipeline | None = None
         owner = pipeline or Pipeline.current()
@@ -178,6 +196,16 @@ class Task:
         base.update(self.env)
         return base
 
+    def resolved_pod(self) -> Pod:
+        """The task's pod options over the pipeline's default ones."""
+        base = self.pipeline.defaults.pod if self.pipeline else None
+        return (self.pod or Pod()).merged_over(base)
+
+    def resolved_scratch(self) -> Scratch | None:
+        if self.scratch is not None or self.pipeline is None:
+            return self.scratch
+        return self.pipeline.defaults.scratch
+
     def retry_delay_for(self, try_number: int) -> float:
         """Seconds to wait before try ``try_number + 1`` after try ``try_number`` failed."""
         delay = float(self.option("retry_delay"))
@@ -194,6 +222,12 @@ class Task:
             out[name] = _plain(self.option(name))
         for name in (*self.template_fields, *self.extra_fields()):
             out[name] = _plain(self.merged_env() if name == "env" else getattr(self, name))
+        # Only when set: pipelines without Kubernetes options keep their version.
+        pod = self.resolved_pod()
+        if pod != Pod():
+            out["pod"] = _plain(pod.to_plain())
+        if (space := self.resolved_scratch()) is not None:
+            out["scratch"] = scratch_plain(space)
         return out
 
     def extra_fields(self) -> tuple[str, ...]:
@@ -227,11 +261,21 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str, sort_keys=True))
 
 
+class _Definitions(threading.local):
+    """Per thread: the pipelines being defined (``with Pipeline(...)``) and, while a file is
+    loaded, the list collecting the pipelines it creates. Per thread because the scheduler
+    and the web server may load files at the same time in one process."""
+
+    def __init__(self) -> None:
+        self.stack: list[Pipeline] = []
+        self.registry: list[Pipeline] | None = None
+
+
+_defining = _Definitions()
+
+
 class Pipeline:
     """A DAG of tasks plus a schedule, limits, params and task defaults."""
-
-    _stack: ClassVar[list[Pipeline]] = []
-    _registry: ClassVar[list[Pipeline] | None] = None
 
     def __init__(
         self,
@@ -284,20 +328,32 @@ class Pipeline:
         self.tags = tuple(tags)
         self.tasks: dict[str, Task] = {}
         self._frozen: tuple[list[str], str] | None = None
-        if Pipeline._registry is not None:
-            Pipeline._registry.append(self)
+        if _defining.registry is not None:
+            _defining.registry.append(self)
 
     # -- definition ---------------------------------------------------------------------
     @classmethod
     def current(cls) -> Pipeline | None:
-        return cls._stack[-1] if cls._stack else None
+        return _defining.stack[-1] if _defining.stack else None
+
+    @staticmethod
+    @contextmanager
+    def collecting() -> Iterator[list[Pipeline]]:
+        """Collect the pipelines created (in this thread) inside the block."""
+        found: list[Pipeline] = []
+        previous, _defining.registry = _defining.registry, found
+        try:
+            yield found
+        finally:
+            _defining.registry = previous
+            _defining.stack.clear()
 
     def __enter__(self) -> Pipeline:
-        Pipeline._stack.append(self)
+        _defining.stack.append(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        Pipeline._stack.pop()
+        _defining.stack.pop()
 
     def add(self, task: Task) -> Task:
         if task.pipeline is not None and task.pipeline is not self:

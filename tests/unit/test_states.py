@@ -73,6 +73,11 @@ def test_the_documented_state_values() -> None:
         "run_timed_out",
         "killed",
         "lost",
+        "oom_killed",
+        "evicted",
+        "image_pull",
+        "config_error",
+        "unschedulable",
     ]
 
 

@@ -7,10 +7,14 @@ import sys
 
 def main() -> None:
     from reflow.cli.app import app, err_console
+    from rich.markup import escape
+
     from reflow.core.errors import ReflowError
 
     try:
         app()  # standalone: usage errors are printed by Typer and exit with code 2
     except ReflowError as exc:
-        err_console.print(f"[red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True
+        )
         sys.exit(2)

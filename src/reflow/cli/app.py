@@ -46,6 +46,7 @@ class _MainGroup(TyperGroup):
         "up",
         "users",
         "tokens",
+        "k8s",
         "db",
     )
 
@@ -69,10 +70,12 @@ pipelines_app = typer.Typer(help="List, inspect and validate pipelines.", no_arg
 runs_app = typer.Typer(help="Inspect runs and repair their history.", no_args_is_help=True)
 tasks_app = typer.Typer(help="Inspect the task instances of a run.", no_args_is_help=True)
 db_app = typer.Typer(help="The metadata database.", no_args_is_help=True)
+k8s_app = typer.Typer(help="The kubernetes launcher.", no_args_is_help=True)
 app.add_typer(pipelines_app, name="pipelines")
 app.add_typer(runs_app, name="runs")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(db_app, name="db")
+app.add_typer(k8s_app, name="k8s")
 register_web(app)
 
 STATE_STYLE = {
@@ -934,3 +937,34 @@ def db_clean(
     verb = "Would delete" if dry_run else "Deleted"
     parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items())
     console.print(f"{verb}: {parts}.")
+
+
+# -- kubernetes ---------------------------------------------------------------------------
+@k8s_app.command("render")
+def k8s_render(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
+    task: Annotated[str, typer.Argument(help="Task id.")],
+    date: Annotated[str, typer.Option("--date", "-d", help="Logical date (YYYY-MM-DD).")],
+    conf: Annotated[str | None, typer.Option("--conf", help="Run conf as a JSON object.")] = None,
+    home: HomeOption = None,
+) -> None:
+    """Print the YAML of the pod (and claims) a try of TASK for DATE would create.
+
+    For review, or `kubectl apply --dry-run=server -f -`. The pod's name ends with the
+    try's id, given when the try is queued: 0 here. Values of secret params are shown as
+    *** (give pods secrets through Kubernetes secrets: Pod(secret_env=...)).
+    """
+    from reflow.services import kubernetes as k8s_service
+
+    try:
+        import yaml
+    except ImportError:
+        raise InvalidInput(
+            "rendering pods needs PyYAML: pip install 'reflow[kubernetes]'"
+        ) from None
+    project = _project(home)
+    rendered = k8s_service.render(project, pipeline, task, date, run_service.parse_conf(conf))
+    text = yaml.safe_dump_all(
+        rendered.manifests, sort_keys=False, default_flow_style=False, width=100
+    )
+    sys.stdout.write(scrub(text, rendered.secret_values))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -21,7 +21,51 @@ _ENV = {
     "heartbeat_interval": "REFLOW_HEARTBEAT_INTERVAL",
     "scheduler_timeout": "REFLOW_SCHEDULER_TIMEOUT",
     "parse_interval": "REFLOW_PARSE_INTERVAL",
+    "launcher": "REFLOW_LAUNCHER",
 }
+_K8S_ENV = {
+    "context": "REFLOW_K8S_CONTEXT",
+    "kubeconfig": "REFLOW_K8S_KUBECONFIG",
+    "namespace": "REFLOW_K8S_NAMESPACE",
+    "image": "REFLOW_K8S_IMAGE",
+}
+LauncherName = Literal["local", "kubernetes"]
+
+
+class KubernetesSettings(BaseModel):
+    """The kubernetes launcher: which cluster, and the defaults of every try's pod."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    context: str | None = Field(default=None, description="kubeconfig context (default: current)")
+    kubeconfig: Path | None = Field(
+        default=None, description="kubeconfig file (default: ~/.kube/config)"
+    )
+    in_cluster: bool | None = Field(
+        default=None, description="use the pod's service account (default: when running in a pod)"
+    )
+    namespace: str = "default"
+    image: str | None = Field(default=None, description="image of tries whose task names none")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+    service_account: str | None = None
+    pipelines_folder: str = Field(
+        default="/opt/reflow/pipelines", description="where the image holds the pipeline files"
+    )
+    python: str = Field(default="python3", description="the image's Python, for Python tasks")
+    cleanup: Literal["always", "on_success", "never"] = "on_success"
+    startup_timeout: float = Field(
+        default=600.0, gt=0, description="seconds a pod may stay unscheduled before the try fails"
+    )
+    instance: str = Field(
+        default="reflow",
+        description="told apart the pods of reflow installations sharing a namespace",
+    )
+    sweep_interval: float = Field(
+        default=60.0, gt=0, description="how often orphan pods are looked for"
+    )
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
 
 
 class Settings(BaseModel):
@@ -37,6 +81,18 @@ class Settings(BaseModel):
     heartbeat_interval: float = Field(5.0, gt=0)
     scheduler_timeout: float = Field(30.0, gt=0, description="silence before a scheduler is dead")
     parse_interval: float = Field(10.0, gt=0, description="how often pipeline files are re-read")
+    launcher: LauncherName = Field("local", description="where tries run unless overridden")
+    launchers: dict[str, LauncherName] = Field(
+        default_factory=dict, description="launcher per pipeline or per 'pipeline.task'"
+    )
+    kubernetes: KubernetesSettings = Field(default_factory=lambda: KubernetesSettings())
+
+    def launcher_for(self, pipeline: str, task: str) -> LauncherName:
+        """The launcher of one task: ``pipeline.task`` overrides ``pipeline`` overrides the
+        default."""
+        return self.launchers.get(f"{pipeline}.{task}") or self.launchers.get(
+            pipeline, self.launcher
+        )
 
     @property
     def state_folder(self) -> Path:
@@ -83,6 +139,10 @@ def load_settings(home: Path | None = None, **overrides: Any) -> Settings:
     for key, var in _ENV.items():
         if var in os.environ:
             values[key] = os.environ[var]
+    k8s_env = {key: os.environ[var] for key, var in _K8S_ENV.items() if os.environ.get(var)}
+    if k8s_env:
+        section = values.get("kubernetes")
+        values["kubernetes"] = {**(section if isinstance(section, dict) else {}), **k8s_env}
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return Settings(home=home, **values)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from reflow.core.states import FailureReason
 
@@ -21,6 +22,11 @@ class TrySpec:
     kill_grace: float = 10.0
     # Identity of the try (pipeline, run_id, task, try_number), for labels and log headers.
     labels: Mapping[str, str] = field(default_factory=dict)
+    # Which launcher runs it, and what that launcher needs beyond a command.
+    launcher: str = "local"
+    timeout: float | None = None
+    scratch: Mapping[str, Any] | None = None
+    pod: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,7 @@ class TryRef:
     pid: int | None = None
     host: str | None = None
     external_id: str | None = None
+    launcher: str = "local"
 
 
 @dataclass(frozen=True)

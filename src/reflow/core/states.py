@@ -46,6 +46,12 @@ class FailureReason(StrEnum):
     RUN_TIMED_OUT = "run_timed_out"
     KILLED = "killed"
     LOST = "lost"
+    # Reported by the kubernetes launcher
+    OOM_KILLED = "oom_killed"
+    EVICTED = "evicted"
+    IMAGE_PULL = "image_pull"
+    CONFIG_ERROR = "config_error"
+    UNSCHEDULABLE = "unschedulable"
 
 
 class BackfillState(StrEnum):

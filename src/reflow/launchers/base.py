@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 from reflow.core.spec import Handle, Outcome, TryRef, TrySpec
 
@@ -51,6 +52,11 @@ class Launcher(ABC):
     @abstractmethod
     def watched(self) -> set[int]:
         """Ids of the tries this launcher is watching."""
+
+    def sweep(self, live: Callable[[], set[int]]) -> int:
+        """Remove what this launcher left behind for tries that are no longer live (ids
+        from ``live()``, read after the launcher looked). Returns how many it removed."""
+        return 0
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release resources; watched tries keep running (a later scheduler adopts them)."""

@@ -42,7 +42,7 @@ from reflow.core.states import (
 from reflow.launchers.base import Launcher
 from reflow.store import history, repo
 from reflow.store.db import Database
-from reflow.tasks.build import build_try
+from reflow.tasks.build import Remote, build_try
 
 log = logging.getLogger("reflow.scheduler")
 
@@ -577,7 +577,7 @@ class Scheduler:
                     ti_id=cand.ti_id,
                     run_pk=cand.run.id,
                     run_attempt=cand.run.attempt,
-                    launcher=self.launcher.name,
+                    launcher=self.settings.launcher_for(cand.run.pipeline, cand.task_id),
                     owner=self._id,
                     log_path_for=lambda n, c=cand: str(
                         log_path(
@@ -611,6 +611,7 @@ class Scheduler:
                     log_path=str(path),
                     pipelines_folder=str(self.settings.pipelines_path),
                     cwd=str(self.settings.home),
+                    **target(self.settings, cand.run.pipeline, cand.task_id),
                 )
                 handle = self.launcher.start(spec)
             except (ReflowError, OSError) as exc:
@@ -653,6 +654,10 @@ class Scheduler:
                 alive.append(row)
         return dead, alive
 
+    def _live_try_ids(self) -> set[int]:
+        with self.db.read() as conn:
+            return {t.id for t in repo.live_tries(conn)}
+
     def recover(self, now: datetime) -> bool:
         """Adopt the live tries of dead schedulers; the launcher reports the lost ones."""
         self._next_recovery = now + timedelta(seconds=self.settings.scheduler_timeout / 3)
@@ -663,11 +668,24 @@ class Scheduler:
             return repo.claim_orphans(conn, self._id, [r.id for r in alive])
 
         orphans = self.db.write(work)
+        self.launcher.sweep(self._live_try_ids)
         for row in orphans:
-            ref = TryRef(row.id, row.log_path, row.pid, row.host, row.external_id)
+            ref = TryRef(
+                row.id, row.log_path, row.pid, row.host, row.external_id, row.launcher or "local"
+            )
             alive_now = self.launcher.adopt(ref)
             log.info("adopted try %s (%s)", row.id, "alive" if alive_now else "gone")
         return bool(orphans)
+
+
+def target(settings: Settings, pipeline: str, task_id: str) -> dict[str, Any]:
+    """Where a task's tries run: the launcher's name and, for pods, the image's layout."""
+    launcher = settings.launcher_for(pipeline, task_id)
+    remote = None
+    if launcher == "kubernetes":
+        k8s = settings.kubernetes
+        remote = Remote(k8s.pipelines_folder, k8s.python)
+    return {"launcher": launcher, "remote": remote}
 
 
 def _admission_rank(run: Row[Any], backfill: Row[Any] | None) -> tuple[Any, ...]:

@@ -51,9 +51,18 @@ class Project:
         )
 
     def launcher(self) -> Launcher:
+        """Every launcher the configuration can route a try to, each made on first use."""
         from reflow.launchers.local import LocalLauncher
+        from reflow.launchers.router import Launchers
 
-        return LocalLauncher(self.settings.runtime_path)
+        def kubernetes() -> Launcher:
+            from reflow.launchers.kubernetes.launcher import KubernetesLauncher
+
+            return KubernetesLauncher(self.settings.kubernetes)
+
+        return Launchers(
+            {"local": lambda: LocalLauncher(self.settings.runtime_path), "kubernetes": kubernetes}
+        )
 
     def close(self) -> None:
         self.db.dispose()

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import posixpath
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from reflow.core.errors import TaskError
 from reflow.core.pipeline import Task
+from reflow.core.pod import Pod, scratch_plain
 from reflow.core.spec import TrySpec
+from reflow.core.templating import render_value
 from reflow.tasks.python import Python
 from reflow.tasks.shell import Shell
 from reflow.tasks.spark import SparkSubmit
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A try that runs in an image rather than on this machine: where that image holds the
+    pipeline files and which Python it runs."""
+
+    pipelines_folder: str
+    python: str = "python3"
 
 
 def build_try(
@@ -20,14 +35,24 @@ def build_try(
     log_path: str,
     pipelines_folder: str,
     cwd: str | None = None,
+    launcher: str = "local",
+    remote: Remote | None = None,
 ) -> TrySpec:
-    """Render ``task`` for one try. Raises TemplateError when a field does not render."""
+    """Render ``task`` for one try on ``launcher``. Raises TemplateError when a field does
+    not render, TaskError when a rendered value is invalid."""
     if not isinstance(task, Shell | Python | SparkSubmit):
         raise TypeError(f"unsupported task kind {task.kind!r}")
-    rendered = task.render(context)
+    rendered = task.render(context, remote=remote is not None)
     env = {str(k): str(v) for k, v in rendered["env"].items()}
     if isinstance(task, Python):
-        env.update(task.child_env(context, pipelines_folder))
+        task_file = None
+        if remote is not None:
+            task_file = _in_image(task, pipelines_folder, remote.pipelines_folder)
+        folder = remote.pipelines_folder if remote is not None else pipelines_folder
+        env.update(task.child_env(context, folder, task_file))
+        argv = task.argv(rendered, remote.python if remote is not None else None)
+    else:
+        argv = task.argv(rendered)
     env.update(
         REFLOW_PIPELINE=str(context["pipeline"]),
         REFLOW_RUN_ID=str(context["run_id"]),
@@ -35,12 +60,18 @@ def build_try(
         REFLOW_TRY_NUMBER=str(context["try_number"]),
         REFLOW_DS=str(context["ds"]),
     )
+    pod = task.resolved_pod()
+    space = task.resolved_scratch()
+    timeout = task.option("timeout")
+    run_timeout = task.pipeline.run_timeout if task.pipeline else None
+    fileloc = task.pipeline.fileloc if task.pipeline else None
     return TrySpec(
         try_id=try_id,
-        argv=task.argv(rendered),
+        argv=argv,
         log_path=log_path,
         env=env,
-        cwd=rendered["cwd"] or cwd,
+        # In a pod the image's working folder is the project folder.
+        cwd=rendered["cwd"] or (None if remote is not None else cwd),
         kill_grace=float(task.option("kill_grace")),
         labels={
             "pipeline": str(context["pipeline"]),
@@ -48,4 +79,46 @@ def build_try(
             "task": task.task_id,
             "try_number": str(context["try_number"]),
         },
+        launcher=launcher,
+        timeout=timeout if timeout is not None else run_timeout,
+        scratch=render_value(scratch_plain(space), context) if space is not None else None,
+        pod=_pod_options(pod, context, fileloc) if remote is not None else None,
     )
+
+
+def _pod_options(pod: Pod, context: Mapping[str, Any], fileloc: str | None) -> dict[str, Any]:
+    """The pod options rendered; a ``pod_override`` YAML file (relative to the pipeline
+    file) is read and rendered too."""
+    plain = pod.to_plain()
+    override = plain.pop("pod_override")
+    options: dict[str, Any] = render_value(plain, context)
+    if isinstance(override, str):
+        folder = os.path.dirname(fileloc) if fileloc else os.getcwd()
+        path = os.path.join(folder, render_value(override, context))
+        override = _read_yaml(path)
+    options["pod_override"] = render_value(override, context) if override else None
+    return options
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    import yaml  # part of reflow[kubernetes], needed only for pods
+
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise TaskError(f"pod_override: cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise TaskError(f"pod_override: {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise TaskError(f"pod_override: {path} must hold a mapping (a partial pod manifest)")
+    return data
+
+
+def _in_image(task: Python, here: str, there: str) -> str:
+    """The pipeline file's path inside the image, whose pipelines folder is ``there``."""
+    assert task.pipeline is not None and task.pipeline.fileloc is not None
+    relative = os.path.relpath(task.pipeline.fileloc, here)
+    if relative.startswith(os.pardir):  # outside the pipelines folder: keep its name
+        relative = os.path.basename(task.pipeline.fileloc)
+    return posixpath.join(there, *relative.split(os.sep))

@@ -48,7 +48,7 @@ class Python(Task):
         if not callable(self.fn):
             raise PipelineError(f"fn must be callable, got {self.fn!r}")
 
-    def render(self, context: Mapping[str, Any]) -> dict[str, Any]:
+    def render(self, context: Mapping[str, Any], *, remote: bool = False) -> dict[str, Any]:
         return {
             "args": render_value(self.args, context),
             "kwargs": render_value(self.kwargs, context),
@@ -56,14 +56,17 @@ class Python(Task):
             "cwd": None,
         }
 
-    def argv(self, rendered: Mapping[str, Any]) -> tuple[str, ...]:
-        return (sys.executable, "-m", "reflow.tasks.pyrun")
+    def argv(self, rendered: Mapping[str, Any], python: str | None = None) -> tuple[str, ...]:
+        return (python or sys.executable, "-m", "reflow.tasks.pyrun")
 
-    def child_env(self, context: Mapping[str, Any], pipelines_folder: str) -> dict[str, str]:
-        """What the child needs to find and call the function again."""
+    def child_env(
+        self, context: Mapping[str, Any], pipelines_folder: str, task_file: str | None = None
+    ) -> dict[str, str]:
+        """What the child needs to find and call the function again (``task_file``: where
+        the pipeline file is for the child, when not where this process read it)."""
         assert self.pipeline is not None and self.pipeline.fileloc is not None
         return {
-            "REFLOW_TASK_FILE": self.pipeline.fileloc,
+            "REFLOW_TASK_FILE": task_file or self.pipeline.fileloc,
             "REFLOW_TASK_PIPELINE": self.pipeline.name,
             "REFLOW_TASK_ID": self.task_id,
             "REFLOW_TASK_CONTEXT": json.dumps(context_to_json(context), default=str),

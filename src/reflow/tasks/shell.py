@@ -28,7 +28,7 @@ class Shell(Task):
             raise PipelineError("command must be a non-empty string")
         check(self.command, shell=True)
 
-    def render(self, context: Mapping[str, Any]) -> dict[str, Any]:
+    def render(self, context: Mapping[str, Any], *, remote: bool = False) -> dict[str, Any]:
         """The task's fields rendered for one try."""
         return {
             "command": render(self.command, context, shell=True),

@@ -23,6 +23,7 @@ from typing import Any
 
 from reflow.core.errors import PipelineError, ReflowError, TaskError
 from reflow.core.pipeline import Task
+from reflow.core.pod import dns_label, label_value
 from reflow.core.templating import check as check_template
 from reflow.core.templating import render_value
 
@@ -41,7 +42,6 @@ _CLAIM_KEYS = {"size", "storage_class", "mount"}
 _LOCAL_DIR = "spark.kubernetes.executor.volumes.persistentVolumeClaim.spark-local-dir-1"
 # Spark appends "-exec-<n>" to the prefix; the whole name must stay a DNS label.
 _POD_PREFIX_MAX = 47
-_LABEL_MAX = 63
 # How much of a try's log is searched for the application id: the driver reports it while
 # starting, and the scheduler reads it as the try ends, so large logs must stay cheap.
 _LOG_SCAN = 1 << 20
@@ -194,8 +194,9 @@ class SparkSubmit(Task):
         return {name: getattr(self, name) for name in self.template_fields if name != "env"}
 
     # -- building a try -----------------------------------------------------------------
-    def render(self, context: Mapping[str, Any]) -> dict[str, Any]:
+    def render(self, context: Mapping[str, Any], *, remote: bool = False) -> dict[str, Any]:
         """The fields rendered for one try, the master resolved, the env completed.
+        ``remote``: the try runs in a pod, where spark-submit and Python are the image's.
 
         Raises TemplateError when a field does not render and TaskError when a rendered
         value is invalid.
@@ -209,7 +210,9 @@ class SparkSubmit(Task):
         rendered["name"] = (
             rendered["name"] or f"{context['pipeline']}.{self.task_id}.{context['ds']}"
         )
-        if str(rendered["application"]).endswith(".py") and not master.startswith("k8s://"):
+        rendered["remote"] = remote
+        py_app = str(rendered["application"]).endswith(".py")
+        if py_app and not remote and not master.startswith("k8s://"):
             # The driver (and, locally, the Python workers) use reflow's interpreter, which
             # has PySpark, unless the environment says otherwise.
             var = "PYSPARK_PYTHON" if master.startswith("local") else "PYSPARK_DRIVER_PYTHON"
@@ -229,7 +232,7 @@ class SparkSubmit(Task):
     def argv(self, rendered: Mapping[str, Any]) -> tuple[str, ...]:
         """The command of one try. Raises TaskError when Spark or Java cannot be found."""
         master = str(rendered["master"])
-        if master.startswith("k8s://"):
+        if master.startswith("k8s://") or rendered.get("remote"):
             if rendered["spark_home"]:
                 program = shlex.quote(os.path.join(rendered["spark_home"], "bin", "spark-submit"))
             else:
@@ -329,27 +332,6 @@ def _default_pod_prefix(who: Mapping[str, str]) -> str:
     # The run id's hash tells apart two manual runs of the same date.
     run = hashlib.sha256(who["run_id"].encode()).hexdigest()[:6]
     return f"{who['pipeline']}-{who['task']}-{who['ds_nodash']}-{run}-{who['try_number']}"
-
-
-# -- names Kubernetes accepts ---------------------------------------------------------------
-def _shorten(text: str, original: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    digest = hashlib.sha256(original.encode()).hexdigest()[:8]
-    return f"{text[: limit - 9].rstrip('-.')}-{digest}"
-
-
-def label_value(value: str) -> str:
-    """``value`` as a Kubernetes label value: lowercase ``[a-z0-9-.]``, starting and ending
-    with a letter or digit, at most 63 characters (a hash suffix keeps long ones apart)."""
-    text = re.sub(r"[^a-z0-9.-]+", "-", value.lower()).strip("-.")
-    return _shorten(text, value, _LABEL_MAX) or hashlib.sha256(value.encode()).hexdigest()[:8]
-
-
-def dns_label(value: str, limit: int = 63) -> str:
-    """``value`` as a DNS label (pod names): lowercase ``[a-z0-9-]``, at most ``limit``."""
-    text = re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", value.lower())).strip("-")
-    return _shorten(text, value, limit) or "x" + hashlib.sha256(value.encode()).hexdigest()[:8]
 
 
 # -- the environment of the try --------------------------------------------------------------

@@ -1,0 +1,653 @@
+"""The ``kubernetes`` launcher: one pod per try, through the official Kubernetes client.
+
+A watch thread keeps the latest state of every reflow pod of the namespace; one thread per
+try follows its container log into the try's log file (so no volume is shared between the
+scheduler, the web server and the pods). The scheduler's thread creates and deletes pods
+and turns pod states into outcomes in :meth:`poll`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from reflow.core.config import KubernetesSettings
+from reflow.core.errors import ConfigError, TaskError
+from reflow.core.spec import Handle, Outcome, TryRef, TrySpec
+from reflow.core.states import FailureReason
+from reflow.launchers.base import Launcher
+from reflow.launchers.kubernetes.manifest import (
+    CONTAINER,
+    TRY_ID,
+    claim_manifests,
+    pod_manifest,
+    selector,
+)
+
+log = logging.getLogger("reflow.kubernetes")
+
+_TRANSIENT = {429, 500, 502, 503, 504}
+_PULL_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+_CONFIG_ERRORS = {"CreateContainerConfigError", "CreateContainerError"}
+# How long a finished pod's log may take to arrive before the outcome is reported anyway.
+_LOG_GRACE = 10.0
+_WATCH_SECONDS = 30
+_REQUEST_TIMEOUT = (5, 30)
+
+
+@dataclass
+class _Pod:
+    """A watched try and what is known of its pod."""
+
+    try_id: int
+    name: str
+    log_path: Path
+    raw: dict[str, Any] | None = None  # the latest pod object seen (API JSON)
+    gone: bool = False  # deleted, or never found
+    created: float = field(default_factory=time.monotonic)
+    terminal_since: float | None = None
+    cancelled: bool = False
+    delete_grace: float | None = None  # a deletion to (re)send
+    failure: tuple[FailureReason, str] | None = None  # decided by reflow (never started)
+    follower: _LogFollower | None = None
+    last_lookup: float = 0.0
+
+
+def load_client(settings: KubernetesSettings) -> Any:
+    """An ApiClient for the configured cluster: in-cluster, or a kubeconfig context."""
+    try:
+        from kubernetes import client, config
+    except ImportError:
+        raise ConfigError(
+            "the kubernetes launcher needs the Kubernetes client: pip install 'reflow[kubernetes]'"
+        ) from None
+    configuration = client.Configuration()
+    in_cluster = settings.in_cluster
+    if in_cluster is None:
+        in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not (
+            settings.context or settings.kubeconfig
+        )
+    loader: Any = config
+    try:
+        if in_cluster:
+            loader.load_incluster_config(client_configuration=configuration)
+        else:
+            loader.load_kube_config(
+                config_file=str(settings.kubeconfig.expanduser()) if settings.kubeconfig else None,
+                context=settings.context,
+                client_configuration=configuration,
+            )
+    except (config.ConfigException, OSError, ValueError) as exc:
+        where = "in-cluster" if in_cluster else f"context {settings.context or '(current)'}"
+        raise ConfigError(f"kubernetes: cannot load the configuration ({where}): {exc}") from None
+    configuration.retries = 0  # retried here, where it is known what is safe to repeat
+    return client.ApiClient(configuration)
+
+
+class KubernetesLauncher(Launcher):
+    """Runs each try as a pod in ``settings.namespace``; see the module docstring."""
+
+    name = "kubernetes"
+
+    def __init__(
+        self,
+        settings: KubernetesSettings,
+        api_client: Any | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        from kubernetes import client
+
+        self.settings = settings
+        self.namespace = settings.namespace
+        self._api_client = api_client or load_client(settings)
+        # Any: requests pass plain manifests and read raw JSON (_preload_content=False).
+        self.core: Any = client.CoreV1Api(self._api_client)
+        self._clock = clock
+        self._selector = selector(settings)
+        self._tries: dict[int, _Pod] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._next_sweep = 0.0
+        self._watcher = threading.Thread(target=self._watch, name="reflow-k8s-watch", daemon=True)
+        self._watcher.start()
+
+    # -- the interface ---------------------------------------------------------------------
+    def start(self, spec: TrySpec) -> Handle:
+        """Create the try's claims (when missing) and its pod. Raises TaskError when
+        Kubernetes refuses them; transient API errors are retried a few times first."""
+        manifest = pod_manifest(spec, self.settings)
+        for claim in claim_manifests(spec, self.settings):
+            self._ensure_claim(claim)
+        name = manifest["metadata"]["name"]
+        log_path = Path(spec.log_path)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            created = self._request(
+                lambda: self.core.create_namespaced_pod(
+                    self.namespace, manifest, _preload_content=False
+                ),
+            )
+        except _ApiError as exc:
+            if exc.status != 409:
+                raise TaskError(f"kubernetes refused pod {name}: {exc}") from None
+            created = None
+        if created is None:  # 409: ours if an earlier attempt of this very call got through
+            created = self._read_pod(name)
+            if created is None or _try_id(created) != spec.try_id:
+                raise TaskError(f"kubernetes: pod {name} already exists and is not this try's")
+        t = _Pod(spec.try_id, name, log_path, raw=created)
+        _note(log_path, f"pod {self.namespace}/{name} created")
+        self._watch_try(t, resume_after=None)
+        return Handle(spec.try_id, None, self._host(), external_id=f"{self.namespace}/{name}")
+
+    def poll(self) -> list[Outcome]:
+        """Outcomes of the tries whose pods ended, failed to start, or vanished."""
+        self._wake.clear()
+        out: list[Outcome] = []
+        for t in list(self._tries.values()):
+            outcome = self._check(t)
+            if outcome is not None:
+                out.append(outcome)
+                self._forget(t)
+        return out
+
+    def cancel(self, try_id: int, grace: float) -> None:
+        """Delete the try's pod with ``grace`` seconds to stop; the outcome follows."""
+        t = self._tries.get(try_id)
+        if t is None or t.gone:
+            return
+        t.cancelled = True
+        t.delete_grace = grace if t.delete_grace is None else min(t.delete_grace, grace)
+        self._send_delete(t)
+
+    def adopt(self, ref: TryRef) -> bool:
+        """Watch the pod of a try started by another scheduler; True if it still exists."""
+        known = self._tries.get(ref.try_id)
+        if known is not None:
+            return not known.gone
+        namespace, _, name = (ref.external_id or "").rpartition("/")
+        t = _Pod(ref.try_id, name or f"unknown-{ref.try_id}", Path(ref.log_path))
+        if not name or namespace != self.namespace:
+            t.gone = True
+            t.failure = (FailureReason.LOST, f"pod {ref.external_id!r} is not in {self.namespace}")
+            self._tries[t.try_id] = t
+            return False
+        try:
+            t.raw = self._read_pod(name)
+            t.gone = t.raw is None
+        except _ApiError as exc:  # looked up again by poll()
+            log.warning("cannot look up pod %s of try %s yet: %s", name, ref.try_id, exc)
+        self._watch_try(t, resume_after=_read_position(t.log_path))
+        return not t.gone
+
+    def wait(self, timeout: float) -> None:
+        if timeout > 0:
+            self._wake.wait(timeout)
+
+    def watched(self) -> set[int]:
+        return set(self._tries)
+
+    def sweep(self, live: Callable[[], set[int]]) -> int:
+        """Delete reflow pods of this installation whose try is not live: running ones
+        (orphans of a lost record) and finished ones the cleanup policy removes."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return 0
+        self._next_sweep = now + self.settings.sweep_interval
+        try:
+            pods = self._list_pods()[0]
+        except _ApiError as exc:
+            log.warning("orphan sweep skipped: %s", exc)
+            return 0
+        alive = live()
+        removed = 0
+        for pod in pods:
+            try_id = _try_id(pod)
+            if try_id is None or try_id in alive or try_id in self._tries:
+                continue
+            if pod["metadata"].get("deletionTimestamp"):
+                continue
+            phase = pod.get("status", {}).get("phase")
+            if phase in ("Succeeded", "Failed") and not self._cleans(phase == "Succeeded"):
+                continue
+            name = pod["metadata"]["name"]
+            log.warning("deleting pod %s: its try %s is not live", name, try_id)
+            with contextlib.suppress(_ApiError):
+                self._delete(name, None)
+                removed += 1
+        return removed
+
+    def close(self) -> None:
+        """Stop watching; the pods keep running for a later scheduler to adopt."""
+        self._stop.set()
+        for t in self._tries.values():
+            if t.follower is not None:
+                t.follower.stop.set()
+        self._tries.clear()
+        self._wake.set()
+
+    # -- deciding outcomes -------------------------------------------------------------------
+    def _check(self, t: _Pod) -> Outcome | None:
+        if t.delete_grace is not None and not t.gone:
+            self._send_delete(t)
+        if t.failure is not None:
+            return self._outcome(t, None, *t.failure)
+        if t.raw is None and not t.gone:
+            self._look_up(t)
+            return None
+        status = (t.raw or {}).get("status") or {}
+        phase = status.get("phase")
+        container = _container_status(t.raw)
+        terminated = (container.get("state") or {}).get("terminated")
+        if t.gone or phase in ("Succeeded", "Failed"):
+            if not t.gone and not self._log_done(t):
+                return None
+            if phase not in ("Succeeded", "Failed") and not terminated:
+                if t.cancelled:
+                    return self._outcome(t, None, FailureReason.ERROR, "pod deleted")
+                return self._outcome(
+                    t, None, FailureReason.LOST, f"pod {t.name} was deleted outside reflow"
+                )
+            outcome = self._finished(t, status, terminated or {})
+            if not t.gone and self._cleans(outcome.ok):
+                with contextlib.suppress(_ApiError):
+                    self._delete(t.name, None)
+            return outcome
+        if t.cancelled:
+            return None
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        reason, message = waiting.get("reason"), waiting.get("message") or ""
+        if reason in _PULL_ERRORS:
+            return self._give_up(t, FailureReason.IMAGE_PULL, f"{reason}: {message}".strip())
+        if reason in _CONFIG_ERRORS:
+            return self._give_up(t, FailureReason.CONFIG_ERROR, f"{reason}: {message}".strip())
+        if phase == "Pending" and time.monotonic() - t.created > self.settings.startup_timeout:
+            why = _unscheduled(status) or f"still pending ({reason or 'not started'})"
+            return self._give_up(
+                t,
+                FailureReason.UNSCHEDULABLE,
+                f"not started within {self.settings.startup_timeout:g}s: {why}",
+            )
+        return None
+
+    def _finished(
+        self, t: _Pod, status: Mapping[str, Any], terminated: Mapping[str, Any]
+    ) -> Outcome:
+        code = terminated.get("exitCode")
+        why = status.get("reason")
+        message = status.get("message") or terminated.get("message") or ""
+        if why == "Evicted":
+            return self._outcome(t, code, FailureReason.EVICTED, f"evicted: {message}".strip())
+        if why == "DeadlineExceeded":
+            return self._outcome(t, code, FailureReason.TIMED_OUT, "activeDeadlineSeconds exceeded")
+        if terminated.get("reason") == "OOMKilled":
+            return self._outcome(
+                t, code, FailureReason.OOM_KILLED, "OOMKilled: the container hit its memory limit"
+            )
+        if status.get("phase") == "Succeeded" and code in (0, None):
+            return self._outcome(t, 0, None, "")
+        detail = f"exit code {code}" if code is not None else "pod failed"
+        if terminated.get("reason") not in (None, "Error", "Completed"):
+            detail += f" ({terminated['reason']})"
+        if message:
+            detail += f": {message}"
+        return self._outcome(t, code, FailureReason.ERROR, detail)
+
+    def _give_up(self, t: _Pod, reason: FailureReason, detail: str) -> Outcome:
+        """A pod that cannot start: deleted, and the try fails with ``reason``."""
+        with contextlib.suppress(_ApiError):
+            self._delete(t.name, 0)
+        return self._outcome(t, None, reason, detail)
+
+    def _outcome(
+        self, t: _Pod, code: int | None, reason: FailureReason | None, detail: str
+    ) -> Outcome:
+        if reason is not None and detail:
+            _note(t.log_path, f"pod {t.name}: {reason.value}: {detail}")
+        return Outcome(t.try_id, code, reason, self._clock(), detail)
+
+    def _cleans(self, succeeded: bool) -> bool:
+        policy = self.settings.cleanup
+        return policy == "always" or (policy == "on_success" and succeeded)
+
+    def _log_done(self, t: _Pod) -> bool:
+        """Has the log of a finished pod been written (or waited for long enough)?"""
+        if t.terminal_since is None:
+            t.terminal_since = time.monotonic()
+        follower = t.follower
+        if follower is None or not follower.is_alive():
+            return True
+        follower.nudge.set()
+        return time.monotonic() - t.terminal_since > _LOG_GRACE
+
+    # -- pods -------------------------------------------------------------------------------
+    def _watch_try(self, t: _Pod, resume_after: str | None) -> None:
+        with self._lock:
+            self._tries[t.try_id] = t
+        t.follower = _LogFollower(self, t, resume_after)
+        t.follower.start()
+
+    def _forget(self, t: _Pod) -> None:
+        with self._lock:
+            self._tries.pop(t.try_id, None)
+        if t.follower is not None:
+            t.follower.stop.set()
+        with contextlib.suppress(OSError):
+            _position_file(t.log_path).unlink()
+
+    def _look_up(self, t: _Pod) -> None:
+        if time.monotonic() - t.last_lookup < 2.0:
+            return
+        t.last_lookup = time.monotonic()
+        try:
+            raw = self._read_pod(t.name)
+        except _ApiError:
+            return
+        with self._lock:
+            t.raw, t.gone = raw, raw is None
+
+    def _send_delete(self, t: _Pod) -> None:
+        try:
+            self._delete(t.name, t.delete_grace)
+        except _ApiError as exc:  # sent again on the next poll
+            log.warning("cannot delete pod %s yet: %s", t.name, exc)
+            return
+        t.delete_grace = None
+
+    def _delete(self, name: str, grace: float | None) -> None:
+        seconds = None if grace is None else max(0, round(grace))
+        try:
+            self._request(
+                lambda: self.core.delete_namespaced_pod(
+                    name,
+                    self.namespace,
+                    grace_period_seconds=seconds,
+                    _preload_content=False,
+                )
+            )
+        except _ApiError as exc:
+            if exc.status != 404:
+                raise
+
+    def _read_pod(self, name: str) -> dict[str, Any] | None:
+        try:
+            pod: dict[str, Any] = self._request(
+                lambda: self.core.read_namespaced_pod(name, self.namespace, _preload_content=False)
+            )
+        except _ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return pod
+
+    def _list_pods(self) -> tuple[list[dict[str, Any]], str]:
+        body = self._request(
+            lambda: self.core.list_namespaced_pod(
+                self.namespace, label_selector=self._selector, _preload_content=False
+            )
+        )
+        return list(body.get("items") or []), str(body["metadata"].get("resourceVersion", ""))
+
+    def _ensure_claim(self, claim: dict[str, Any]) -> None:
+        name = claim["metadata"]["name"]
+        try:
+            self._request(
+                lambda: self.core.create_namespaced_persistent_volume_claim(
+                    self.namespace, claim, _preload_content=False
+                )
+            )
+            log.info("created claim %s", name)
+        except _ApiError as exc:
+            if exc.status != 409:  # it exists already: the point of a per-date claim
+                raise TaskError(f"kubernetes refused claim {name}: {exc}") from None
+
+    def _request(self, call: Callable[[], Any], attempts: int = 4) -> Any:
+        """One API call returning JSON; transient failures (connection loss, 429, 5xx)
+        are retried with backoff, anything else raises _ApiError at once."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        delay = 0.2
+        for attempt in range(attempts):
+            try:
+                response = call()
+                data = response.data
+                return json.loads(data) if data else {}
+            except ApiException as exc:
+                error = _ApiError.of(exc)
+                if exc.status not in _TRANSIENT or attempt == attempts - 1:
+                    raise error from None
+            except (HTTPError, OSError) as exc:
+                if attempt == attempts - 1:
+                    raise _ApiError(0, f"cannot reach the API server: {exc}") from None
+            time.sleep(delay)
+            delay *= 2.5
+        raise AssertionError("unreachable")
+
+    def _host(self) -> str:
+        return self.settings.context or "kubernetes"
+
+    # -- the watch thread ---------------------------------------------------------------------
+    def _watch(self) -> None:
+        """Keep the latest object of every watched try's pod, from a list then a watch;
+        a 410 (history expired) or a lost connection starts again from a fresh list."""
+        from kubernetes import watch as watch_module
+
+        watch: Any = watch_module
+
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                pods, version = self._list_pods()
+                self._take_list(pods)
+                stream: Any = watch.Watch()
+                for event in stream.stream(
+                    self.core.list_namespaced_pod,
+                    self.namespace,
+                    label_selector=self._selector,
+                    resource_version=version,
+                    timeout_seconds=_WATCH_SECONDS,
+                    allow_watch_bookmarks=True,
+                    _request_timeout=(5, _WATCH_SECONDS + 10),
+                ):
+                    if self._stop.is_set():
+                        stream.stop()
+                        break
+                    backoff = 0.5
+                    self._take_event(event["type"], event.get("raw_object") or {})
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                log.debug("pod watch restarts after: %s", exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _take_list(self, pods: list[dict[str, Any]]) -> None:
+        by_id = {i: pod for pod in pods if (i := _try_id(pod)) is not None}
+        with self._lock:
+            for try_id, t in self._tries.items():
+                if try_id in by_id:
+                    t.raw = by_id[try_id]
+                elif t.raw is not None:  # it was seen, and is gone now
+                    t.gone = True
+        self._wake.set()
+
+    def _take_event(self, kind: str, pod: dict[str, Any]) -> None:
+        try_id = _try_id(pod)
+        with self._lock:
+            t = self._tries.get(try_id) if try_id is not None else None
+            if t is None or kind not in ("ADDED", "MODIFIED", "DELETED"):
+                return
+            t.raw = pod
+            if kind == "DELETED":
+                t.gone = True
+        if t.follower is not None:
+            t.follower.nudge.set()
+        self._wake.set()
+
+    def _container_state(self, t: _Pod) -> str:
+        """``waiting``, ``running``, ``terminated`` or ``gone``, for the log follower."""
+        with self._lock:
+            raw, gone = t.raw, t.gone
+        if gone:
+            return "gone"
+        state = _container_status(raw).get("state") or {}
+        if "terminated" in state:
+            return "terminated"
+        if "running" in state:
+            return "running"
+        return "waiting"
+
+
+class _LogFollower(threading.Thread):
+    """Appends the container's log to the try's log file while the pod runs. Each line is
+    asked for with its timestamp, so a broken stream (or a new scheduler) resumes after
+    the last line written, with nothing lost or repeated."""
+
+    def __init__(self, launcher: KubernetesLauncher, t: _Pod, resume_after: str | None) -> None:
+        super().__init__(name=f"reflow-k8s-log-{t.try_id}", daemon=True)
+        self.launcher = launcher
+        self.t = t
+        self.last = resume_after
+        self.stop = threading.Event()
+        self.nudge = threading.Event()
+        self._partial = b""
+
+    def run(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        launcher = self.launcher
+        while not self.stop.is_set():
+            state = launcher._container_state(self.t)
+            if state == "gone":
+                break
+            if state == "waiting":
+                self.nudge.wait(0.5)
+                self.nudge.clear()
+                continue
+            try:
+                response = launcher.core.read_namespaced_pod_log(
+                    self.t.name,
+                    launcher.namespace,
+                    container=CONTAINER,
+                    follow=True,
+                    timestamps=True,
+                    _preload_content=False,
+                    _request_timeout=(5, 300),
+                )
+                try:
+                    for chunk in response.stream(65536):
+                        self._feed(chunk)
+                        if self.stop.is_set():
+                            break
+                finally:
+                    response.release_conn()
+                self._flush_partial()
+            except ApiException as exc:
+                if exc.status == 404:
+                    break
+            except (HTTPError, OSError):
+                pass
+            if state == "terminated" or launcher._container_state(self.t) == "terminated":
+                break
+            self.stop.wait(0.2)
+        launcher._wake.set()
+
+    def _feed(self, chunk: bytes) -> None:
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        self._write(lines)
+
+    def _flush_partial(self) -> None:
+        if self._partial:
+            lines, self._partial = [self._partial], b""
+            self._write(lines)
+
+    def _write(self, lines: list[bytes]) -> None:
+        out = []
+        for line in lines:
+            stamp, _, text = line.partition(b" ")
+            key = _stamp_key(stamp.decode("ascii", "replace"))
+            if self.last is not None and key <= self.last:
+                continue
+            self.last = key
+            out.append(text + b"\n")
+        if not out:
+            return
+        with self.t.log_path.open("ab") as fh:
+            fh.writelines(out)
+        with contextlib.suppress(OSError):
+            _position_file(self.t.log_path).write_text(self.last or "")
+
+
+class _ApiError(TaskError):
+    """A Kubernetes API failure, with its status (0: no answer) and message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @classmethod
+    def of(cls, exc: Any) -> _ApiError:
+        message = str(exc.reason or "")
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            message = json.loads(exc.body).get("message") or message
+        return cls(int(exc.status or 0), f"{exc.status} {message}".strip())
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _try_id(pod: Mapping[str, Any] | None) -> int | None:
+    value = ((pod or {}).get("metadata") or {}).get("labels", {}).get(TRY_ID)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _container_status(pod: Mapping[str, Any] | None) -> dict[str, Any]:
+    statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or []
+    for status in statuses:
+        if status.get("name") == CONTAINER:
+            return dict(status)
+    return dict(statuses[0]) if statuses else {}
+
+
+def _unscheduled(status: Mapping[str, Any]) -> str:
+    for condition in status.get("conditions") or ():
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return str(condition.get("message") or condition.get("reason") or "unschedulable")
+    return ""
+
+
+def _stamp_key(stamp: str) -> str:
+    """An RFC 3339 timestamp that sorts as text: the fraction padded to nanoseconds."""
+    main, dot, rest = stamp.rstrip("Z").partition(".")
+    return f"{main}.{rest.ljust(9, '0')}" if dot else f"{main}.000000000"
+
+
+def _position_file(log_path: Path) -> Path:
+    return log_path.with_name(log_path.name + ".k8s-position")
+
+
+def _read_position(log_path: Path) -> str | None:
+    try:
+        return _position_file(log_path).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _note(log_path: Path, message: str) -> None:
+    """A line of reflow's own in the try's log."""
+    with contextlib.suppress(OSError), log_path.open("a") as fh:
+        fh.write(f"reflow: {message}\n")

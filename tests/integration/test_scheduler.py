@@ -411,3 +411,29 @@ def test_deadline_is_computed_from_the_task_timeout(env: Env) -> None:
     env.drive(env.runs_done([run_pk]))
     (attempt,) = env.tries(run_pk)
     assert attempt.deadline - attempt.queued_at == timedelta(minutes=45)
+
+
+def test_scratch_space_is_a_folder_of_the_try_removed_after_it(env: Env, tmp_path: Path) -> None:
+    seen = tmp_path / "seen.txt"
+    env.write(
+        "scratchy",
+        f"""
+        from reflow import Pipeline, Shell
+        from reflow.core.pod import scratch
+
+        with Pipeline("scratchy", schedule="@daily", start_date="2024-01-01"):
+            Shell(
+                "work",
+                'echo "$REFLOW_SCRATCH" > {seen} && echo data > "$REFLOW_SCRATCH/part-0"'
+                ' && test -s "$REFLOW_SCRATCH/part-0"',
+                scratch=scratch("1Gi"),
+            )
+        """,
+    )
+    (run_pk,) = env.trigger("scratchy", ["2024-01-03"])
+    env.drive(env.runs_done([run_pk]))
+
+    assert env.run(run_pk).state == RunState.SUCCESS
+    folder = Path(seen.read_text().strip())
+    assert folder.is_relative_to(env.settings.runtime_path)
+    assert not folder.exists()

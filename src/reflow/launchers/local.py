@@ -36,6 +36,7 @@ from reflow.launchers.base import Launcher
 # try ids overlap, from ever touching each other's processes.
 TRY_ID_VAR = "REFLOW_TRY_ID"
 TRY_SCOPE_VAR = "REFLOW_TRY_SCOPE"
+SCRATCH_VAR = "REFLOW_SCRATCH"
 
 LOST_DETAIL = "process vanished without an exit status"
 
@@ -128,6 +129,9 @@ class LocalLauncher(Launcher):
         self._runtime_ready = False
 
     # -- files -------------------------------------------------------------------------
+    def _scratch(self, try_id: int) -> Path:
+        return self.runtime_dir / "scratch" / str(try_id)
+
     def _pid_file(self, try_id: int) -> Path:
         return self.runtime_dir / f"{try_id}.pid"
 
@@ -177,6 +181,12 @@ class LocalLauncher(Launcher):
             TRY_ID_VAR: str(spec.try_id),
             TRY_SCOPE_VAR: self._scope,
         }
+        if spec.scratch is not None:
+            # The try's scratch space: a temporary folder, removed once the try ended.
+            scratch = self._scratch(spec.try_id)
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir(parents=True)
+            env[SCRATCH_VAR] = str(scratch)
         argv = [
             _SH,
             "-c",
@@ -245,6 +255,8 @@ class LocalLauncher(Launcher):
             if not t.command_termed and t.try_id not in ended_ids and not t.killed:
                 self._terminate_late_command(t)
         reported = [self._finish(t, now, strays.get(t.try_id, [])) for t in ended]
+        for t in ended:
+            shutil.rmtree(self._scratch(t.try_id), ignore_errors=True)
         if swept := sweep - {t.try_id for t in overdue}:
             self._make_sure_dead(swept)
         return reported

@@ -254,6 +254,28 @@ def test_the_k8s_shell_form_fails_clearly_without_the_pod_ip() -> None:
     assert "REFLOW_POD_IP" in done.stderr and "is not set" in done.stderr
 
 
+def test_k8s_executors_default_to_the_pods_namespace_and_image() -> None:
+    task = SparkSubmit("job", "local:///opt/app/etl.py", master=K8S)
+    script = build(task).argv[2]
+
+    printed = subprocess.run(
+        ["/bin/sh", "-c", script.replace(K8S_SPARK_SUBMIT, "printf '%s\\n'", 1)],
+        env={
+            "REFLOW_POD_IP": "10.1.2.3",
+            "REFLOW_POD_NAME": "etl-job-pod",
+            "REFLOW_POD_NAMESPACE": "etl",
+            "REFLOW_POD_IMAGE": "registry.example/etl:7",
+            "PATH": "/usr/bin:/bin",
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+
+    assert "spark.kubernetes.namespace=etl" in printed
+    assert "spark.kubernetes.container.image=registry.example/etl:7" in printed
+
+
 def test_a_k8s_try_with_a_spark_home_runs_that_spark_submit() -> None:
     script = build(k8s_task(spark_home="/opt/my spark")).argv[2]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 
 from reflow.core.errors import ConfigError, ReflowError
@@ -19,15 +19,21 @@ _SLICE = 0.05
 
 
 class Launchers(Launcher):
-    """Routes to named launchers, each created on first use (a project that never runs a
-    pod never loads the Kubernetes client)."""
+    """Routes to named launchers. Those in ``eager`` (the ones the configuration routes
+    tasks to) are made at once, so that their leftovers are swept and their configuration
+    checked from the start; others on first use (a project that never runs a pod never
+    loads the Kubernetes client)."""
 
     name = "router"
 
-    def __init__(self, factories: Mapping[str, Callable[[], Launcher]]) -> None:
+    def __init__(
+        self, factories: Mapping[str, Callable[[], Launcher]], eager: Iterable[str] = ()
+    ) -> None:
         self._factories = dict(factories)
         self._made: dict[str, Launcher] = {}
         self._unreachable: list[Outcome] = []
+        for name in eager:
+            self.get(name)
 
     def get(self, name: str) -> Launcher:
         launcher = self._made.get(name)

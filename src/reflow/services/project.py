@@ -60,8 +60,10 @@ class Project:
 
             return KubernetesLauncher(self.settings.kubernetes)
 
+        configured = {self.settings.launcher, *self.settings.launchers.values()}
         return Launchers(
-            {"local": lambda: LocalLauncher(self.settings.runtime_path), "kubernetes": kubernetes}
+            {"local": lambda: LocalLauncher(self.settings.runtime_path), "kubernetes": kubernetes},
+            eager=sorted(configured),
         )
 
     def close(self) -> None:

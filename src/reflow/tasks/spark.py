@@ -31,6 +31,8 @@ DEFAULT_MASTER = "local[*]"
 MASTER_ENV = "REFLOW_SPARK_MASTER"
 POD_IP_ENV = "REFLOW_POD_IP"
 POD_NAME_ENV = "REFLOW_POD_NAME"
+POD_NAMESPACE_ENV = "REFLOW_POD_NAMESPACE"
+POD_IMAGE_ENV = "REFLOW_POD_IMAGE"
 # On Kubernetes spark-submit runs in the try's pod: found there, from the image's
 # SPARK_HOME or else its PATH.
 K8S_SPARK_SUBMIT = '"${SPARK_HOME:+$SPARK_HOME/bin/}spark-submit"'
@@ -310,10 +312,20 @@ def _k8s_conf(rendered: Mapping[str, Any]) -> dict[str, str]:
         "spark.kubernetes.executor.label.reflow-run": label_value(who["run_id"]),
         "spark.kubernetes.executor.label.reflow-task": label_value(who["task"]),
     }
+    # Executors go to the driver pod's namespace and run its image unless told otherwise.
     if rendered["namespace"]:
         conf["spark.kubernetes.namespace"] = str(rendered["namespace"])
+    else:
+        conf["spark.kubernetes.namespace"] = _Shell(
+            f'spark.kubernetes.namespace="${{{POD_NAMESPACE_ENV}:-default}}"'
+        )
     if rendered["image"]:
         conf["spark.kubernetes.container.image"] = str(rendered["image"])
+    else:
+        conf["spark.kubernetes.container.image"] = _Shell(
+            f'spark.kubernetes.container.image="${{{POD_IMAGE_ENV}:?is not set, '
+            'expected the pod image}"'
+        )
     claim = rendered["spark_local_dir_claim"]
     if claim:
         conf[f"{_LOCAL_DIR}.options.claimName"] = "OnDemand"

@@ -114,6 +114,8 @@ class KubernetesLauncher(Launcher):
         self._clock = clock
         self._selector = selector(settings)
         self._tries: dict[int, _Pod] = {}
+        # The latest object of every pod the watch saw, by try id: (pod, deleted, when).
+        self._seen: dict[int, tuple[dict[str, Any], bool, float]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -153,6 +155,7 @@ class KubernetesLauncher(Launcher):
     def poll(self) -> list[Outcome]:
         """Outcomes of the tries whose pods ended, failed to start, or vanished."""
         self._wake.clear()
+        self._forget_deleted()
         out: list[Outcome] = []
         for t in list(self._tries.values()):
             outcome = self._check(t)
@@ -331,11 +334,23 @@ class KubernetesLauncher(Launcher):
         return time.monotonic() - t.terminal_since > _LOG_GRACE
 
     # -- pods -------------------------------------------------------------------------------
-    def _watch_try(self, t: _Pod, resume_after: str | None) -> None:
+    def _watch_try(self, t: _Pod, resume_after: tuple[str, int] | None) -> None:
         with self._lock:
+            seen = self._seen.get(t.try_id)
+            if seen is not None and seen[0]["metadata"].get("name") == t.name:
+                t.raw = seen[0] if seen[1] else _newer(t.raw, seen[0])
+                t.gone = t.gone or seen[1]
             self._tries[t.try_id] = t
         t.follower = _LogFollower(self, t, resume_after)
         t.follower.start()
+
+    def _forget_deleted(self) -> None:
+        """Drop deleted pods the watch saw a while ago (live ones go at the next list)."""
+        limit = time.monotonic() - 60
+        with self._lock:
+            old = [i for i, (_, deleted, at) in self._seen.items() if deleted and at < limit]
+            for try_id in old:
+                del self._seen[try_id]
 
     def _forget(self, t: _Pod) -> None:
         with self._lock:
@@ -475,22 +490,28 @@ class KubernetesLauncher(Launcher):
     def _take_list(self, pods: list[dict[str, Any]]) -> None:
         by_id = {i: pod for pod in pods if (i := _try_id(pod)) is not None}
         with self._lock:
+            self._seen = {i: (pod, False, time.monotonic()) for i, pod in by_id.items()}
             for try_id, t in self._tries.items():
                 if try_id in by_id:
-                    t.raw = by_id[try_id]
+                    t.raw = _newer(t.raw, by_id[try_id])
                 elif t.raw is not None:  # it was seen, and is gone now
                     t.gone = True
         self._wake.set()
 
     def _take_event(self, kind: str, pod: dict[str, Any]) -> None:
         try_id = _try_id(pod)
+        if try_id is None or kind not in ("ADDED", "MODIFIED", "DELETED"):
+            return
+        deleted = kind == "DELETED"
         with self._lock:
-            t = self._tries.get(try_id) if try_id is not None else None
-            if t is None or kind not in ("ADDED", "MODIFIED", "DELETED"):
+            # Kept for a try registered just after this event (its pod was created by
+            # this scheduler and the watch was quicker than the create's answer).
+            self._seen[try_id] = (pod, deleted, time.monotonic())
+            t = self._tries.get(try_id)
+            if t is None:
                 return
-            t.raw = pod
-            if kind == "DELETED":
-                t.gone = True
+            t.raw = _newer(t.raw, pod) if not deleted else pod
+            t.gone = t.gone or deleted
         if t.follower is not None:
             t.follower.nudge.set()
         self._wake.set()
@@ -512,16 +533,22 @@ class KubernetesLauncher(Launcher):
 class _LogFollower(threading.Thread):
     """Appends the container's log to the try's log file while the pod runs. Each line is
     asked for with its timestamp, so a broken stream (or a new scheduler) resumes after
-    the last line written, with nothing lost or repeated."""
+    the last line written, with nothing lost or repeated: the position is the last
+    timestamp and how many lines carried it."""
 
-    def __init__(self, launcher: KubernetesLauncher, t: _Pod, resume_after: str | None) -> None:
+    def __init__(
+        self, launcher: KubernetesLauncher, t: _Pod, resume_after: tuple[str, int] | None
+    ) -> None:
         super().__init__(name=f"reflow-k8s-log-{t.try_id}", daemon=True)
         self.launcher = launcher
         self.t = t
-        self.last = resume_after
+        self.last: str | None = resume_after[0] if resume_after else None
+        self.count = resume_after[1] if resume_after else 0
         self.stop = threading.Event()
         self.nudge = threading.Event()
         self._partial = b""
+        self._resume: tuple[str | None, int] = (None, 0)
+        self._seen_at_resume = 0
 
     def run(self) -> None:
         from kubernetes.client.exceptions import ApiException
@@ -536,6 +563,8 @@ class _LogFollower(threading.Thread):
                 self.nudge.wait(0.5)
                 self.nudge.clear()
                 continue
+            # Each stream starts at the beginning: lines up to the position are skipped.
+            self._resume, self._seen_at_resume, self._partial = (self.last, self.count), 0, b""
             try:
                 response = launcher.core.read_namespaced_pod_log(
                     self.t.name,
@@ -559,7 +588,7 @@ class _LogFollower(threading.Thread):
                     break
             except (HTTPError, OSError):
                 pass
-            if state == "terminated" or launcher._container_state(self.t) == "terminated":
+            if state == "terminated":  # began after the end: it had everything
                 break
             self.stop.wait(0.2)
         launcher._wake.set()
@@ -576,19 +605,28 @@ class _LogFollower(threading.Thread):
 
     def _write(self, lines: list[bytes]) -> None:
         out = []
+        resume_key, resume_count = self._resume
         for line in lines:
             stamp, _, text = line.partition(b" ")
             key = _stamp_key(stamp.decode("ascii", "replace"))
-            if self.last is not None and key <= self.last:
-                continue
-            self.last = key
+            if resume_key is not None:
+                if key < resume_key:
+                    continue
+                if key == resume_key:
+                    self._seen_at_resume += 1
+                    if self._seen_at_resume <= resume_count:
+                        continue
+            if key == self.last:
+                self.count += 1
+            else:
+                self.last, self.count = key, 1
             out.append(text + b"\n")
         if not out:
             return
         with self.t.log_path.open("ab") as fh:
             fh.writelines(out)
         with contextlib.suppress(OSError):
-            _position_file(self.t.log_path).write_text(self.last or "")
+            _position_file(self.t.log_path).write_text(f"{self.last} {self.count}")
 
 
 class _ApiError(TaskError):
@@ -613,6 +651,19 @@ def _try_id(pod: Mapping[str, Any] | None) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
+
+
+def _newer(mine: dict[str, Any] | None, other: dict[str, Any]) -> dict[str, Any]:
+    """The later of two versions of one pod (resource versions compare as integers on
+    every API server in use; when they do not, the one just received wins)."""
+    if mine is None:
+        return other
+    try:
+        a = int(mine["metadata"]["resourceVersion"])
+        b = int(other["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return other
+    return mine if a > b else other
 
 
 def _container_status(pod: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -640,10 +691,12 @@ def _position_file(log_path: Path) -> Path:
     return log_path.with_name(log_path.name + ".k8s-position")
 
 
-def _read_position(log_path: Path) -> str | None:
+def _read_position(log_path: Path) -> tuple[str, int] | None:
+    """Where an earlier scheduler's follower stopped: (timestamp key, lines at it)."""
     try:
-        return _position_file(log_path).read_text().strip() or None
-    except OSError:
+        key, _, count = _position_file(log_path).read_text().strip().partition(" ")
+        return (key, int(count or 1)) if key else None
+    except (OSError, ValueError):
         return None
 
 

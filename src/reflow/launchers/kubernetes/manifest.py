@@ -81,7 +81,7 @@ def pod_manifest(spec: TrySpec, settings: KubernetesSettings) -> dict[str, Any]:
         "name": CONTAINER,
         "image": str(image),
         "command": list(spec.argv),
-        "env": _env(spec, options),
+        "env": [*_env(spec, options), {"name": "REFLOW_POD_IMAGE", "value": str(image)}],
     }
     pull = options.get("image_pull_policy") or settings.image_pull_policy
     if pull:

@@ -1,0 +1,133 @@
+"""A Kubernetes API for the launcher's lifecycle tests: the fake server of fakeapi.py, or
+a real cluster when ``REFLOW_K8S_CONTEXT`` names a kubeconfig context."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reflow.core.config import KubernetesSettings, Settings
+from reflow.scheduler import Scheduler
+from reflow.services.project import Project
+
+from ..integration.conftest import Env, env  # noqa: F401 - the env fixture
+
+REAL_CONTEXT = os.environ.get("REFLOW_K8S_CONTEXT")
+# The image of test pods on a real cluster: it needs sh and python3.
+REAL_IMAGE = os.environ.get("REFLOW_K8S_TEST_IMAGE", "python:3.11-slim")
+
+
+@dataclass
+class Cluster:
+    """Where the tests' pods run, and how to look at them."""
+
+    settings: KubernetesSettings
+    fake: Any | None  # the FakeCluster, None on a real cluster
+    core: Any  # a CoreV1Api on the same cluster
+
+    @property
+    def real(self) -> bool:
+        return self.fake is None
+
+    def pods(self) -> list[dict[str, Any]]:
+        if self.fake is not None:
+            return list(self.fake.pods(self.settings.namespace))
+        items = self.core.list_namespaced_pod(
+            self.settings.namespace, label_selector="app.kubernetes.io/managed-by=reflow"
+        ).items
+        return [self.core.api_client.sanitize_for_serialization(p) for p in items]
+
+    def claims(self) -> list[dict[str, Any]]:
+        if self.fake is not None:
+            return list(self.fake.claims(self.settings.namespace))
+        items = self.core.list_namespaced_persistent_volume_claim(self.settings.namespace).items
+        return [self.core.api_client.sanitize_for_serialization(c) for c in items]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    from kubernetes import client, config
+
+    if REAL_CONTEXT:
+        namespace = os.environ.get("REFLOW_K8S_NAMESPACE", "default")
+        settings = KubernetesSettings(
+            context=REAL_CONTEXT,
+            namespace=namespace,
+            image=REAL_IMAGE,
+            instance=f"reflow-test-{os.getpid()}",
+            pipelines_folder="/tmp/unused",
+        )
+        api = config.new_client_from_config(context=REAL_CONTEXT)
+        yield Cluster(settings, None, client.CoreV1Api(api))
+        return
+    from .fakeapi import FakeCluster
+
+    fake = FakeCluster(tmp_path / "cluster").start()
+    kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
+    settings = KubernetesSettings(
+        kubeconfig=kubeconfig,
+        context="fake",
+        namespace="default",
+        image="python:3.11-slim",
+        startup_timeout=5,
+        sweep_interval=0.5,
+    )
+    api = config.new_client_from_config(config_file=str(kubeconfig), context="fake")
+    try:
+        yield Cluster(settings, fake, client.CoreV1Api(api))
+    finally:
+        fake.stop()
+
+
+@dataclass
+class K8sEnv:
+    """A project whose tries run on the cluster (see :class:`Env` for the helpers)."""
+
+    env: Env
+    cluster: Cluster
+    settings: Settings
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.env, name)
+
+    @property
+    def project(self) -> Project:
+        return Project(self.settings, self.env.db)
+
+    def scheduler(self, **kwargs: Any) -> Scheduler:
+        kwargs.setdefault("create_scheduled_runs", False)
+        return Scheduler(self.env.db, self.settings, self.project.launcher(), **kwargs)
+
+    def drive(
+        self, until: Any, timeout: float = 60.0, scheduler: Scheduler | None = None
+    ) -> Scheduler:
+        return self.env.drive(until, timeout=timeout, scheduler=scheduler or self.scheduler())
+
+    def trigger(self, *args: Any, **kwargs: Any) -> list[int]:
+        from reflow.services import runs as run_service
+
+        return [r.id for r in run_service.trigger(self.project, *args, **kwargs)]
+
+
+@pytest.fixture
+def k8s(env: Env, cluster: Cluster) -> K8sEnv:  # noqa: F811 - the imported fixture
+    k8s_settings = cluster.settings
+    if cluster.fake is not None:
+        # The fake's kubelet runs commands here: Python tasks find the pipeline files in
+        # the project and run with this interpreter.
+        k8s_settings = k8s_settings.model_copy(
+            update={
+                "pipelines_folder": str(env.settings.pipelines_path),
+                "python": sys.executable,
+            }
+        )
+    settings = env.settings.model_copy(
+        update={"launcher": "kubernetes", "kubernetes": k8s_settings}
+    )
+    return K8sEnv(env, cluster, settings)

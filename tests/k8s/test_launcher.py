@@ -1,0 +1,465 @@
+"""The kubernetes launcher end to end, with the real scheduler and the official client,
+against the fake API server (whose kubelet runs each pod's command as a local process),
+or a real cluster when REFLOW_K8S_CONTEXT is set."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reflow.core.states import RunState, TIState
+from reflow.services import backfill as backfill_service
+
+from ..integration.conftest import wait_until
+from .conftest import K8sEnv
+from .validation import assert_valid
+
+pytestmark = [
+    pytest.mark.k8s,
+    pytest.mark.slow,
+    pytest.mark.parametrize("db_url", ["sqlite"], indirect=True),
+]
+
+SIMULATE = "fake.reflow.io/simulate"
+
+
+def pipeline(k8s: K8sEnv, body: str, name: str = "etl", **options: Any) -> None:
+    extra = "".join(f", {k}={v!r}" for k, v in options.items())
+    k8s.write(
+        name,
+        "from reflow import Pipeline, Pod, Python, Shell, SparkSubmit, Volume, scratch\n"
+        f"with Pipeline({name!r}, schedule='@daily', start_date='2024-01-01'{extra}):\n"
+        + textwrap.indent(textwrap.dedent(body), "    "),
+    )
+
+
+def only_try(k8s: K8sEnv, run_pk: int, task: str = "t") -> Any:
+    tries = [t for t in k8s.tries(run_pk) if t.task_id == task]
+    assert tries, f"no try of {task}"
+    return tries[-1]
+
+
+def reflow_pods(k8s: K8sEnv) -> list[dict[str, Any]]:
+    return [p for p in k8s.cluster.pods() if not p["metadata"].get("deletionTimestamp")]
+
+
+def test_a_shell_task_runs_in_a_pod_its_log_is_streamed_and_the_pod_cleaned(k8s: K8sEnv) -> None:
+    pipeline(
+        k8s,
+        """
+        Shell("t", "echo start {{ ds }}; sleep 0.5; echo middle; echo to-stderr >&2; echo end",
+              pod=Pod(requests={"cpu": "100m", "memory": "64Mi", "ephemeral-storage": "1Gi"},
+                      limits={"memory": "128Mi", "ephemeral-storage": "2Gi"}))
+        """,
+    )
+    (run_pk,) = k8s.trigger("etl", ["2024-01-03"])
+    created: list[dict[str, Any]] = []
+
+    def done() -> bool:
+        created.extend(p for p in k8s.cluster.pods() if p not in created)
+        return k8s.runs_done([run_pk])()
+
+    k8s.drive(done)
+
+    assert k8s.run(run_pk).state == RunState.SUCCESS
+    t = only_try(k8s, run_pk)
+    assert t.exit_code == 0 and t.launcher == "kubernetes"
+    assert t.external_id.startswith(f"{k8s.cluster.settings.namespace}/etl-t-20240103-1-")
+    log = Path(t.log_path).read_text()
+    for line in ("start 2024-01-03", "middle", "to-stderr", "end"):
+        assert line in log.splitlines()
+    assert log.count("middle") == 1
+    # The pod as created carried the resources, and is gone now (cleanup: on_success).
+    assert created, "the pod was never seen"
+    resources = created[0]["spec"]["containers"][0]["resources"]
+    assert resources["requests"]["ephemeral-storage"] == "1Gi"
+    assert resources["limits"]["ephemeral-storage"] == "2Gi"
+    assert_valid(created[0])
+    wait_until(lambda: not reflow_pods(k8s), timeout=15)
+
+
+def test_a_failing_pod_fails_the_try_with_its_exit_code_and_is_kept(k8s: K8sEnv) -> None:
+    pipeline(k8s, 'Shell("t", "echo about to fail; exit 3")')
+    (run_pk,) = k8s.trigger("etl", ["2024-01-03"])
+    k8s.drive(k8s.runs_done([run_pk]))
+
+    t = only_try(k8s, run_pk)
+    assert (t.state, t.exit_code, t.failure_reason) == ("failed", 3, "error")
+    assert "about to fail" in Path(t.log_path).read_text()
+    # on_success keeps failed pods, for a look with kubectl.
+    assert [p["metadata"]["name"] for p in reflow_pods(k8s)] == [t.external_id.split("/")[1]]
+
+
+def test_a_claim_templated_per_date_gives_a_parallel_spark_backfill_three_claims(
+    k8s: K8sEnv, tmp_path: Path
+) -> None:
+    if k8s.cluster.real and not os.environ.get("REFLOW_K8S_SPARK_IMAGE"):
+        pytest.skip("set REFLOW_K8S_SPARK_IMAGE (an image with Spark, e.g. deploy/kubernetes)")
+    app = tmp_path / "count.py"
+    app.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            from pyspark.sql import SparkSession
+
+            spark = SparkSession.builder.getOrCreate()
+            ds, out = sys.argv[1], sys.argv[2]
+            spark.range(5).selectExpr(f"'{ds}' AS ds", "id").write.mode("overwrite").parquet(out)
+            print("wrote", spark.read.parquet(out).count(), "rows for", ds)
+            spark.stop()
+            """
+        )
+    )
+    image = os.environ.get("REFLOW_K8S_SPARK_IMAGE", "spark-job:test")
+    spark_home = _spark_home()
+    pipeline(
+        k8s,
+        f"""
+        SparkSubmit(
+            "t", {str(app)!r},
+            application_args=["{{{{ ds }}}}", "/data/out"],
+            conf={{"spark.ui.enabled": False, "spark.sql.shuffle.partitions": 1}},
+            driver_memory="512m",
+            env={{"SPARK_HOME": {spark_home!r}, "SPARK_SUBMIT_OPTS": "-XX:TieredStopAtLevel=1"}},
+            pod=Pod(
+                image={image!r},
+                volumes=[Volume.claim("data", "spark-pv-claim-{{{{ ds_nodash }}}}", "/data",
+                                      size="1Gi")],
+            ),
+        )
+        """,
+        max_active_runs=3,
+    )
+    plan = backfill_service.plan(k8s.project, "etl", start="2024-01-01", end="2024-01-03")
+    backfill_id = backfill_service.create(k8s.project, plan)
+    _, runs = backfill_service.show(k8s.project, backfill_id)
+    running_at_once = 0
+
+    def done() -> bool:
+        nonlocal running_at_once
+        running_at_once = max(running_at_once, len(reflow_pods(k8s)))
+        return k8s.runs_done([r.id for r in runs])()
+
+    k8s.drive(done, timeout=150)
+
+    assert {k8s.run(r.id).state for r in runs} == {RunState.SUCCESS}
+    claims = {c["metadata"]["name"] for c in k8s.cluster.claims()}
+    assert {
+        "spark-pv-claim-20240101",
+        "spark-pv-claim-20240102",
+        "spark-pv-claim-20240103",
+    } <= claims
+    assert running_at_once >= 2  # the dates ran side by side, each on its own claim
+    for r in runs:
+        log = Path(only_try(k8s, r.id).log_path).read_text()
+        assert "wrote 5 rows for" in log
+    if k8s.cluster.fake is not None:  # each claim's folder holds its own date's output
+        written = sorted((k8s.cluster.fake.workdir / "pods").glob("*/data/out/_SUCCESS"))
+        assert len(written) == 3
+
+
+def test_a_timeout_deletes_the_pod_and_the_try_is_timed_out(k8s: K8sEnv, tmp_path: Path) -> None:
+    marker = tmp_path / "terminated"
+    pipeline(
+        k8s,
+        f"""
+        Shell("t", "trap 'echo got TERM; touch {marker}; exit 143' TERM; echo waiting; "
+                   "while true; do sleep 0.1; done",
+              timeout=2, kill_grace=3)
+        """,
+    )
+    (run_pk,) = k8s.trigger("etl", ["2024-01-03"])
+    k8s.drive(k8s.runs_done([run_pk]), timeout=40)
+
+    t = only_try(k8s, run_pk)
+    assert (t.state, t.failure_reason) == ("failed", "timed_out")
+    assert k8s.tis(run_pk)["t"].state == TIState.FAILED
+    assert "waiting" in Path(t.log_path).read_text()
+    wait_until(lambda: not k8s.cluster.pods(), timeout=15)
+    if k8s.cluster.fake is not None:
+        assert marker.exists()  # stopped with SIGTERM first, as the grace allows
+        assert k8s.cluster.fake.deleted_pods() == [t.external_id]
+
+
+def test_an_oom_killed_pod_gives_that_reason_and_a_retry(k8s: K8sEnv) -> None:
+    pipeline(
+        k8s,
+        """
+        Shell(
+            "t",
+            "if [ {{ try_number }} = 1 ]; then"
+            " python3 -c 'import time; b = bytearray(300 * 2**20); time.sleep(20)'; fi;"
+            " echo try {{ try_number }} done",
+            retries=1, retry_delay=0.2,
+            pod=Pod(
+                limits={"memory": "64Mi"},
+                annotations={"fake.reflow.io/simulate": "{{ 'oom' if try_number == 1 else '' }}"},
+            ),
+        )
+        """,
+    )
+    (run_pk,) = k8s.trigger("etl", ["2024-01-03"])
+    k8s.drive(k8s.runs_done([run_pk]), timeout=60)
+
+    first, second = sorted(k8s.tries(run_pk), key=lambda t: t.try_number)
+    assert (first.state, first.failure_reason, first.exit_code) == ("failed", "oom_killed", 137)
+    assert "OOMKilled" in Path(first.log_path).read_text()
+    assert second.state == "success"
+    assert k8s.run(run_pk).state == RunState.SUCCESS
+
+
+@pytest.mark.parametrize(
+    ("simulate", "reason", "words"),
+    [
+        ("image-pull", "image_pull", "ErrImagePull"),
+        ("config-error", "config_error", "CreateContainerConfigError"),
+        ("unschedulable", "unschedulable", "Insufficient memory"),
+        ("evict", "evicted", "ephemeral-storage"),
+    ],
+)
+def test_pods_that_cannot_start_or_are_evicted_fail_with_a_clear_reason(
+    k8s: K8sEnv, simulate: str, reason: str, words: str
+) -> None:
+    if k8s.cluster.real:
+        pytest.skip("simulated by the fake API server only")
+    pipeline(k8s, f'Shell("t", "sleep 5", pod=Pod(annotations={{"{SIMULATE}": "{simulate}"}}))')
+    k8s.cluster.settings  # noqa: B018 - startup_timeout is 5 s on the fake
+    (run_pk,) = k8s.trigger("etl", ["2024-01-03"])
+    k8s.drive(k8s.runs_done([run_pk]), timeout=40)
+
+    t = only_try(k8s, run_pk)
+    assert (t.state, t.failure_reason) == ("failed", reason)
+    assert words in Path(t.log_path).read_text()
+    if simulate != "evict":  # a pod that never started is deleted at once
+        wait_until(lambda: not k8s.cluster.pods(), timeout=10)
+
+
+def test_a_scheduler_killed_mid_run_adopts_the_running_pod_after_restart(
+    k8s: K8sEnv, tmp_path: Path
+) -> None:
+    pipeline(k8s, 'Shell("t", "echo before; sleep 5; echo after")')
+    (run_pk,) = k8s.trigger("etl", ["2024-01-03"])
+    scheduler = _scheduler_process(k8s, tmp_path)
+    try:
+        wait_until(lambda: any(t.state == "running" for t in k8s.tries(run_pk)), timeout=30)
+        log = Path(only_try(k8s, run_pk).log_path)
+        wait_until(lambda: log.exists() and "before" in log.read_text(), timeout=15)
+    finally:
+        scheduler.send_signal(signal.SIGKILL)
+        scheduler.wait(10)
+    assert only_try(k8s, run_pk).state == "running"
+
+    k8s.drive(k8s.runs_done([run_pk]), timeout=60)
+
+    tries = k8s.tries(run_pk)
+    assert len(tries) == 1, "the running pod was adopted, not run again"
+    assert (tries[0].state, tries[0].exit_code) == ("success", 0)
+    lines = Path(tries[0].log_path).read_text().splitlines()
+    assert lines.count("before") == 1 and lines.count("after") == 1
+
+
+def test_cancel_deletes_the_pod_with_the_grace_period(k8s: K8sEnv, tmp_path: Path) -> None:
+    from reflow.services import history
+
+    marker = tmp_path / "terminated"
+    pipeline(
+        k8s,
+        f"""Shell("t", "trap 'touch {marker}; exit 143' TERM; while true; do sleep 0.1; done")""",
+    )
+    (run_pk,) = k8s.trigger("etl", ["2024-01-03"])
+    scheduler = k8s.scheduler()
+    k8s.drive(lambda: any(t.state == "running" for t in k8s.tries(run_pk)), scheduler=scheduler)
+    run_id = k8s.run(run_pk).run_id
+
+    history.mark(k8s.project, "etl", run_id, "failed")
+    k8s.drive(k8s.runs_done([run_pk]), timeout=30)
+
+    t = only_try(k8s, run_pk)
+    assert (t.state, t.failure_reason) == ("failed", "killed")
+    wait_until(lambda: not k8s.cluster.pods(), timeout=15)
+    if k8s.cluster.fake is not None:
+        assert marker.exists()
+
+
+def test_api_failures_are_retried_and_never_stop_the_scheduler(k8s: K8sEnv) -> None:
+    if k8s.cluster.real:
+        pytest.skip("faults are injected by the fake API server only")
+    fake = k8s.cluster.fake
+    pipeline(
+        k8s,
+        """
+        Shell("t", "for i in 1 2 3 4 5 6 7 8 9 10; do echo line $i; sleep 0.2; done")
+        """,
+    )
+    fake.fail_next(2, status=503, method="POST", path_contains="/pods")
+    (run_pk,) = k8s.trigger("etl", ["2024-01-03"])
+    with _Background(k8s):
+        wait_until(lambda: any(t.state == "running" for t in k8s.tries(run_pk)), timeout=30)
+        time.sleep(0.5)
+        fake.expire_watches()  # 410 Gone: the watch lists again
+        time.sleep(0.4)
+        fake.drop_connections()  # the log stream breaks: it resumes after the last line
+        wait_until(k8s.runs_done([run_pk]), timeout=40)
+
+    t = only_try(k8s, run_pk)
+    assert t.state == "success"
+    lines = [x for x in Path(t.log_path).read_text().splitlines() if x.startswith("line")]
+    assert lines == [f"line {i}" for i in range(1, 11)]
+
+
+def test_a_pod_that_already_exists_for_the_try_is_taken_over(k8s: K8sEnv) -> None:
+    if k8s.cluster.real:
+        pytest.skip("needs the fake API server's fault injection")
+    # The first create reached the server but its answer was lost: the retry gets a 409.
+    fake = k8s.cluster.fake
+    pipeline(k8s, 'Shell("t", "echo once")')
+    fake.fail_next(1, status=504, method="POST", path_contains="/pods", after_apply=True)
+    (run_pk,) = k8s.trigger("etl", ["2024-01-03"])
+    k8s.drive(k8s.runs_done([run_pk]))
+
+    t = only_try(k8s, run_pk)
+    assert t.state == "success"
+    assert Path(t.log_path).read_text().count("once") == 1
+
+
+def test_orphan_pods_of_no_live_try_are_swept(k8s: K8sEnv) -> None:
+    settings = k8s.cluster.settings
+
+    def pod(name: str, try_id: str, instance: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "labels": {
+                    "app.kubernetes.io/managed-by": "reflow",
+                    "reflow.io/instance": instance,
+                    "reflow.io/try-id": try_id,
+                },
+            },
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {"name": "main", "image": settings.image, "command": ["sleep", "60"]}
+                ],
+            },
+        }
+
+    # A pod of a try the store does not know as live (its scheduler lost it), and one of
+    # another reflow installation sharing the namespace.
+    k8s.cluster.core.create_namespaced_pod(
+        settings.namespace, pod("orphan", "424242", settings.instance)
+    )
+    k8s.cluster.core.create_namespaced_pod(settings.namespace, pod("neighbour", "424243", "other"))
+    pipeline(k8s, 'Shell("t", "true")')
+    scheduler = k8s.scheduler()
+    scheduler.start()
+    try:
+        wait_until(lambda: (scheduler.tick(), "orphan" not in _names(k8s))[1], timeout=20)
+    finally:
+        scheduler.stop()
+
+    assert "neighbour" in _names(k8s)
+    k8s.cluster.core.delete_namespaced_pod("neighbour", settings.namespace, grace_period_seconds=0)
+
+
+def _names(k8s: K8sEnv) -> list[str]:
+    return [p["metadata"]["name"] for p in reflow_pods(k8s)]
+
+
+def test_local_and_kubernetes_tasks_in_one_run(k8s: K8sEnv, tmp_path: Path) -> None:
+    if k8s.cluster.real:
+        pytest.skip("the Python task needs reflow and the pipeline file in the pod's image")
+    out = tmp_path / "local.txt"
+    pipeline(
+        k8s,
+        f"""
+        def check(ds):
+            print("python task in a pod for", ds)
+
+        a = Shell("a", "echo in a pod")
+        b = Python("b", check)
+        c = Shell("c", "echo on the scheduler host > {out}")
+        a >> b >> c
+        """,
+    )
+    settings = k8s.settings.model_copy(update={"launchers": {"etl.c": "local"}})
+    k8s.settings = settings
+    (run_pk,) = k8s.trigger("etl", ["2024-01-03"])
+    k8s.drive(k8s.runs_done([run_pk]))
+
+    assert k8s.run(run_pk).state == RunState.SUCCESS
+    tries = {t.task_id: t for t in k8s.tries(run_pk)}
+    assert (tries["a"].launcher, tries["b"].launcher, tries["c"].launcher) == (
+        "kubernetes",
+        "kubernetes",
+        "local",
+    )
+    assert "python task in a pod for 2024-01-03" in Path(tries["b"].log_path).read_text()
+    assert out.read_text().strip() == "on the scheduler host"
+
+
+# -- helpers ----------------------------------------------------------------------------------
+class _Background:
+    """The test's scheduler in a thread, while the test acts on the cluster."""
+
+    def __init__(self, k8s: K8sEnv) -> None:
+        self.stop = threading.Event()
+        scheduler = k8s.scheduler()
+        self.thread = threading.Thread(
+            target=lambda: scheduler.run(self.stop, idle_wait=0.05), daemon=True
+        )
+
+    def __enter__(self) -> _Background:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+
+def _spark_home() -> str:
+    from pyspark.find_spark_home import _find_spark_home
+
+    return str(_find_spark_home())
+
+
+def _scheduler_process(k8s: K8sEnv, tmp_path: Path) -> subprocess.Popen[bytes]:
+    """``reflow scheduler`` in its own process, configured like the test's scheduler."""
+    s, c = k8s.settings, k8s.settings.kubernetes
+    toml = tmp_path / "sched-home"
+    toml.mkdir()
+    lines = [
+        "[reflow]",
+        f"database_url = {s.database!r}",
+        f"pipelines_folder = {str(s.pipelines_path)!r}",
+        f"logs_folder = {str(s.logs_path)!r}",
+        'launcher = "kubernetes"',
+        "heartbeat_interval = 0.5",
+        "scheduler_timeout = 3.0",
+        "[reflow.kubernetes]",
+        f"namespace = {c.namespace!r}",
+        f"image = {c.image!r}",
+        f"pipelines_folder = {c.pipelines_folder!r}",
+        f"python = {c.python!r}",
+    ]
+    if c.kubeconfig:
+        lines.append(f"kubeconfig = {str(c.kubeconfig)!r}")
+    if c.context:
+        lines.append(f"context = {c.context!r}")
+    (toml / "reflow.toml").write_text("\n".join(lines) + "\n")
+    return subprocess.Popen(
+        [sys.executable, "-m", "reflow.cli", "scheduler", "--home", str(toml)],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "scheduler.err").open("wb"),
+    )

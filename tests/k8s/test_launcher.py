@@ -99,6 +99,29 @@ def test_a_failing_pod_fails_the_try_with_its_exit_code_and_is_kept(k8s: K8sEnv)
     assert [p["metadata"]["name"] for p in reflow_pods(k8s)] == [t.external_id.split("/")[1]]
 
 
+@pytest.mark.parametrize(
+    ("cleanup", "command", "kept"),
+    [("always", "exit 3", False), ("never", "true", True), ("on_success", "true", False)],
+)
+def test_the_cleanup_policy_decides_which_finished_pods_stay(
+    k8s: K8sEnv, cleanup: str, command: str, kept: bool
+) -> None:
+    policy = k8s.settings.kubernetes.model_copy(update={"cleanup": cleanup})
+    k8s.settings = k8s.settings.model_copy(update={"kubernetes": policy})
+    pipeline(k8s, f'Shell("t", "{command}")')
+    (run_pk,) = k8s.trigger("etl", ["2024-01-03"])
+    k8s.drive(k8s.runs_done([run_pk]))
+
+    name = only_try(k8s, run_pk).external_id.split("/")[1]
+    if kept:
+        time.sleep(1.5)  # past a sweep: finished pods the policy keeps are not orphans
+        with _Background(k8s):
+            time.sleep(1.5)
+        assert _names(k8s) == [name]
+    else:
+        wait_until(lambda: not reflow_pods(k8s), timeout=15)
+
+
 def test_a_claim_templated_per_date_gives_a_parallel_spark_backfill_three_claims(
     k8s: K8sEnv, tmp_path: Path
 ) -> None:

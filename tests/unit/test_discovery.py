@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-import threading
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest

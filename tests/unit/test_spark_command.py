@@ -209,6 +209,23 @@ def test_a_k8s_try_runs_client_mode_in_its_pod_through_sh(monkeypatch: pytest.Mo
     assert "PYSPARK_PYTHON" not in spec.env and "PYSPARK_DRIVER_PYTHON" not in spec.env
 
 
+def printed_words(script: str, **pod_env: str) -> list[str]:
+    """The words spark-submit would get from the pod's shell: printf prints each one on
+    its own line in its place."""
+    return subprocess.run(
+        ["/bin/sh", "-c", script.replace(K8S_SPARK_SUBMIT, "printf '%s\\n'", 1)],
+        env={
+            "REFLOW_POD_IP": "10.1.2.3",
+            "REFLOW_POD_NAME": "etl-job-pod",
+            "PATH": "/usr/bin:/bin",
+            **pod_env,
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+
+
 def test_the_k8s_shell_form_keeps_every_value_one_literal_word() -> None:
     nasty = "a b \"c\" 'd' $HOME `id` $(id) ; rm -rf / \\ *"
     task = k8s_task(
@@ -220,18 +237,7 @@ def test_the_k8s_shell_form_keeps_every_value_one_literal_word() -> None:
     ctx = context(conf={"name": nasty, "key": "app.tag", "value": nasty})
     script = build(task, ctx).argv[2]
 
-    # spark-submit replaced by printf: the shell prints each argument on its own line.
-    printed = subprocess.run(
-        ["/bin/sh", "-c", script.replace(K8S_SPARK_SUBMIT, "printf '%s\\n'", 1)],
-        env={
-            "REFLOW_POD_IP": "10.1.2.3",
-            "REFLOW_POD_NAME": "etl-job-pod",
-            "PATH": "/usr/bin:/bin",
-        },
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
+    printed = printed_words(script)
 
     assert printed[printed.index("--name") + 1] == nasty
     assert f"spark.app.tag={nasty}" in printed
@@ -258,19 +264,9 @@ def test_k8s_executors_default_to_the_pods_namespace_and_image() -> None:
     task = SparkSubmit("job", "local:///opt/app/etl.py", master=K8S)
     script = build(task).argv[2]
 
-    printed = subprocess.run(
-        ["/bin/sh", "-c", script.replace(K8S_SPARK_SUBMIT, "printf '%s\\n'", 1)],
-        env={
-            "REFLOW_POD_IP": "10.1.2.3",
-            "REFLOW_POD_NAME": "etl-job-pod",
-            "REFLOW_POD_NAMESPACE": "etl",
-            "REFLOW_POD_IMAGE": "registry.example/etl:7",
-            "PATH": "/usr/bin:/bin",
-        },
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
+    printed = printed_words(
+        script, REFLOW_POD_NAMESPACE="etl", REFLOW_POD_IMAGE="registry.example/etl:7"
+    )
 
     assert "spark.kubernetes.namespace=etl" in printed
     assert "spark.kubernetes.container.image=registry.example/etl:7" in printed

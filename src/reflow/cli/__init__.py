@@ -6,9 +6,9 @@ import sys
 
 
 def main() -> None:
-    from reflow.cli.app import app, err_console
     from rich.markup import escape
 
+    from reflow.cli.app import app, err_console
     from reflow.core.errors import ReflowError
 
     try:

@@ -2,20 +2,36 @@
 persistent volume claims, events) over plain HTTP on 127.0.0.1, and a "kubelet" that runs
 the first container of each pod as a local process group.
 
-It speaks the protocol as the official ``kubernetes`` client uses it (watches, followed
-logs, Status error bodies) and reports what a real cluster reports where a launcher cares:
-status transitions as watch events, graceful deletion (SIGTERM, then SIGKILL after the
-grace period), ``activeDeadlineSeconds``, and the failures chosen by the pod annotation
-``fake.reflow.io/simulate``: ``oom``, ``evict``, ``image-pull``, ``config-error``,
-``unschedulable`` (``fake.reflow.io/after`` sets when ``oom`` and ``evict`` strike).
-
     with FakeCluster(tmp_path / "cluster") as cluster:
-        kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig")
-        ...  # point the code under test at kubeconfig, context "fake"
+        kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig")  # context "fake"
+        ...
         cluster.wait_for(lambda: cluster.pod("default", "p")["status"]["phase"] == "Failed")
 
-Standard library only. Everything it starts (server, connection, kubelet threads and pod
-process groups) is gone when ``stop()`` returns.
+It answers as the official ``kubernetes`` client expects, and as a real cluster does where
+a launcher cares:
+
+- every change is a watch event under a new resourceVersion; a watch replays what came
+  after its resourceVersion, then streams; a too old one gets a 410 Expired ERROR event;
+- errors are Status objects (NotFound, AlreadyExists, Invalid with causes, ...);
+- argv is command + args after Kubernetes' $(VAR) expansion ("$$" becomes "$"); each
+  volume is a local folder workdir/pods/{pod}/{volume} (for a claim, a link to
+  workdir/claims/{namespace}/{claim}, which outlives pods) and its mount path is rewritten
+  to it in argv and env; only PATH, HOME and JAVA_HOME come from this process;
+- a DELETE sets deletionTimestamp, the kubelet sends SIGTERM, SIGKILL after the grace
+  period, and the pod goes once its process has; a pod without a process goes at once; a
+  grace period of 0 removes the object at once and the kubelet still stops the process
+  with the pod's own grace period (at least 1 s), as a real kubelet does;
+- logs are line records, as containerd writes them: a line shows once complete, a
+  process's last unfinished line gets a newline;
+- the annotation ``fake.reflow.io/simulate`` picks a failure: ``oom``, ``evict`` (both
+  after ``fake.reflow.io/after`` seconds, default 0.3), ``image-pull``, ``config-error``,
+  ``unschedulable``; requests above NODE_ALLOCATABLE are unschedulable too.
+
+Not simulated: restarts (restartPolicy is taken as Never), init and other containers (only
+the first container runs; the others stay waiting), namespaces as objects (any name is
+accepted), probes, limit/continue paging (lists are whole), bookmarks. Pods of the same
+name in two namespaces share their folder. Standard library only; everything started
+(server, threads, process groups) is gone when ``stop()`` returns.
 """
 
 from __future__ import annotations

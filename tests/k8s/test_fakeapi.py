@@ -4,6 +4,7 @@ what it answers, what its kubelet does with pods, and the faults it injects."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import threading
@@ -87,8 +88,6 @@ def reasons(v1: client.CoreV1Api, name: str) -> list[str]:
 
 
 def status_of(error: ApiException) -> dict[str, Any]:
-    import json
-
     return json.loads(error.body)
 
 
@@ -151,8 +150,9 @@ def test_invalid_pods_are_rejected_like_the_apiserver_does(v1: client.CoreV1Api)
     no_image = manifest("ok-name")
     del no_image["spec"]["containers"][0]["image"]
     bad_label = manifest("labelled", labels={"date": "2024-01-01T00:00:00"})
-    too_much = manifest("greedy", container={"resources": {"limits": {"cpu": "1"},
-                                                            "requests": {"cpu": "2"}}})  # fmt: skip
+    too_much = manifest(
+        "greedy", container={"resources": {"limits": {"cpu": "1"}, "requests": {"cpu": "2"}}}
+    )
     for pod, field in [
         (manifest("Not_A_Name"), "metadata.name"),
         (no_image, "spec.containers[0].image"),
@@ -412,47 +412,79 @@ def test_active_deadline_kills_the_pod(fake: FakeCluster, v1: client.CoreV1Api) 
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 143
 
 
-@pytest.mark.parametrize(
-    ("simulation", "check"),
-    [
-        ("oom", lambda pod: pod["status"]["phase"] == "Failed"
-            and pod["status"]["containerStatuses"][0]["state"]["terminated"]
-            == {**pod["status"]["containerStatuses"][0]["state"]["terminated"],
-                "exitCode": 137, "reason": "OOMKilled"}),
-        ("evict", lambda pod: pod["status"]["phase"] == "Failed"
-            and pod["status"]["reason"] == "Evicted"
-            and pod["status"]["message"].startswith("The node was low on resource: ephemeral-")
-            and pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137),
-        ("image-pull", lambda pod: pod["status"]["phase"] == "Pending"
-            and pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
-            == "ImagePullBackOff"),
-        ("config-error", lambda pod: pod["status"]["phase"] == "Pending"
-            and pod["status"]["containerStatuses"][0]["state"]["waiting"]
-            == {"reason": "CreateContainerConfigError", "message": 'secret "db" not found'}),
-        ("unschedulable", lambda pod: pod["status"]["phase"] == "Pending"
-            and pod["status"]["conditions"][0]["reason"] == "Unschedulable"
-            and pod["status"]["conditions"][0]["message"]
-            == "0/1 nodes are available: 1 Insufficient memory."),
-    ],
-)  # fmt: skip
-def test_simulations_report_what_a_cluster_reports(
-    fake: FakeCluster, v1: client.CoreV1Api, simulation: str, check: Any
-) -> None:
+def simulate(fake: FakeCluster, v1: client.CoreV1Api, simulation: str) -> None:
+    """A pod that would sleep, with `simulation` striking after 0.2 s where that applies."""
     env = [{"name": "P", "valueFrom": {"secretKeyRef": {"name": "db", "key": "p"}}}]
-    pod = manifest("sim", "sleep 30", annotations={SIMULATE: simulation, AFTER: "0.2"},
-                   container={"env": env})  # fmt: skip
-    v1.create_namespaced_pod(NS, pod)
-    fake.wait_for(lambda: check(fake.pod(NS, "sim")), timeout=5)
-    expected = {
-        "oom": "Started",
-        "evict": "Evicted",
-        "image-pull": "BackOff",
-        "config-error": "Failed",
-        "unschedulable": "FailedScheduling",
-    }[simulation]
-    assert expected in reasons(v1, "sim")
+    annotations = {SIMULATE: simulation, AFTER: "0.2"}
+    v1.create_namespaced_pod(
+        NS, manifest("sim", "sleep 30", annotations=annotations, container={"env": env})
+    )
+
+
+def delete_sim(fake: FakeCluster, v1: client.CoreV1Api) -> None:
     v1.delete_namespaced_pod("sim", NS)
     fake.wait_for(lambda: fake.pod(NS, "sim") is None, timeout=2)
+
+
+def test_simulated_oom_kill(fake: FakeCluster, v1: client.CoreV1Api) -> None:
+    simulate(fake, v1, "oom")
+    status = wait_phase(fake, "sim", "Failed", timeout=5)["status"]
+    terminated = status["containerStatuses"][0]["state"]["terminated"]
+    assert (terminated["exitCode"], terminated["reason"]) == (137, "OOMKilled")
+    delete_sim(fake, v1)
+
+
+def test_simulated_eviction(fake: FakeCluster, v1: client.CoreV1Api) -> None:
+    simulate(fake, v1, "evict")
+    status = wait_phase(fake, "sim", "Failed", timeout=5)["status"]
+    assert status["reason"] == "Evicted"
+    assert status["message"].startswith("The node was low on resource: ephemeral-storage.")
+    assert status["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137
+    assert "Evicted" in reasons(v1, "sim")
+    delete_sim(fake, v1)
+
+
+def test_simulated_image_pull_failure(fake: FakeCluster, v1: client.CoreV1Api) -> None:
+    simulate(fake, v1, "image-pull")
+
+    def waiting() -> dict[str, Any]:
+        pod = fake.pod(NS, "sim") or {}
+        statuses = pod.get("status", {}).get("containerStatuses") or [{}]
+        return statuses[0].get("state", {}).get("waiting") or {}
+
+    fake.wait_for(lambda: waiting().get("reason") == "ErrImagePull", timeout=2)
+    assert "pull access denied for busybox" in waiting()["message"]
+    fake.wait_for(lambda: waiting().get("reason") == "ImagePullBackOff", timeout=2)
+    assert phase(fake, "sim") == "Pending"
+    assert {"Failed", "BackOff"} <= set(reasons(v1, "sim"))
+    delete_sim(fake, v1)
+
+
+def test_simulated_config_error(fake: FakeCluster, v1: client.CoreV1Api) -> None:
+    simulate(fake, v1, "config-error")
+    fake.wait_for(lambda: "Failed" in reasons(v1, "sim"), timeout=2)
+    status = fake.pod(NS, "sim")["status"]  # type: ignore[index]
+    assert status["phase"] == "Pending"
+    assert status["containerStatuses"][0]["state"]["waiting"] == {
+        "reason": "CreateContainerConfigError",
+        "message": 'secret "db" not found',
+    }
+    delete_sim(fake, v1)
+
+
+def test_simulated_unschedulable_pod(fake: FakeCluster, v1: client.CoreV1Api) -> None:
+    simulate(fake, v1, "unschedulable")
+    fake.wait_for(lambda: "FailedScheduling" in reasons(v1, "sim"), timeout=2)
+    pod = v1.read_namespaced_pod("sim", NS)
+    assert pod.status.phase == "Pending" and not pod.spec.node_name
+    (condition,) = pod.status.conditions
+    assert (condition.type, condition.status, condition.reason) == (
+        "PodScheduled",
+        "False",
+        "Unschedulable",
+    )
+    assert condition.message == "0/1 nodes are available: 1 Insufficient memory."
+    delete_sim(fake, v1)
 
 
 def test_an_ephemeral_volume_claim_lives_and_dies_with_its_pod(
@@ -491,8 +523,10 @@ def test_a_pod_waits_for_its_missing_claim(fake: FakeCluster, v1: client.CoreV1A
     assert pending.status.phase == "Pending" and not pending.spec.node_name
     condition = pending.status.conditions[0]
     assert (condition.type, condition.status, condition.reason) == (
-        "PodScheduled", "False", "Unschedulable",
-    )  # fmt: skip
+        "PodScheduled",
+        "False",
+        "Unschedulable",
+    )
     assert 'persistentvolumeclaim "shared" not found' in condition.message
 
     claim = {
@@ -531,8 +565,9 @@ def test_stop_leaves_no_process_and_no_thread(tmp_path: Path) -> None:
     kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
     api = config.new_client_from_config(config_file=str(kubeconfig), context="fake")
     v1 = client.CoreV1Api(api)
-    pod = manifest("forks", "sleep 60 & sleep 60",
-                   container={"env": [{"name": "MARKER", "value": marker}]})  # fmt: skip
+    pod = manifest(
+        "forks", "sleep 60 & sleep 60", container={"env": [{"name": "MARKER", "value": marker}]}
+    )
     v1.create_namespaced_pod(NS, pod)
 
     def follow() -> None:

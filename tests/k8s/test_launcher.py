@@ -87,6 +87,27 @@ def test_a_shell_task_runs_in_a_pod_its_log_is_streamed_and_the_pod_cleaned(k8s:
     wait_until(lambda: not reflow_pods(k8s), timeout=15)
 
 
+def test_the_command_and_env_reach_the_shell_untouched_by_kubernetes_expansion(
+    k8s: K8sEnv,
+) -> None:
+    # Kubernetes expands $(VAR) in commands and env values and turns $$ into $: reflow
+    # escapes both, so the shell sees exactly the rendered command.
+    pipeline(
+        k8s,
+        """
+        Shell("t", 'echo "pid-$$-ok"; v=$(echo sub); echo "got $v"; echo "env=$RAW"',
+              env={"RAW": "a$(REFLOW_DS)b$$c"})
+        """,
+    )
+    (run_pk,) = k8s.trigger("etl", ["2024-01-03"])
+    k8s.drive(k8s.runs_done([run_pk]))
+
+    lines = Path(only_try(k8s, run_pk).log_path).read_text().splitlines()
+    assert any(line.startswith("pid-") and line[4:-3].isdigit() for line in lines), lines
+    assert "got sub" in lines
+    assert "env=a$(REFLOW_DS)b$$c" in lines
+
+
 def test_a_failing_pod_fails_the_try_with_its_exit_code_and_is_kept(k8s: K8sEnv) -> None:
     pipeline(k8s, 'Shell("t", "echo about to fail; exit 3")')
     (run_pk,) = k8s.trigger("etl", ["2024-01-03"])

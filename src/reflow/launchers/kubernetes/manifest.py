@@ -80,7 +80,7 @@ def pod_manifest(spec: TrySpec, settings: KubernetesSettings) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": str(image),
-        "command": list(spec.argv),
+        "command": [_literal(word) for word in spec.argv],
         "env": [*_env(spec, options), {"name": "REFLOW_POD_IMAGE", "value": str(image)}],
     }
     pull = options.get("image_pull_policy") or settings.image_pull_policy
@@ -162,7 +162,9 @@ def claim_manifests(spec: TrySpec, settings: KubernetesSettings) -> list[dict[st
 
 # -- parts -------------------------------------------------------------------------------
 def _env(spec: TrySpec, options: Mapping[str, Any]) -> list[dict[str, Any]]:
-    env: list[dict[str, Any]] = [{"name": k, "value": str(v)} for k, v in spec.env.items()]
+    env: list[dict[str, Any]] = [
+        {"name": k, "value": _literal(str(v))} for k, v in spec.env.items()
+    ]
     env.append({"name": "REFLOW_TRY_ID", "value": str(spec.try_id)})
     if spec.scratch:
         env.append({"name": "REFLOW_SCRATCH", "value": str(spec.scratch["mount"])})
@@ -275,6 +277,12 @@ def _check_rendered_quantity(value: Any, what: str) -> None:
         raise TaskError(str(exc)) from None
     if isinstance(value, str) and ("{{" in value or "{%" in value):
         raise TaskError(f"{what}: {value!r} is not a Kubernetes quantity")
+
+
+def _literal(text: str) -> str:
+    """``text`` escaped from Kubernetes' own expansion of ``$(VAR)`` in commands and env
+    values (``$$`` is its escape): a try runs exactly the command reflow rendered."""
+    return text.replace("$", "$$")
 
 
 def _strings(mapping: Mapping[str, Any]) -> dict[str, str]:

@@ -27,7 +27,7 @@ from reflow.store import repo
 from reflow.store.db import Database
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.k8s.fakeapi import FakeCluster  # noqa: E402 - the test suite's fake API server
+from tests.k8s.fakeapi import FakeCluster  # the test suite's fake API server
 
 PIPELINE = """
 from reflow import Pipeline, Shell

@@ -2251,6 +2251,9 @@ def _resource_field(container: Obj, ref: Obj) -> str:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, and chunked streams
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm
+    # and the client's delayed ACK hold each response back by tens of milliseconds.
+    disable_nagle_algorithm = True
     server: _Server
 
     def do_GET(self) -> None:

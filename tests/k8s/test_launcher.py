@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 
 from reflow.core.states import RunState, TIState
 from reflow.services import backfill as backfill_service
+from reflow.store import repo
 
 from ..integration.conftest import wait_until
 from .conftest import K8sEnv
@@ -309,6 +311,30 @@ def test_a_scheduler_killed_mid_run_adopts_the_running_pod_after_restart(
     assert (tries[0].state, tries[0].exit_code) == ("success", 0)
     lines = Path(tries[0].log_path).read_text().splitlines()
     assert lines.count("before") == 1 and lines.count("after") == 1
+
+
+def test_a_finished_pod_stays_until_its_outcome_is_recorded(k8s: K8sEnv) -> None:
+    # A scheduler that dies after the pod ended but before it recorded the outcome must
+    # find the pod again: deleting it at once would turn a success into a lost try.
+    pipeline(k8s, 'Shell("t", "echo done")')
+    (run_pk,) = k8s.trigger("etl", ["2024-01-03"])
+    dying = k8s.scheduler()
+    dying.start()
+    wait_until(lambda: (dying.tick(), any(t.state == "running" for t in k8s.tries(run_pk)))[1])
+    reported: list[Any] = []
+    wait_until(lambda: reported.extend(dying.launcher.poll()) or reported, timeout=30)
+    name = only_try(k8s, run_pk).external_id.split("/")[1]
+    assert _names(k8s) == [name], "reported but not recorded: the pod is still there"
+    # The scheduler dies here, its outcome never recorded: its heartbeat stops, and once
+    # that is older than the timeout the next scheduler adopts the pod.
+    stale = datetime.now(UTC) - timedelta(hours=1)
+    k8s.db.write(lambda c: repo.heartbeat(c, dying.id, [], stale))
+
+    k8s.drive(k8s.runs_done([run_pk]), timeout=60)
+
+    tries = k8s.tries(run_pk)
+    assert [(t.state, t.exit_code) for t in tries] == [("success", 0)]
+    wait_until(lambda: not reflow_pods(k8s), timeout=15)
 
 
 def test_cancel_deletes_the_pod_with_the_grace_period(k8s: K8sEnv, tmp_path: Path) -> None:

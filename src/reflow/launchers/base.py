@@ -24,7 +24,9 @@ class Launcher(ABC):
     def poll(self) -> list[Outcome]:
         """Return the outcome of every watched try that ended since the last call.
 
-        Also carries out pending escalations (SIGKILL after the grace period).
+        Also carries out pending escalations (SIGKILL after the grace period). The caller
+        records the outcomes of one call before it makes the next (or :meth:`close`), so a
+        launcher may clean up after a reported try then, when losing it no longer matters.
         """
 
     @abstractmethod

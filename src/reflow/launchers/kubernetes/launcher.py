@@ -120,6 +120,9 @@ class KubernetesLauncher(Launcher):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._next_sweep = 0.0
+        # Finished pods the cleanup policy removes, deleted once their outcome is recorded:
+        # a scheduler that dies in between finds the pod again and records it on adoption.
+        self._reported: list[str] = []
         self._watcher = threading.Thread(target=self._watch, name="reflow-k8s-watch", daemon=True)
         self._watcher.start()
 
@@ -155,6 +158,7 @@ class KubernetesLauncher(Launcher):
     def poll(self) -> list[Outcome]:
         """Outcomes of the tries whose pods ended, failed to start, or vanished."""
         self._wake.clear()
+        self._delete_reported()
         self._forget_deleted()
         out: list[Outcome] = []
         for t in list(self._tries.values()):
@@ -232,6 +236,7 @@ class KubernetesLauncher(Launcher):
 
     def close(self) -> None:
         """Stop watching; the pods keep running for a later scheduler to adopt."""
+        self._delete_reported()
         self._stop.set()
         for t in self._tries.values():
             if t.follower is not None:
@@ -263,8 +268,7 @@ class KubernetesLauncher(Launcher):
                 )
             outcome = self._finished(t, status, terminated or {})
             if not t.gone and self._cleans(outcome.ok):
-                with contextlib.suppress(_ApiError):
-                    self._delete(t.name, None)
+                self._reported.append(t.name)
             return outcome
         if t.cancelled:
             return None
@@ -370,6 +374,16 @@ class KubernetesLauncher(Launcher):
             return
         with self._lock:
             t.raw, t.gone = raw, raw is None
+
+    def _delete_reported(self) -> None:
+        """Delete the finished pods of the outcomes reported by the last :meth:`poll`.
+        One that cannot be deleted now is left to the sweep."""
+        names, self._reported = self._reported, []
+        for name in names:
+            try:
+                self._delete(name, None)
+            except _ApiError as exc:
+                log.warning("cannot delete finished pod %s: %s", name, exc)
 
     def _send_delete(self, t: _Pod) -> None:
         try:

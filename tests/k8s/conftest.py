@@ -49,6 +49,15 @@ class Cluster:
         items = self.core.list_namespaced_persistent_volume_claim(self.settings.namespace).items
         return [self.core.api_client.sanitize_for_serialization(c) for c in items]
 
+    def secrets(self) -> list[dict[str, Any]]:
+        """reflow's secrets (those of tries with secret env)."""
+        if self.fake is not None:
+            return list(self.fake.secrets(self.settings.namespace))
+        items = self.core.list_namespaced_secret(
+            self.settings.namespace, label_selector="app.kubernetes.io/managed-by=reflow"
+        ).items
+        return [self.core.api_client.sanitize_for_serialization(s) for s in items]
+
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:

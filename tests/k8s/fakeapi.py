@@ -36,6 +36,8 @@ name in two namespaces share their folder. Standard library only; everything sta
 
 from __future__ import annotations
 
+import base64
+import binascii
 import bisect
 import contextlib
 import copy
@@ -77,7 +79,12 @@ NODE_NAME = "fake-node"
 NODE_ALLOCATABLE = {"cpu": "8", "memory": "32Gi", "ephemeral-storage": "100Gi"}
 TOKEN = "fake"
 
-_KINDS = {"pods": "Pod", "persistentvolumeclaims": "PersistentVolumeClaim", "events": "Event"}
+_KINDS = {
+    "pods": "Pod",
+    "persistentvolumeclaims": "PersistentVolumeClaim",
+    "events": "Event",
+    "secrets": "Secret",
+}
 _DEFAULT_AFTER = 0.3
 _BACKOFF_AFTER = 0.5  # ErrImagePull turns into ImagePullBackOff
 _DEADLINE_GRACE_CAP = 2.0  # a real kubelet waits terminationGracePeriodSeconds (30 s default)
@@ -294,6 +301,7 @@ _FIELDS = {
         "status.podIP", "status.nominatedNodeName",
     },
     "persistentvolumeclaims": {"metadata.name", "metadata.namespace"},
+    "secrets": {"metadata.name", "metadata.namespace", "type"},
     "events": {
         "metadata.name", "metadata.namespace", "involvedObject.kind",
         "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
@@ -585,6 +593,40 @@ def _claim_spec_causes(spec: Obj, path: str) -> list[Cause]:
             _bad_value(f"{path}.resources[storage]", str(storage), "must be greater than zero")
         )
     return causes
+
+
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+
+
+def _secret_causes(secret: Obj) -> list[Cause]:
+    causes = []
+    for field_name in ("data", "stringData"):
+        values = secret.get(field_name) or {}
+        if not isinstance(values, dict):
+            causes.append(_bad_value(field_name, values, "must be an object"))
+            continue
+        for key, value in values.items():
+            path = f"{field_name}[{key}]"
+            if len(key) > 253 or not _SECRET_KEY.fullmatch(key):
+                rule = "a valid config key must consist of alphanumeric characters, '-', '_' or '.'"
+                causes.append(_bad_value(path, key, rule))
+            if not isinstance(value, str):
+                causes.append(_bad_value(path, value, "must be a string"))
+            elif field_name == "data":
+                try:
+                    base64.b64decode(value, validate=True)
+                except binascii.Error:
+                    causes.append(_bad_value(path, "<value>", "must be base64"))
+    return causes
+
+
+def _fold_string_data(secret: Obj) -> None:
+    """As the apiserver stores a secret: ``stringData`` merged into ``data``, base64."""
+    data = dict(secret.get("data") or {})
+    for key, value in (secret.pop("stringData", None) or {}).items():
+        data[key] = base64.b64encode(value.encode()).decode()
+    secret["data"] = data
+    secret.setdefault("type", "Opaque")
 
 
 def _metadata_causes(meta: Obj) -> list[Cause]:
@@ -920,9 +962,11 @@ def _event_line(kind: str, obj: Obj) -> bytes:
 
 # --- the cluster ---------------------------------------------------------------------------
 
-_ITEM = re.compile(r"/api/v1/namespaces/([^/]+)/(pods|persistentvolumeclaims|events)/([^/]+)")
-_COLLECTION = re.compile(r"/api/v1/namespaces/([^/]+)/(pods|persistentvolumeclaims|events)")
-_ALL_NAMESPACES = re.compile(r"/api/v1/(pods|persistentvolumeclaims|events)")
+_ITEM = re.compile(
+    r"/api/v1/namespaces/([^/]+)/(pods|persistentvolumeclaims|events|secrets)/([^/]+)"
+)
+_COLLECTION = re.compile(r"/api/v1/namespaces/([^/]+)/(pods|persistentvolumeclaims|events|secrets)")
+_ALL_NAMESPACES = re.compile(r"/api/v1/(pods|persistentvolumeclaims|events|secrets)")
 _LOG = re.compile(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)/log")
 
 
@@ -1041,6 +1085,9 @@ class FakeCluster:
     def claims(self, namespace: str | None = None) -> list[Obj]:
         return self._copies("persistentvolumeclaims", namespace)
 
+    def secrets(self, namespace: str | None = None) -> list[Obj]:
+        return self._copies("secrets", namespace)
+
     def events(self, namespace: str | None = None) -> list[Obj]:
         return self._copies("events", namespace)
 
@@ -1144,6 +1191,8 @@ class FakeCluster:
             (_LOG, {"GET": lambda ns, name: self._read_log(ns, name, query)}),
             (_ITEM, {
                 "GET": self._get,
+                "PUT": lambda ns, res, name: self._replace(ns, res, name, body),
+                "PATCH": lambda ns, res, name: self._patch(ns, res, name, body),
                 "DELETE": lambda ns, res, name: self._delete(ns, res, name, query, body),
             }),
             (_COLLECTION, {
@@ -1194,6 +1243,7 @@ class FakeCluster:
             ),
             resource("pods", "pod", "Pod", crud),
             resource("pods/log", "", "Pod", ["get"]),
+            resource("secrets", "secret", "Secret", [*crud, "patch", "update"]),
         ]
         return _json_reply(
             200, {"kind": "APIResourceList", "groupVersion": "v1", "resources": resources}
@@ -1375,6 +1425,8 @@ class FakeCluster:
         try:
             if resource == "pods":
                 causes = _pod_causes(obj)
+            elif resource == "secrets":
+                causes = _metadata_causes(obj["metadata"]) + _secret_causes(obj)
             else:
                 causes = _metadata_causes(obj["metadata"])
                 causes += _claim_spec_causes(obj.get("spec") or {}, "spec")
@@ -1402,6 +1454,13 @@ class FakeCluster:
                 )
             if resource == "pods":
                 return _json_reply(201, self._create_pod_locked(obj, dry_run))
+            if resource == "secrets":
+                meta = obj["metadata"]
+                meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now())
+                _fold_string_data(obj)
+                return _json_reply(
+                    201, obj if dry_run else self._publish_locked(resource, obj, "ADDED")
+                )
             claim = self._claim_object(namespace, name, obj["metadata"], obj["spec"])
             return _json_reply(
                 201,
@@ -1494,6 +1553,65 @@ class FakeCluster:
             "status": status,
         }
 
+    def _replace(self, namespace: str, resource: str, name: str, body: bytes) -> _Reply:
+        """PUT, for secrets only: the whole object anew (no resourceVersion check)."""
+        if resource != "secrets":
+            raise ApiError(405, "MethodNotAllowed", f"this fake does not update {resource}")
+        obj = _decode(body, "Secret")
+        causes = _metadata_causes(obj["metadata"]) + _secret_causes(obj)
+        if obj["metadata"].get("name") not in (None, name):
+            causes.append(_bad_value("metadata.name", obj["metadata"]["name"], "must match URL"))
+        if causes:
+            raise _invalid("Secret", name, causes)
+        with self._lock:
+            old = self._objects[resource].get((namespace, name))
+            if old is None:
+                raise _not_found(resource, name)
+            meta = obj["metadata"]
+            meta.update(
+                name=name,
+                namespace=namespace,
+                uid=old["metadata"]["uid"],
+                creationTimestamp=old["metadata"]["creationTimestamp"],
+            )
+            _fold_string_data(obj)
+            return _json_reply(200, self._publish_locked(resource, obj, "MODIFIED"))
+
+    def _patch(self, namespace: str, resource: str, name: str, body: bytes) -> _Reply:
+        """A JSON merge patch of a secret's metadata (labels, annotations, owners): what
+        the client's default (strategic merge) patch amounts to for these fields."""
+        if resource != "secrets":
+            raise ApiError(405, "MethodNotAllowed", f"this fake does not patch {resource}")
+        try:
+            patch = json.loads(body or b"null")
+        except ValueError:
+            raise _bad_request("the body of the request was in an unknown format") from None
+        if not isinstance(patch, dict) or set(patch) - {"metadata"}:
+            raise ApiError(415, "UnsupportedMediaType", "this fake patches metadata only")
+        changes = patch.get("metadata") or {}
+        allowed = {"labels", "annotations", "ownerReferences"}
+        if not isinstance(changes, dict) or set(changes) - allowed:
+            raise _bad_request(f"this fake patches only metadata {sorted(allowed)}")
+        with self._lock:
+            old = self._objects[resource].get((namespace, name))
+            if old is None:
+                raise _not_found(resource, name)
+            obj = copy.deepcopy(old)
+            for key, value in changes.items():
+                if value is None:
+                    obj["metadata"].pop(key, None)
+                else:
+                    obj["metadata"][key] = value
+            causes = _metadata_causes(obj["metadata"])
+            for i, owner in enumerate(obj["metadata"].get("ownerReferences") or []):
+                for required in ("apiVersion", "kind", "name", "uid"):
+                    if not owner.get(required):
+                        path = f"metadata.ownerReferences[{i}].{required}"
+                        causes.append(_required(path, f"{required} must not be empty"))
+            if causes:
+                raise _invalid("Secret", name, causes)
+            return _json_reply(200, self._publish_locked(resource, obj, "MODIFIED"))
+
     def _delete(
         self, namespace: str, resource: str, name: str, query: dict[str, str], body: bytes
     ) -> _Reply:
@@ -1533,7 +1651,7 @@ class FakeCluster:
                 return _json_reply(200, self._delete_pod_locked(namespace, name, options))
             if resource == "persistentvolumeclaims":
                 return _json_reply(200, self._delete_claim_locked(obj))
-            return _json_reply(200, self._publish_locked("events", copy.deepcopy(obj), "DELETED"))
+            return _json_reply(200, self._publish_locked(resource, copy.deepcopy(obj), "DELETED"))
 
     def _delete_pod_locked(self, namespace: str, name: str, options: Obj) -> Obj:
         runtime = self._runtimes[(namespace, name)]
@@ -1587,6 +1705,10 @@ class FakeCluster:
             owners = claim["metadata"].get("ownerReferences") or []
             if any(o.get("uid") == runtime.uid for o in owners):
                 self._delete_claim_locked(claim)
+        for secret in list(self._objects["secrets"].values()):  # and the secrets it owned
+            owners = secret["metadata"].get("ownerReferences") or []
+            if any(o.get("uid") == runtime.uid for o in owners):
+                self._publish_locked("secrets", copy.deepcopy(secret), "DELETED")
         self._release_claims_locked()
         return final
 
@@ -2038,7 +2160,13 @@ class FakeCluster:
                 "spec.nodeName": NODE_NAME,
                 "spec.serviceAccountName": runtime.pod["spec"].get("serviceAccountName", ""),
             }.get(path, self.node_ip)  # status.podIP(s), status.hostIP(s)
-        for key in ("secretKeyRef", "configMapKeyRef"):
+        ref = source.get("secretKeyRef")
+        if ref is not None:
+            with self._lock:
+                secret = self._objects["secrets"].get((runtime.namespace, ref.get("name")))
+            if secret is not None and ref.get("key") in (secret.get("data") or {}):
+                return base64.b64decode(secret["data"][ref["key"]]).decode()
+        for key in ("secretKeyRef", "configMapKeyRef"):  # one this cluster does not hold
             if key in source:
                 return f"fake-secret:{source[key].get('name')}/{source[key].get('key')}"
         if "resourceFieldRef" in source:

@@ -37,6 +37,7 @@ ALLOWED_RULES = {
         ("", "pods"): {"create", "get", "list", "watch", "delete"},
         ("", "pods/log"): {"get"},
         ("", "persistentvolumeclaims"): {"create", "get", "list", "delete"},
+        ("", "secrets"): {"create", "update", "patch", "list", "delete"},
         ("", "events"): {"get", "list", "watch"},
     },
     "reflow-spark": {

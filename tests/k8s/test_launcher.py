@@ -337,6 +337,50 @@ def test_a_finished_pod_stays_until_its_outcome_is_recorded(k8s: K8sEnv) -> None
     wait_until(lambda: not reflow_pods(k8s), timeout=15)
 
 
+def test_secret_values_reach_the_task_but_not_the_pod_spec(k8s: K8sEnv) -> None:
+    if k8s.cluster.real:
+        pytest.skip("the Python task needs reflow and the pipeline file in the pod's image")
+    k8s.write(
+        "etl",
+        """
+        from reflow import Param, Pipeline, Python, Shell
+
+        def check(params):  # reversed: the log would show the value otherwise
+            print("python sees", params["token"][::-1])
+
+        with Pipeline("etl", schedule="@daily", start_date="2024-01-01",
+                      params={"token": Param("", secret=True)}):
+            Python("p", check) >> Shell(
+                "s", 'echo "shell sees $(echo $TOKEN | rev)"', env={"TOKEN": "{{ params.token }}"}
+            )
+        """,
+    )
+    (run_pk,) = k8s.trigger("etl", ["2024-01-03"], conf={"token": "tok-98765"})
+    pods: dict[str, Any] = {}
+    secrets: dict[str, Any] = {}
+
+    def look() -> bool:
+        pods.update({p["metadata"]["name"]: p for p in k8s.cluster.pods()})
+        secrets.update({s["metadata"]["name"]: s for s in k8s.cluster.secrets()})
+        return k8s.runs_done([run_pk])()
+
+    k8s.drive(look)
+
+    tries = {t.task_id: t for t in k8s.tries(run_pk)}
+    assert {t.state for t in tries.values()} == {"success"}
+    assert "python sees 56789-kot" in Path(tries["p"].log_path).read_text()
+    assert "shell sees 56789-kot" in Path(tries["s"].log_path).read_text()
+    assert pods and set(secrets) <= set(pods)
+    for pod in pods.values():
+        assert "tok-98765" not in str(pod)
+        assert_valid(pod)
+    for name, secret in secrets.items():
+        owners = secret["metadata"].get("ownerReferences") or []
+        assert [(o["kind"], o["name"]) for o in owners] == [("Pod", name)]
+    # The pods were cleaned up (on_success), and Kubernetes took their secrets with them.
+    wait_until(lambda: not reflow_pods(k8s) and not k8s.cluster.secrets(), timeout=15)
+
+
 def test_cancel_deletes_the_pod_with_the_grace_period(k8s: K8sEnv, tmp_path: Path) -> None:
     from reflow.services import history
 
@@ -430,16 +474,31 @@ def test_orphan_pods_of_no_live_try_are_swept(k8s: K8sEnv) -> None:
         settings.namespace, pod("orphan", "424242", settings.instance)
     )
     k8s.cluster.core.create_namespaced_pod(settings.namespace, pod("neighbour", "424243", "other"))
+    # The secret of a try whose pod was never created (the scheduler died in between).
+    for name, labels in (
+        ("orphan", pod("", "424244", settings.instance)["metadata"]["labels"]),
+        ("neighbour", pod("", "424245", "other")["metadata"]["labels"]),
+    ):
+        secret = {"metadata": {"name": name, "labels": labels}, "stringData": {"K": "v"}}
+        k8s.cluster.core.create_namespaced_secret(settings.namespace, secret)
     pipeline(k8s, 'Shell("t", "true")')
     scheduler = k8s.scheduler()
     scheduler.start()
+
+    def swept() -> bool:
+        scheduler.tick()
+        secrets = [s["metadata"]["name"] for s in k8s.cluster.secrets()]
+        return "orphan" not in _names(k8s) and "orphan" not in secrets
+
     try:
-        wait_until(lambda: (scheduler.tick(), "orphan" not in _names(k8s))[1], timeout=20)
+        wait_until(swept, timeout=20)
     finally:
         scheduler.stop()
 
     assert "neighbour" in _names(k8s)
+    assert [s["metadata"]["name"] for s in k8s.cluster.secrets()] == ["neighbour"]
     k8s.cluster.core.delete_namespaced_pod("neighbour", settings.namespace, grace_period_seconds=0)
+    k8s.cluster.core.delete_namespaced_secret("neighbour", settings.namespace)
 
 
 def _names(k8s: K8sEnv) -> list[str]:

@@ -249,6 +249,66 @@ def test_a_python_task_runs_reflows_entry_point_in_the_image(tmp_path: Path) -> 
     assert pod["spec"]["activeDeadlineSeconds"] == 300 + 20
 
 
+SECRETS = (
+    HEADER
+    + """
+def check(token):
+    print(len(token))
+
+with Pipeline(
+    "events",
+    schedule="@daily",
+    start_date="2024-01-01",
+    params={"token": Param("s3cr3t-value", secret=True), "team": "data"},
+):
+    Python("quality", check)
+    Shell(
+        "load",
+        "load --team {{ params.team }}",
+        env={
+            "WAREHOUSE_TOKEN": "{{ params.token }}",
+            "API_KEY": "k-123",
+            "TEAM": "{{ params.team }}",
+        },
+    )
+    Shell("plain", "echo {{ params.team }}")
+"""
+)
+
+
+@pytest.mark.parametrize(
+    ("task", "hidden"),
+    [("quality", {"REFLOW_TASK_CONTEXT"}), ("load", {"WAREHOUSE_TOKEN", "API_KEY"})],
+)
+def test_secret_values_reach_the_pod_through_a_secret_of_its_own(
+    tmp_path: Path, task: str, hidden: set[str]
+) -> None:
+    # A Python task's run context holds the params; a Shell task's env may read a secret
+    # param or have a secret-looking name. None of those values may be in the pod's spec.
+    manifests = render(project(tmp_path, SECRETS), task, conf={"token": "from-conf-42"})
+    assert [m["kind"] for m in manifests] == ["Secret", "Pod"]
+    secret, pod = manifests
+    name = pod["metadata"]["name"]
+    assert secret["metadata"]["name"] == name
+    assert (
+        secret["metadata"]["labels"]["reflow.io/try-id"]
+        == pod["metadata"]["labels"]["reflow.io/try-id"]
+    )
+    assert set(secret["stringData"]) == hidden
+    env = env_of(pod)
+    for key in hidden:
+        assert env[key] == {"secretKeyRef": {"name": name, "key": key}}
+    assert "from-conf-42" in str(secret["stringData"])
+    assert "from-conf-42" not in str(pod) and "k-123" not in str(pod)
+    if task == "load":
+        assert env["TEAM"] == "data"
+
+
+def test_a_task_without_secret_values_has_no_secret(tmp_path: Path) -> None:
+    manifests = render(project(tmp_path, SECRETS), "plain")
+    assert [m["kind"] for m in manifests] == ["Pod"]
+
+
 def test_long_names_give_valid_labels_and_pod_names(tmp_path: Path) -> None:
     long_name = "a_very_long_pipeline_name_" + "x" * 60
     source = (
@@ -410,6 +470,11 @@ def test_the_cli_prints_yaml_and_refuses_bad_input_in_one_line(tmp_path: Path) -
     for document in documents:
         assert_valid(document)
     assert "s3cr3t-value" not in ok.stdout
+    python = cli("k8s", "render", "events", "quality", "--date", "2024-01-05")
+    assert python.returncode == 0, python.stderr
+    secret, _pod = yaml.safe_load_all(python.stdout)
+    assert secret["kind"] == "Secret" and "***" in secret["stringData"]["REFLOW_TASK_CONTEXT"]
+    assert "s3cr3t-value" not in python.stdout
 
     for args, message in [
         (("events", "nope", "--date", "2024-01-05"), "has no task 'nope'"),

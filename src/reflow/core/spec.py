@@ -27,6 +27,8 @@ class TrySpec:
     timeout: float | None = None
     scratch: Mapping[str, Any] | None = None
     pod: Mapping[str, Any] | None = None
+    # Env entries that carry secret values: a pod reads them from a Secret of its own.
+    secret_env: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from reflow.core.context import RunInfo, build_context
 from reflow.core.errors import NotFound
 from reflow.core.masking import Secrets
 from reflow.core.states import RunOrigin
-from reflow.launchers.kubernetes.manifest import claim_manifests, pod_manifest
+from reflow.launchers.kubernetes.manifest import claim_manifests, pod_manifest, secret_manifest
 from reflow.scheduler import utcnow
 from reflow.scheduler.loop import log_path, run_id_for
 from reflow.services.project import Project
@@ -23,7 +23,7 @@ PREVIEW_TRY_ID = 0
 
 @dataclass(frozen=True)
 class Rendered:
-    manifests: list[dict[str, Any]]  # the claims, then the pod
+    manifests: list[dict[str, Any]]  # the claims, the Secret of its secret env, the pod
     secret_values: list[str]  # to mask when showing them
 
 
@@ -66,6 +66,10 @@ def render(
         remote=Remote(k8s.pipelines_folder, k8s.python),
     )
     secrets = Secrets.of(pipeline.structure(), pipeline.params.secret_names())
-    return Rendered(
-        [*claim_manifests(spec, k8s), pod_manifest(spec, k8s)], secrets.values([resolved])
-    )
+    secret = secret_manifest(spec, k8s)
+    manifests = [
+        *claim_manifests(spec, k8s),
+        *([secret] if secret else []),
+        pod_manifest(spec, k8s),
+    ]
+    return Rendered(manifests, secrets.values([resolved]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 from collections.abc import Mapping
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reflow.core.errors import TaskError
+from reflow.core.masking import Secrets
 from reflow.core.pipeline import Task
 from reflow.core.pod import Pod, scratch_plain
 from reflow.core.spec import TrySpec
@@ -62,6 +64,7 @@ def build_try(
     )
     pod = task.resolved_pod()
     space = task.resolved_scratch()
+    secret_params = task.pipeline.params.secret_names() if task.pipeline else set()
     timeout = task.option("timeout")
     run_timeout = task.pipeline.run_timeout if task.pipeline else None
     fileloc = task.pipeline.fileloc if task.pipeline else None
@@ -83,7 +86,30 @@ def build_try(
         timeout=timeout if timeout is not None else run_timeout,
         scratch=render_value(scratch_plain(space), context) if space is not None else None,
         pod=_pod_options(pod, context, fileloc) if remote is not None else None,
+        secret_env=_secret_env(task, env, context, secret_params),
     )
+
+
+def _secret_env(
+    task: Task, env: Mapping[str, str], context: Mapping[str, Any], secret_params: set[str]
+) -> frozenset[str]:
+    """The env entries that carry a secret: by their name, by a template reading a secret
+    param, or by a secret param's value in them (the run context of a Python task)."""
+    secrets = Secrets(frozenset(secret_params))
+    templates = task.merged_env()
+    conf = context.get("conf") or {}
+    values = [str(conf[p]) for p in secret_params if conf.get(p) not in (None, "")]
+    return frozenset(
+        name
+        for name, value in env.items()
+        if secrets.env_is_secret(name, templates.get(name, ""))
+        or any(v in value or _json_text(v) in value for v in values)
+    )
+
+
+def _json_text(value: str) -> str:
+    """How ``value`` appears inside a JSON document."""
+    return json.dumps(value)[1:-1]
 
 
 def _pod_options(pod: Pod, context: Mapping[str, Any], fileloc: str | None) -> dict[str, Any]:

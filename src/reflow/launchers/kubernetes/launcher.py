@@ -30,6 +30,7 @@ from reflow.launchers.kubernetes.manifest import (
     TRY_ID,
     claim_manifests,
     pod_manifest,
+    secret_manifest,
     selector,
 )
 
@@ -128,11 +129,15 @@ class KubernetesLauncher(Launcher):
 
     # -- the interface ---------------------------------------------------------------------
     def start(self, spec: TrySpec) -> Handle:
-        """Create the try's claims (when missing) and its pod. Raises TaskError when
+        """Create the try's claims (when missing), its Secret (when it has secret env) and
+        its pod. Raises TaskError when
         Kubernetes refuses them; transient API errors are retried a few times first."""
         manifest = pod_manifest(spec, self.settings)
         for claim in claim_manifests(spec, self.settings):
             self._ensure_claim(claim)
+        secret = secret_manifest(spec, self.settings)
+        if secret is not None:
+            self._create_secret(secret)
         name = manifest["metadata"]["name"]
         log_path = Path(spec.log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,12 +149,17 @@ class KubernetesLauncher(Launcher):
             )
         except _ApiError as exc:
             if exc.status != 409:
+                if secret is not None:
+                    with contextlib.suppress(_ApiError):
+                        self._delete_secret(name)
                 raise TaskError(f"kubernetes refused pod {name}: {exc}") from None
             created = None
         if created is None:  # 409: ours if an earlier attempt of this very call got through
             created = self._read_pod(name)
             if created is None or _try_id(created) != spec.try_id:
                 raise TaskError(f"kubernetes: pod {name} already exists and is not this try's")
+        if secret is not None:
+            self._own_secret(name, created)
         t = _Pod(spec.try_id, name, log_path, raw=created)
         _note(log_path, f"pod {self.namespace}/{name} created")
         self._watch_try(t, resume_after=None)
@@ -206,23 +216,26 @@ class KubernetesLauncher(Launcher):
 
     def sweep(self, live: Callable[[], set[int]]) -> int:
         """Delete reflow pods of this installation whose try is not live: running ones
-        (orphans of a lost record) and finished ones the cleanup policy removes."""
+        (orphans of a lost record) and finished ones the cleanup policy removes; and the
+        Secrets of such tries that no pod owns."""
         now = time.monotonic()
         if now < self._next_sweep:
             return 0
         self._next_sweep = now + self.settings.sweep_interval
         try:
             pods = self._list_pods()[0]
+            secrets = self._list_secrets()
         except _ApiError as exc:
             log.warning("orphan sweep skipped: %s", exc)
             return 0
-        alive = live()
+        alive = live() | set(self._tries)
+        return self._sweep_pods(pods, alive) + self._sweep_secrets(secrets, alive)
+
+    def _sweep_pods(self, pods: list[dict[str, Any]], alive: set[int]) -> int:
         removed = 0
         for pod in pods:
             try_id = _try_id(pod)
-            if try_id is None or try_id in alive or try_id in self._tries:
-                continue
-            if pod["metadata"].get("deletionTimestamp"):
+            if try_id is None or try_id in alive or pod["metadata"].get("deletionTimestamp"):
                 continue
             phase = pod.get("status", {}).get("phase")
             if phase in ("Succeeded", "Failed") and not self._cleans(phase == "Succeeded"):
@@ -231,6 +244,20 @@ class KubernetesLauncher(Launcher):
             log.warning("deleting pod %s: its try %s is not live", name, try_id)
             with contextlib.suppress(_ApiError):
                 self._delete(name, None)
+                removed += 1
+        return removed
+
+    def _sweep_secrets(self, secrets: list[dict[str, Any]], alive: set[int]) -> int:
+        """Secrets that no pod owns (its creation or the owner's patch failed)."""
+        removed = 0
+        for secret in secrets:
+            try_id = _try_id(secret)
+            if try_id is None or try_id in alive or secret["metadata"].get("ownerReferences"):
+                continue
+            name = secret["metadata"]["name"]
+            log.warning("deleting secret %s: its try %s is not live", name, try_id)
+            with contextlib.suppress(_ApiError):
+                self._delete_secret(name)
                 removed += 1
         return removed
 
@@ -427,6 +454,14 @@ class KubernetesLauncher(Launcher):
         )
         return list(body.get("items") or []), str(body["metadata"].get("resourceVersion", ""))
 
+    def _list_secrets(self) -> list[dict[str, Any]]:
+        body = self._request(
+            lambda: self.core.list_namespaced_secret(
+                self.namespace, label_selector=self._selector, _preload_content=False
+            )
+        )
+        return list(body.get("items") or [])
+
     def _ensure_claim(self, claim: dict[str, Any]) -> None:
         name = claim["metadata"]["name"]
         try:
@@ -439,6 +474,51 @@ class KubernetesLauncher(Launcher):
         except _ApiError as exc:
             if exc.status != 409:  # it exists already: the point of a per-date claim
                 raise TaskError(f"kubernetes refused claim {name}: {exc}") from None
+
+    def _create_secret(self, secret: dict[str, Any]) -> None:
+        name = secret["metadata"]["name"]
+        try:
+            self._request(
+                lambda: self.core.create_namespaced_secret(
+                    self.namespace, secret, _preload_content=False
+                )
+            )
+        except _ApiError as exc:
+            if exc.status != 409:
+                raise TaskError(f"kubernetes refused secret {name}: {exc}") from None
+            # Left by an earlier attempt of this very call: the values are the same.
+            self._request(
+                lambda: self.core.replace_namespaced_secret(
+                    name, self.namespace, secret, _preload_content=False
+                )
+            )
+
+    def _delete_secret(self, name: str) -> None:
+        try:
+            self._request(
+                lambda: self.core.delete_namespaced_secret(
+                    name, self.namespace, _preload_content=False
+                )
+            )
+        except _ApiError as exc:
+            if exc.status != 404:
+                raise
+
+    def _own_secret(self, name: str, pod: Mapping[str, Any]) -> None:
+        """Make the pod the owner of its Secret: Kubernetes deletes the Secret with it.
+        When that fails the sweep deletes the Secret after the try."""
+        owner = {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": pod["metadata"]["uid"]}
+        try:
+            self._request(
+                lambda: self.core.patch_namespaced_secret(
+                    name,
+                    self.namespace,
+                    {"metadata": {"ownerReferences": [owner]}},
+                    _preload_content=False,
+                )
+            )
+        except _ApiError as exc:
+            log.warning("cannot make pod %s the owner of its secret: %s", name, exc)
 
     def _request(self, call: Callable[[], Any], attempts: int = 4) -> Any:
         """One API call returning JSON; transient failures (connection loss, 429, 5xx)

@@ -135,6 +135,25 @@ def pod_manifest(spec: TrySpec, settings: KubernetesSettings) -> dict[str, Any]:
     return manifest
 
 
+def secret_manifest(spec: TrySpec, settings: KubernetesSettings) -> dict[str, Any] | None:
+    """The Secret holding the try's secret env entries (named like its pod), or None when
+    it has none: their values stay out of the pod's spec, which more people may read.
+    The launcher makes the pod its owner once the pod exists, so they go together."""
+    if not spec.secret_env:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": pod_name(spec),
+            "namespace": settings.namespace,
+            "labels": reflow_labels(spec, settings),
+        },
+        "type": "Opaque",
+        "stringData": {k: str(v) for k, v in spec.env.items() if k in spec.secret_env},
+    }
+
+
 def claim_manifests(spec: TrySpec, settings: KubernetesSettings) -> list[dict[str, Any]]:
     """Claims that reflow creates before the pod when they do not exist (volumes declared
     with ``Volume.claim(..., size=...)``). They outlive the try: they hold data."""
@@ -162,8 +181,12 @@ def claim_manifests(spec: TrySpec, settings: KubernetesSettings) -> list[dict[st
 
 # -- parts -------------------------------------------------------------------------------
 def _env(spec: TrySpec, options: Mapping[str, Any]) -> list[dict[str, Any]]:
+    name = pod_name(spec)
     env: list[dict[str, Any]] = [
-        {"name": k, "value": _literal(str(v))} for k, v in spec.env.items()
+        {"name": k, "valueFrom": {"secretKeyRef": {"name": name, "key": k}}}
+        if k in spec.secret_env
+        else {"name": k, "value": _literal(str(v))}
+        for k, v in spec.env.items()
     ]
     env.append({"name": "REFLOW_TRY_ID", "value": str(spec.try_id)})
     if spec.scratch:

@@ -119,6 +119,11 @@ def test_init_creates_a_project_whose_example_runs(project: Path) -> None:
         (["runs", "delete", "example", "--start", "x", "--end", "y"], "bad date 'x'"),
         (["db", "clean", "--before", "yesterday"], "bad date 'yesterday'"),
         (["pipelines", "delete", "example"], "remove the file first"),
+        # Usage errors too: one line that says where the help is.
+        (["nosuch"], "No such command 'nosuch'. (see 'reflow -h')"),
+        (["trigger"], "Missing argument 'pipeline'. (see 'reflow trigger -h')"),
+        (["runs", "list", "--limit", "many"], "Invalid value for '--limit'"),
+        (["backfill", "example", "--start", "2024-01-01", "--bogus"], "No such option: --bogus"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_writes_nothing(

@@ -376,15 +376,11 @@ def up(
 
 def main() -> None:
     """``python -m reflow.cli.web``: these commands alone, with the CLI's error handling."""
-    from reflow.core.errors import ReflowError
+    from reflow.cli import run
 
     app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
     register(app)
-    try:
-        app()
-    except ReflowError as exc:
-        err_console.print(f"[red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
-        sys.exit(2)
+    run(app)
 
 
 if __name__ == "__main__":

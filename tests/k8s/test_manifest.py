@@ -304,6 +304,14 @@ def test_secret_values_reach_the_pod_through_a_secret_of_its_own(
         assert env["TEAM"] == "data"
 
 
+def test_secret_env_inline_keeps_the_values_in_the_pod_spec(tmp_path: Path) -> None:
+    # For a scheduler whose RBAC has no rights on secrets.
+    proj = project(tmp_path, SECRETS, toml='secret_env = "inline"\n')
+    manifests = render(proj, "load", conf={"token": "from-conf-42"})
+    assert [m["kind"] for m in manifests] == ["Pod"]
+    assert env_of(manifests[0])["WAREHOUSE_TOKEN"] == "from-conf-42"
+
+
 def test_a_task_without_secret_values_has_no_secret(tmp_path: Path) -> None:
     manifests = render(project(tmp_path, SECRETS), "plain")
     assert [m["kind"] for m in manifests] == ["Pod"]

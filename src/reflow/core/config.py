@@ -54,6 +54,11 @@ class KubernetesSettings(BaseModel):
     )
     python: str = Field(default="python3", description="the image's Python, for Python tasks")
     cleanup: Literal["always", "on_success", "never"] = "on_success"
+    secret_env: Literal["secret", "inline"] = Field(
+        default="secret",
+        description="env values that carry secrets: in a Secret of the try's own (the "
+        "scheduler needs rights on secrets), or inline in the pod spec",
+    )
     startup_timeout: float = Field(
         default=600.0, gt=0, description="seconds a pod may stay unscheduled before the try fails"
     )

@@ -86,7 +86,7 @@ def build_try(
         timeout=timeout if timeout is not None else run_timeout,
         scratch=render_value(scratch_plain(space), context) if space is not None else None,
         pod=_pod_options(pod, context, fileloc) if remote is not None else None,
-        secret_env=_secret_env(task, env, context, secret_params),
+        secret_env=_secret_env(task, env, context, secret_params) if remote else frozenset(),
     )
 
 

@@ -130,8 +130,8 @@ class KubernetesLauncher(Launcher):
     # -- the interface ---------------------------------------------------------------------
     def start(self, spec: TrySpec) -> Handle:
         """Create the try's claims (when missing), its Secret (when it has secret env) and
-        its pod. Raises TaskError when
-        Kubernetes refuses them; transient API errors are retried a few times first."""
+        its pod. Raises TaskError when Kubernetes refuses them; transient API errors are
+        retried a few times first."""
         manifest = pod_manifest(spec, self.settings)
         for claim in claim_manifests(spec, self.settings):
             self._ensure_claim(claim)

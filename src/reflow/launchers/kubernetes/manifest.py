@@ -81,7 +81,7 @@ def pod_manifest(spec: TrySpec, settings: KubernetesSettings) -> dict[str, Any]:
         "name": CONTAINER,
         "image": str(image),
         "command": [_literal(word) for word in spec.argv],
-        "env": [*_env(spec, options), {"name": "REFLOW_POD_IMAGE", "value": str(image)}],
+        "env": [*_env(spec, options, settings), {"name": "REFLOW_POD_IMAGE", "value": str(image)}],
     }
     pull = options.get("image_pull_policy") or settings.image_pull_policy
     if pull:
@@ -139,7 +139,8 @@ def secret_manifest(spec: TrySpec, settings: KubernetesSettings) -> dict[str, An
     """The Secret holding the try's secret env entries (named like its pod), or None when
     it has none: their values stay out of the pod's spec, which more people may read.
     The launcher makes the pod its owner once the pod exists, so they go together."""
-    if not spec.secret_env:
+    hidden = _hidden_env(spec, settings)
+    if not hidden:
         return None
     return {
         "apiVersion": "v1",
@@ -150,8 +151,13 @@ def secret_manifest(spec: TrySpec, settings: KubernetesSettings) -> dict[str, An
             "labels": reflow_labels(spec, settings),
         },
         "type": "Opaque",
-        "stringData": {k: str(v) for k, v in spec.env.items() if k in spec.secret_env},
+        "stringData": {k: str(v) for k, v in spec.env.items() if k in hidden},
     }
+
+
+def _hidden_env(spec: TrySpec, settings: KubernetesSettings) -> frozenset[str]:
+    """The env entries that the pod reads from its Secret."""
+    return spec.secret_env if settings.secret_env == "secret" else frozenset()
 
 
 def claim_manifests(spec: TrySpec, settings: KubernetesSettings) -> list[dict[str, Any]]:
@@ -180,11 +186,13 @@ def claim_manifests(spec: TrySpec, settings: KubernetesSettings) -> list[dict[st
 
 
 # -- parts -------------------------------------------------------------------------------
-def _env(spec: TrySpec, options: Mapping[str, Any]) -> list[dict[str, Any]]:
-    name = pod_name(spec)
+def _env(
+    spec: TrySpec, options: Mapping[str, Any], settings: KubernetesSettings
+) -> list[dict[str, Any]]:
+    name, hidden = pod_name(spec), _hidden_env(spec, settings)
     env: list[dict[str, Any]] = [
         {"name": k, "valueFrom": {"secretKeyRef": {"name": name, "key": k}}}
-        if k in spec.secret_env
+        if k in hidden
         else {"name": k, "value": _literal(str(v))}
         for k, v in spec.env.items()
     ]

@@ -27,10 +27,10 @@ import uvicorn
 from reflow.core.config import Settings
 from reflow.core.states import RunOrigin, RunState, TIState
 from reflow.scheduler import run_id_for
+from reflow.services import accounts
 from reflow.services.project import Project
 from reflow.store import repo
 from reflow.store.db import Database
-from reflow.web import accounts
 from reflow.web.app import create_app
 
 TARGET_MS = 150.0

@@ -17,6 +17,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from reflow.core.config import Settings
+from reflow.launchers.base import Launcher
 from reflow.launchers.local import LocalLauncher
 from reflow.scheduler import Scheduler
 from reflow.services import runs as run_service
@@ -32,45 +33,52 @@ with Pipeline("noop", schedule="@daily", start_date="2024-01-01", max_active_run
 """
 
 
+def write_pipeline(home: Path) -> None:
+    (home / "pipelines").mkdir()
+    (home / "pipelines" / "noop.py").write_text(textwrap.dedent(PIPELINE))
+
+
+def measure(project: Project, launcher: Launcher, days: int) -> tuple[float, list[float]]:
+    """Queue ``days`` runs of the noop pipeline and run the scheduler until they are done.
+    Returns the wall time (s) and every upstream end -> downstream start gap (ms)."""
+    db, settings = project.db, project.settings
+    dates = [(date(2024, 1, 1) + timedelta(days=i)).isoformat() for i in range(days)]
+    started = time.perf_counter()
+    run_pks = [r.id for r in run_service.trigger(project, "noop", dates)]
+    scheduler = Scheduler(
+        db, settings, launcher, catalog=project.catalog, create_scheduled_runs=False
+    )
+
+    def finished() -> bool:
+        return run_service.progress(project, run_pks).done == len(run_pks)
+
+    scheduler.run(threading.Event(), until=finished)
+    wall = time.perf_counter() - started
+
+    with db.read() as conn:
+        states = {r.state for r in repo.runs_by_pk(conn, run_pks)}
+        assert states == {"success"}, states
+        latencies = []
+        for run_pk in run_pks:
+            tries = {t.task_id: t for t in repo.tries_of(conn, run_pk=run_pk)}
+            for up, down in (("a", "b"), ("b", "c")):
+                gap = tries[down].started_at - tries[up].ended_at
+                latencies.append(gap.total_seconds() * 1000)
+    return wall, latencies
+
+
 def run_once(days: int, database_url: str | None) -> tuple[float, list[float]]:
     with tempfile.TemporaryDirectory(prefix="reflow-bench-") as tmp:
         home = Path(tmp)
-        (home / "pipelines").mkdir()
-        (home / "pipelines" / "noop.py").write_text(textwrap.dedent(PIPELINE))
+        write_pipeline(home)
         settings = Settings(home=home, database_url=database_url)
         db = Database(settings.database)
         db.migrate()
-        project = Project(settings, db)
-        dates = [(date(2024, 1, 1) + timedelta(days=i)).isoformat() for i in range(days)]
-
-        started = time.perf_counter()
-        run_pks = [r.id for r in run_service.trigger(project, "noop", dates)]
-        scheduler = Scheduler(
-            db,
-            settings,
-            LocalLauncher(settings.runtime_path),
-            catalog=project.catalog,
-            create_scheduled_runs=False,
-        )
-        done = threading.Event()
-
-        def finished() -> bool:
-            return run_service.progress(project, run_pks).done == len(run_pks)
-
-        scheduler.run(done, until=finished)
-        wall = time.perf_counter() - started
-
-        with db.read() as conn:
-            states = {r.state for r in repo.runs_by_pk(conn, run_pks)}
-            assert states == {"success"}, states
-            latencies = []
-            for run_pk in run_pks:
-                tries = {t.task_id: t for t in repo.tries_of(conn, run_pk=run_pk)}
-                for up, down in (("a", "b"), ("b", "c")):
-                    gap = tries[down].started_at - tries[up].ended_at
-                    latencies.append(gap.total_seconds() * 1000)
-        db.dispose()
-        return wall, latencies
+        try:
+            project = Project(settings, db)
+            return measure(project, LocalLauncher(settings.runtime_path), days)
+        finally:
+            db.dispose()
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -13,35 +13,22 @@ import argparse
 import statistics
 import sys
 import tempfile
-import textwrap
-import threading
-import time
-from datetime import date, timedelta
 from pathlib import Path
 
+from backfill_noop import measure, percentile, write_pipeline  # the same scenario
+
 from reflow.core.config import KubernetesSettings, Settings
-from reflow.scheduler import Scheduler
-from reflow.services import runs as run_service
 from reflow.services.project import Project
-from reflow.store import repo
 from reflow.store.db import Database
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.k8s.fakeapi import FakeCluster  # the test suite's fake API server
 
-PIPELINE = """
-from reflow import Pipeline, Shell
-
-with Pipeline("noop", schedule="@daily", start_date="2024-01-01", max_active_runs=4):
-    Shell("a", "true") >> Shell("b", "true") >> Shell("c", "true")
-"""
-
 
 def run_once(days: int) -> tuple[float, list[float]]:
     with tempfile.TemporaryDirectory(prefix="reflow-bench-") as tmp:
         home = Path(tmp)
-        (home / "pipelines").mkdir()
-        (home / "pipelines" / "noop.py").write_text(textwrap.dedent(PIPELINE))
+        write_pipeline(home)
         with FakeCluster(home / "cluster") as fake:
             kubeconfig = fake.write_kubeconfig(home / "kubeconfig")
             settings = Settings(
@@ -53,40 +40,11 @@ def run_once(days: int) -> tuple[float, list[float]]:
             )
             db = Database(settings.database)
             db.migrate()
-            project = Project(settings, db)
-            dates = [(date(2024, 1, 1) + timedelta(days=i)).isoformat() for i in range(days)]
-
-            started = time.perf_counter()
-            run_pks = [r.id for r in run_service.trigger(project, "noop", dates)]
-            scheduler = Scheduler(
-                db,
-                settings,
-                project.launcher(),
-                catalog=project.catalog,
-                create_scheduled_runs=False,
-            )
-
-            def finished() -> bool:
-                return run_service.progress(project, run_pks).done == len(run_pks)
-
-            scheduler.run(threading.Event(), until=finished, idle_wait=0.5)
-            wall = time.perf_counter() - started
-            with db.read() as conn:
-                states = {r.state for r in repo.runs_by_pk(conn, run_pks)}
-                assert states == {"success"}, states
-                latencies = []
-                for run_pk in run_pks:
-                    tries = {t.task_id: t for t in repo.tries_of(conn, run_pk=run_pk)}
-                    for up, down in (("a", "b"), ("b", "c")):
-                        gap = tries[down].started_at - tries[up].ended_at
-                        latencies.append(gap.total_seconds() * 1000)
-            db.dispose()
-        return wall, latencies
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+            try:
+                project = Project(settings, db)
+                return measure(project, project.launcher(), days)
+            finally:
+                db.dispose()
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from ..integration.conftest import Env, env  # noqa: F401 - the env fixture
 REAL_CONTEXT = os.environ.get("REFLOW_K8S_CONTEXT")
 # The image of test pods on a real cluster: it needs sh and python3.
 REAL_IMAGE = os.environ.get("REFLOW_K8S_TEST_IMAGE", "python:3.11-slim")
+REFLOW_SELECTOR = "app.kubernetes.io/managed-by=reflow"
 
 
 @dataclass
@@ -36,27 +37,21 @@ class Cluster:
         return self.fake is None
 
     def pods(self) -> list[dict[str, Any]]:
-        if self.fake is not None:
-            return list(self.fake.pods(self.settings.namespace))
-        items = self.core.list_namespaced_pod(
-            self.settings.namespace, label_selector="app.kubernetes.io/managed-by=reflow"
-        ).items
-        return [self.core.api_client.sanitize_for_serialization(p) for p in items]
+        return self._reflows("pods", self.core.list_namespaced_pod)
 
     def claims(self) -> list[dict[str, Any]]:
-        if self.fake is not None:
-            return list(self.fake.claims(self.settings.namespace))
-        items = self.core.list_namespaced_persistent_volume_claim(self.settings.namespace).items
-        return [self.core.api_client.sanitize_for_serialization(c) for c in items]
+        return self._reflows("claims", self.core.list_namespaced_persistent_volume_claim)
 
     def secrets(self) -> list[dict[str, Any]]:
         """reflow's secrets (those of tries with secret env)."""
+        return self._reflows("secrets", self.core.list_namespaced_secret)
+
+    def _reflows(self, kind: str, list_call: Any) -> list[dict[str, Any]]:
+        """The objects of a kind that reflow made in the namespace."""
         if self.fake is not None:
-            return list(self.fake.secrets(self.settings.namespace))
-        items = self.core.list_namespaced_secret(
-            self.settings.namespace, label_selector="app.kubernetes.io/managed-by=reflow"
-        ).items
-        return [self.core.api_client.sanitize_for_serialization(s) for s in items]
+            return list(getattr(self.fake, kind)(self.settings.namespace))
+        items = list_call(self.settings.namespace, label_selector=REFLOW_SELECTOR).items
+        return [self.core.api_client.sanitize_for_serialization(x) for x in items]
 
 
 @pytest.fixture

@@ -684,7 +684,10 @@ class _LogFollower(threading.Thread):
                 pass
             if state == "terminated":  # began after the end: it had everything
                 break
-            self.stop.wait(0.2)
+            # The stream ended: the container did (the watch says so at once), or the
+            # connection broke (streamed again, after a pause).
+            self.nudge.wait(0.2)
+            self.nudge.clear()
         launcher._wake.set()
 
     def _feed(self, chunk: bytes) -> None:

@@ -28,6 +28,14 @@ class TaskError(ReflowError):
     with this message in its log."""
 
 
+class Fenced(TaskError):
+    """A try that another scheduler declared lost (and retried) must not start any more."""
+
+
+class StoreUnavailable(ReflowError):
+    """The metadata database cannot be used (unreachable, read-only, half-created)."""
+
+
 class ConfigError(ReflowError):
     """reflow's own configuration is invalid."""
 

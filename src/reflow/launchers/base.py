@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from reflow.core.spec import Handle, Outcome, TryRef, TrySpec
 
@@ -18,16 +18,25 @@ class Launcher(ABC):
 
     @abstractmethod
     def start(self, spec: TrySpec) -> Handle:
-        """Start the try and return at once; it is watched until :meth:`poll` reports it."""
+        """Start the try and return at once; it is watched until :meth:`poll` reports it.
+
+        Raises ``Fenced`` when another scheduler fenced this try (see :meth:`adopt`): it
+        must never start then. Other errors fail the try, never the scheduler.
+        """
 
     @abstractmethod
     def poll(self) -> list[Outcome]:
         """Return the outcome of every watched try that ended since the last call.
 
-        Also carries out pending escalations (SIGKILL after the grace period). The caller
-        records the outcomes of one call before it makes the next (or :meth:`close`), so a
-        launcher may clean up after a reported try then, when losing it no longer matters.
+        Also carries out pending escalations (SIGKILL after the grace period). Whatever
+        proves the outcome (an exit-status file, a finished pod) is kept until
+        :meth:`release`: a scheduler that dies before recording the outcome leaves it for
+        the next one to find on adoption, so a finished try is never run again.
         """
+
+    def release(self, try_ids: Iterable[int]) -> None:  # noqa: B027 - optional hook
+        """The outcomes of these reported tries are recorded: clean up what proved them
+        (exit-status files, finished pods under the cleanup policy)."""
 
     @abstractmethod
     def cancel(self, try_id: int, grace: float) -> None:
@@ -43,6 +52,12 @@ class Launcher(ABC):
         Returns True if it is still alive. Either way it is watched from now on, so a try
         that already ended is reported by the next :meth:`poll` (with its exit status if it
         left one, else with reason ``lost``).
+
+        A try never recorded as started (``ref.external_id`` is None: its scheduler died or
+        was paused between queueing it and recording the start) is looked up by its
+        identity (the try id). If nothing is found, the launcher *fences* it before
+        reporting it lost: a later :meth:`start` of that try, by a scheduler that resumes
+        from a pause, raises ``Fenced`` instead of running it next to its retry.
         """
 
     def wait(self, timeout: float) -> None:

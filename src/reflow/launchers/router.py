@@ -54,6 +54,11 @@ class Launchers(Launcher):
             out.extend(launcher.poll())
         return out
 
+    def release(self, try_ids: Iterable[int]) -> None:
+        wanted = list(try_ids)
+        for launcher in self._made.values():
+            launcher.release(wanted)
+
     def cancel(self, try_id: int, grace: float) -> None:
         for launcher in self._made.values():
             if try_id in launcher.watched():

@@ -1,14 +1,30 @@
-"""Alembic environment: migrations run on the URL reflow passes in, never on an ini file."""
+"""Alembic environment: migrations run on the connection reflow passes in, or on the URL it
+passes in, never on an ini file.
+
+Either way the whole upgrade is one transaction that holds the migration lock (see
+``Database.migration_transaction``): a migration killed midway leaves nothing behind.
+"""
 
 from __future__ import annotations
 
-from alembic import context
-from sqlalchemy import Connection, create_engine, pool
+from collections.abc import Collection, Mapping
+from typing import Any
 
+from alembic import context
+from alembic.migration import MigrationContext, MigrationInfo
+from sqlalchemy import Connection
+
+from reflow.core import faults
 from reflow.store.models import metadata
 
 config = context.config
 url: str = config.attributes.get("connection_url") or config.get_main_option("sqlalchemy.url", "")
+
+
+def _step_done(
+    ctx: MigrationContext, step: MigrationInfo, heads: Collection[Any], run_args: Mapping[str, Any]
+) -> None:
+    faults.crash_point("migration.step")
 
 
 def run_migrations_offline() -> None:
@@ -22,14 +38,26 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = create_engine(url, poolclass=pool.NullPool)
-    with engine.connect() as connection:
-        _run(connection)
-    engine.dispose()
+    from reflow.store.db import Database
+
+    db = Database(url)
+    try:
+        with db.migration_transaction() as conn:
+            _run(conn)
+    finally:
+        db.dispose()
 
 
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+    # A connection already in a transaction keeps every step in it: Alembic begins and
+    # commits nothing of its own then.
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        render_as_batch=True,
+        transaction_per_migration=False,
+        on_version_apply=None if config.attributes.get("scratch") else _step_done,
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -12,6 +12,11 @@ a launcher cares:
 
 - every change is a watch event under a new resourceVersion; a watch replays what came
   after its resourceVersion, then streams; a too old one gets a 410 Expired ERROR event;
+  for a watch with a selector, an object that stops matching it (relabelled) is DELETED,
+  carrying its previous content under the new resourceVersion, and one that starts
+  matching is ADDED; list items carry no apiVersion/kind (the list does);
+- PATCH takes a strategic-merge or merge patch of metadata (labels, annotations,
+  ownerReferences) of pods and secrets; a patch that changes nothing changes no version;
 - errors are Status objects (NotFound, AlreadyExists, Invalid with causes, ...);
 - argv is command + args after Kubernetes' $(VAR) expansion ("$$" becomes "$"); each
   volume is a local folder workdir/pods/{pod}/{volume} (for a claim, a link to
@@ -23,9 +28,13 @@ a launcher cares:
   with the pod's own grace period (at least 1 s), as a real kubelet does;
 - logs are line records, as containerd writes them: a line shows once complete, a
   process's last unfinished line gets a newline;
-- the annotation ``fake.reflow.io/simulate`` picks a failure: ``oom``, ``evict`` (both
-  after ``fake.reflow.io/after`` seconds, default 0.3), ``image-pull``, ``config-error``,
-  ``unschedulable``; requests above NODE_ALLOCATABLE are unschedulable too.
+- the annotation ``fake.reflow.io/simulate`` picks a failure: ``oom``, ``evict``,
+  ``oom-child`` (the kernel kills a child process: a main process that then exits 0 leaves
+  the pod Succeeded with reason OOMKilled and exit code 0, as a real kubelet reports it;
+  these three after ``fake.reflow.io/after`` seconds, default 0.3), ``image-pull``,
+  ``config-error``, ``unschedulable``, ``stuck-terminating`` (a lost node: a graceful
+  DELETE only marks the pod, which stays Terminating, its process untouched; a forced one
+  removes it); requests above NODE_ALLOCATABLE are unschedulable too.
 
 Not simulated: restarts (restartPolicy is taken as Never), init and other containers (only
 the first container runs; the others stay waiting), namespaces as objects (any name is
@@ -816,7 +825,11 @@ class _Change:
         before = self.old is not None and selector.matches(self.old)
         if now:
             return ("MODIFIED" if before else "ADDED", self.obj)
-        return ("DELETED", self.obj) if before else None
+        if not before or self.old is None:
+            return None
+        # What it was when it last matched, at the version of the change (as the cacher).
+        meta = {**self.old["metadata"], "resourceVersion": str(self.rv)}
+        return ("DELETED", {**self.old, "metadata": meta})
 
 
 @dataclass(eq=False)
@@ -842,6 +855,8 @@ class _PodRuntime:
     kill_at: float | None = None
     term_sent: bool = False
     kill_sent: bool = False
+    child_oom: bool = False  # oom-child: a child was killed, the main process lives on
+    wedged: bool = False  # stuck-terminating: the node no longer reports anything
 
     @property
     def key(self) -> tuple[str, str]:
@@ -1156,7 +1171,13 @@ class FakeCluster:
     # --- serving (called by the request handler) --------------------------------------------
 
     def _serve(
-        self, method: str, path: str, query: dict[str, str], body: bytes, auth: str | None
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        body: bytes,
+        auth: str | None,
+        content_type: str = "",
     ) -> _Reply | _StreamReply:
         with self._lock:
             self._requests.append((method, path))
@@ -1168,9 +1189,9 @@ class FakeCluster:
         if fault is not None:
             if fault.after_apply:  # done, whatever the outcome; a stream is never started
                 with contextlib.suppress(ApiError):
-                    self._route(method, path.rstrip("/") or "/", query, body)
+                    self._route(method, path.rstrip("/") or "/", query, body, content_type)
             raise fault.error()
-        return self._route(method, path.rstrip("/") or "/", query, body)
+        return self._route(method, path.rstrip("/") or "/", query, body, content_type)
 
     def _take_fault_locked(self, method: str, path: str) -> _Fault | None:
         for fault in self._faults:
@@ -1182,7 +1203,7 @@ class FakeCluster:
         return None
 
     def _route(
-        self, method: str, path: str, query: dict[str, str], body: bytes
+        self, method: str, path: str, query: dict[str, str], body: bytes, content_type: str = ""
     ) -> _Reply | _StreamReply:
         handlers: list[tuple[re.Pattern[str] | str, dict[str, Callable[..., Any]]]] = [
             ("/api", {"GET": self._api_versions}),
@@ -1192,7 +1213,7 @@ class FakeCluster:
             (_ITEM, {
                 "GET": self._get,
                 "PUT": lambda ns, res, name: self._replace(ns, res, name, body),
-                "PATCH": lambda ns, res, name: self._patch(ns, res, name, body),
+                "PATCH": lambda ns, res, name: self._patch(ns, res, name, body, content_type),
                 "DELETE": lambda ns, res, name: self._delete(ns, res, name, query, body),
             }),
             (_COLLECTION, {
@@ -1241,7 +1262,7 @@ class FakeCluster:
             resource(
                 "persistentvolumeclaims", "persistentvolumeclaim", "PersistentVolumeClaim", crud
             ),
-            resource("pods", "pod", "Pod", crud),
+            resource("pods", "pod", "Pod", [*crud, "patch"]),
             resource("pods/log", "", "Pod", ["get"]),
             resource("secrets", "secret", "Secret", [*crud, "patch", "update"]),
         ]
@@ -1577,11 +1598,22 @@ class FakeCluster:
             _fold_string_data(obj)
             return _json_reply(200, self._publish_locked(resource, obj, "MODIFIED"))
 
-    def _patch(self, namespace: str, resource: str, name: str, body: bytes) -> _Reply:
-        """A JSON merge patch of a secret's metadata (labels, annotations, owners): what
-        the client's default (strategic merge) patch amounts to for these fields."""
-        if resource != "secrets":
+    def _patch(
+        self, namespace: str, resource: str, name: str, body: bytes, content_type: str
+    ) -> _Reply:
+        """A strategic-merge or merge patch of the metadata (labels, annotations, owners)
+        of a pod or secret: maps merge key by key (null removes one); owners merge by uid
+        in a strategic merge and are replaced in a merge patch."""
+        if resource not in ("pods", "secrets"):
             raise ApiError(405, "MethodNotAllowed", f"this fake does not patch {resource}")
+        kind = content_type.split(";")[0].strip()
+        if kind not in ("application/strategic-merge-patch+json", "application/merge-patch+json"):
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                f"the body of the request was in an unknown format ({kind or 'no content type'}"
+                "): this fake takes strategic-merge and merge patches",
+            )
         try:
             patch = json.loads(body or b"null")
         except ValueError:
@@ -1597,11 +1629,26 @@ class FakeCluster:
             if old is None:
                 raise _not_found(resource, name)
             obj = copy.deepcopy(old)
+            meta = obj["metadata"]
             for key, value in changes.items():
                 if value is None:
-                    obj["metadata"].pop(key, None)
+                    meta.pop(key, None)
+                elif key == "ownerReferences":
+                    if not isinstance(value, list):
+                        raise _bad_request("metadata.ownerReferences must be a list")
+                    if kind == "application/strategic-merge-patch+json":
+                        by_uid = {o.get("uid"): o for o in meta.get(key) or []}
+                        by_uid.update({o.get("uid"): o for o in value})
+                        value = list(by_uid.values())
+                    meta[key] = value
                 else:
-                    obj["metadata"][key] = value
+                    if not isinstance(value, dict):
+                        raise _bad_request(f"metadata.{key} must be an object")
+                    merged = {**(meta.get(key) or {}), **value}
+                    meta[key] = {k: v for k, v in merged.items() if v is not None}
+            if obj == old:  # nothing changed: no new version, no event
+                return _json_reply(200, old)
+            kind_name = _KINDS[resource]
             causes = _metadata_causes(obj["metadata"])
             for i, owner in enumerate(obj["metadata"].get("ownerReferences") or []):
                 for required in ("apiVersion", "kind", "name", "uid"):
@@ -1609,7 +1656,7 @@ class FakeCluster:
                         path = f"metadata.ownerReferences[{i}].{required}"
                         causes.append(_required(path, f"{required} must not be empty"))
             if causes:
-                raise _invalid("Secret", name, causes)
+                raise _invalid(kind_name, name, causes)
             return _json_reply(200, self._publish_locked(resource, obj, "MODIFIED"))
 
     def _delete(
@@ -1664,6 +1711,20 @@ class FakeCluster:
             runtime.delete_requested = True
             self._deleted_pods.append(f"{namespace}/{name}")
         now = time.monotonic()
+        if runtime.simulation == "stuck-terminating" and grace > 0:
+            # A lost node: the API marks the pod, and nothing ever confirms its end.
+            if not runtime.wedged:
+
+                def terminating(pod: Obj) -> None:
+                    deadline = time.gmtime(time.time() + grace)
+                    pod["metadata"]["deletionTimestamp"] = time.strftime(
+                        "%Y-%m-%dT%H:%M:%SZ", deadline
+                    )
+                    pod["metadata"]["deletionGracePeriodSeconds"] = grace
+
+                self._update_pod_locked(runtime, terminating)
+                runtime.wedged = True
+            return self._objects["pods"][(namespace, name)]
         if not runtime.running or grace == 0:
             if runtime.running:
                 # A forced deletion: the object goes now, and the kubelet, left with no grace
@@ -1764,7 +1825,7 @@ class FakeCluster:
         return obj
 
     def _update_pod_locked(self, runtime: _PodRuntime, mutate: Callable[[Obj], None]) -> None:
-        if runtime.removed:
+        if runtime.removed or runtime.wedged:
             return
         pod = copy.deepcopy(self._objects["pods"][runtime.key])
         mutate(pod)
@@ -2050,7 +2111,7 @@ class FakeCluster:
                 )
 
             self._update_pod_locked(runtime, running)
-            if runtime.simulation in ("oom", "evict"):
+            if runtime.simulation in ("oom", "evict", "oom-child"):
                 annotations = runtime.pod["metadata"].get("annotations") or {}
                 try:
                     after = float(annotations.get(AFTER, _DEFAULT_AFTER))
@@ -2214,7 +2275,22 @@ class FakeCluster:
         now = time.monotonic()
         assert runtime.proc is not None
         if runtime.cause is None and runtime.proc.returncode is None and not runtime.removed:
-            if runtime.simulate_at is not None and now >= runtime.simulate_at:
+            if (
+                runtime.simulate_at is not None
+                and now >= runtime.simulate_at
+                and runtime.simulation == "oom-child"
+            ):
+                runtime.simulate_at, runtime.child_oom = None, True
+                involved = {"kind": "Node", "name": NODE_NAME, "uid": NODE_NAME}
+                self._event_locked(
+                    "default",
+                    involved,
+                    "Warning",
+                    "OOMKilling",
+                    f"Memory cgroup out of memory: Killed process {runtime.proc.pid + 1} (child)",
+                    "kernel-monitor",
+                )
+            elif runtime.simulate_at is not None and now >= runtime.simulate_at:
                 runtime.cause = runtime.simulation
                 if runtime.cause == "evict":
                     runtime.term_at = now
@@ -2299,6 +2375,8 @@ class FakeCluster:
                 }
                 if runtime.cause == "oom":
                     state.update(exitCode=137, reason="OOMKilled")
+                elif runtime.child_oom:  # the container's cgroup saw an OOM kill
+                    state["reason"] = "OOMKilled"
                 elif runtime.cause == "evict":
                     state = {
                         "exitCode": 137,
@@ -2408,7 +2486,14 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         cluster = self.server.cluster
         try:
-            reply = cluster._serve(method, url.path, query, body, self.headers.get("Authorization"))
+            reply = cluster._serve(
+                method,
+                url.path,
+                query,
+                body,
+                self.headers.get("Authorization"),
+                self.headers.get("Content-Type") or "",
+            )
         except ApiError as error:
             reply = _json_reply(error.code, error.status())
         except Exception as error:  # a bug of the fake: answer 500 and show it

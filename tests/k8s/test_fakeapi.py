@@ -356,6 +356,75 @@ def test_expired_watches_end_with_410(fake: FakeCluster, v1: client.CoreV1Api) -
     assert types == ["DELETED"]
 
 
+def test_list_items_carry_no_kind_but_reads_and_watch_events_do(
+    fake: FakeCluster, v1: client.CoreV1Api
+) -> None:
+    v1.create_namespaced_pod(NS, manifest("k", "sleep 5"))
+    listed = json.loads(v1.list_namespaced_pod(NS, _preload_content=False).data)
+    assert (listed["kind"], listed["apiVersion"]) == ("PodList", "v1")
+    assert [("kind" in i, "apiVersion" in i) for i in listed["items"]] == [(False, False)]
+    read = json.loads(v1.read_namespaced_pod("k", NS, _preload_content=False).data)
+    assert (read["kind"], read["apiVersion"]) == ("Pod", "v1")
+    event = next(iter(watch.Watch().stream(v1.list_namespaced_pod, NS, timeout_seconds=5)))
+    assert (event["raw_object"]["kind"], event["raw_object"]["apiVersion"]) == ("Pod", "v1")
+
+
+def test_a_label_value_with_a_space_is_refused_as_the_apiserver_does(
+    v1: client.CoreV1Api,
+) -> None:
+    with pytest.raises(ApiException) as error:
+        v1.create_namespaced_pod(NS, manifest("spaced", labels={"team": "data eng"}))
+    body = status_of(error.value)
+    assert (error.value.status, body["reason"]) == (422, "Invalid")
+    assert body["message"].startswith(
+        'Pod "spaced" is invalid: metadata.labels: Invalid value: "data eng"'
+    )
+
+
+def test_a_pod_relabelled_out_of_a_selector_is_deleted_for_its_watch(
+    fake: FakeCluster, v1: client.CoreV1Api
+) -> None:
+    # As the apiserver's watch cache: the DELETED event carries the object as it last
+    # matched, at the version of the change; relabelled back in, it is ADDED.
+    v1.create_namespaced_pod(NS, manifest("moved", "sleep 30", labels={"app": "x", "keep": "1"}))
+    since = v1.list_namespaced_pod(NS, label_selector="app=x").metadata.resource_version
+    out = v1.patch_namespaced_pod("moved", NS, {"metadata": {"labels": {"app": "y"}}})
+    assert out.metadata.labels == {"app": "y", "keep": "1"}  # a merge, not a replacement
+    back = v1.patch_namespaced_pod("moved", NS, {"metadata": {"labels": {"app": "x"}}})
+    events = []
+    for event in watch.Watch().stream(
+        v1.list_namespaced_pod, NS, label_selector="app=x", resource_version=since
+    ):
+        raw = event["raw_object"]
+        events.append(
+            (event["type"], raw["metadata"]["labels"]["app"], raw["metadata"]["resourceVersion"])
+        )
+        if raw["metadata"]["resourceVersion"] == back.metadata.resource_version:
+            break
+    deleted = [e for e in events if e[0] == "DELETED"]
+    assert deleted == [("DELETED", "x", out.metadata.resource_version)]
+    assert events[-1] == ("ADDED", "x", back.metadata.resource_version)
+    v1.delete_namespaced_pod("moved", NS, grace_period_seconds=0)
+
+
+def test_a_pod_patch_merges_metadata_and_a_no_op_keeps_the_version(
+    fake: FakeCluster, v1: client.CoreV1Api
+) -> None:
+    v1.create_namespaced_pod(NS, manifest("meta", "sleep 30", labels={"a": "1", "b": "2"}))
+    wait_phase(fake, "meta", "Running")  # the kubelet's updates are done
+    patched = v1.patch_namespaced_pod("meta", NS, {"metadata": {"labels": {"a": None, "c": "3"}}})
+    assert patched.metadata.labels == {"b": "2", "c": "3"}
+    again = v1.patch_namespaced_pod("meta", NS, {"metadata": {"labels": {"c": "3"}}})
+    assert again.metadata.resource_version == patched.metadata.resource_version
+    with pytest.raises(ApiException) as error:  # a JSON patch (a list): not in this fake
+        v1.patch_namespaced_pod("meta", NS, [{"op": "add", "path": "/x", "value": 1}])
+    assert error.value.status == 415
+    with pytest.raises(ApiException) as error:
+        v1.patch_namespaced_pod("meta", NS, {"metadata": {"labels": {"c": "x y"}}})
+    assert error.value.status == 422
+    v1.delete_namespaced_pod("meta", NS, grace_period_seconds=0)
+
+
 def test_a_deleted_pod_gets_sigterm_then_sigkill_after_its_grace_period(
     fake: FakeCluster, v1: client.CoreV1Api
 ) -> None:
@@ -400,7 +469,7 @@ def test_a_forced_deletion_removes_the_pod_at_once_and_still_sends_sigterm(
     wait_phase(fake, "forced", "Running")
     v1.delete_namespaced_pod("forced", NS, grace_period_seconds=0)
     assert fake.pod(NS, "forced") is None
-    fake.wait_for(marker.exists, timeout=2)
+    fake.wait_for(marker.exists, timeout=10)
 
 
 def test_active_deadline_kills_the_pod(fake: FakeCluster, v1: client.CoreV1Api) -> None:
@@ -423,7 +492,7 @@ def simulate(fake: FakeCluster, v1: client.CoreV1Api, simulation: str) -> None:
 
 def delete_sim(fake: FakeCluster, v1: client.CoreV1Api) -> None:
     v1.delete_namespaced_pod("sim", NS)
-    fake.wait_for(lambda: fake.pod(NS, "sim") is None, timeout=2)
+    fake.wait_for(lambda: fake.pod(NS, "sim") is None, timeout=10)
 
 
 def test_simulated_oom_kill(fake: FakeCluster, v1: client.CoreV1Api) -> None:
@@ -432,6 +501,43 @@ def test_simulated_oom_kill(fake: FakeCluster, v1: client.CoreV1Api) -> None:
     terminated = status["containerStatuses"][0]["state"]["terminated"]
     assert (terminated["exitCode"], terminated["reason"]) == (137, "OOMKilled")
     delete_sim(fake, v1)
+
+
+def test_simulated_oom_kill_of_a_child_leaves_a_succeeded_pod_with_reason_oomkilled(
+    fake: FakeCluster, v1: client.CoreV1Api
+) -> None:
+    annotations = {SIMULATE: "oom-child", AFTER: "0.1"}
+    v1.create_namespaced_pod(NS, manifest("child", "sleep 0.6; exit 0", annotations=annotations))
+    status = wait_phase(fake, "child", "Succeeded", "Failed", timeout=5)["status"]
+    terminated = status["containerStatuses"][0]["state"]["terminated"]
+    assert (status["phase"], terminated["reason"], terminated["exitCode"]) == (
+        "Succeeded",
+        "OOMKilled",
+        0,
+    )
+
+
+def test_simulated_stuck_terminating_pod_stays_until_forced(
+    fake: FakeCluster, v1: client.CoreV1Api, tmp_path: Path
+) -> None:
+    beat = tmp_path / "beat"
+    script = f"while true; do date +%s.%N >> {beat}; sleep 0.1; done"
+    annotations = {SIMULATE: "stuck-terminating"}
+    v1.create_namespaced_pod(NS, manifest("stuck", script, annotations=annotations))
+    wait_phase(fake, "stuck", "Running")
+    deleted = time.time()
+    v1.delete_namespaced_pod("stuck", NS, grace_period_seconds=1)
+
+    def beating_past_grace() -> bool:
+        lines = beat.read_text().split() if beat.exists() else []
+        return bool(lines) and float(lines[-1]) > deleted + 1.5
+
+    fake.wait_for(beating_past_grace, timeout=10)  # no SIGTERM, no SIGKILL: a lost node
+    pod = fake.pod(NS, "stuck")
+    assert pod is not None and pod["metadata"]["deletionTimestamp"]
+    assert pod["status"]["phase"] == "Running"
+    v1.delete_namespaced_pod("stuck", NS, grace_period_seconds=0)
+    assert fake.pod(NS, "stuck") is None
 
 
 def test_simulated_eviction(fake: FakeCluster, v1: client.CoreV1Api) -> None:
@@ -452,9 +558,9 @@ def test_simulated_image_pull_failure(fake: FakeCluster, v1: client.CoreV1Api) -
         statuses = pod.get("status", {}).get("containerStatuses") or [{}]
         return statuses[0].get("state", {}).get("waiting") or {}
 
-    fake.wait_for(lambda: waiting().get("reason") == "ErrImagePull", timeout=2)
+    fake.wait_for(lambda: waiting().get("reason") == "ErrImagePull", timeout=10)
     assert "pull access denied for busybox" in waiting()["message"]
-    fake.wait_for(lambda: waiting().get("reason") == "ImagePullBackOff", timeout=2)
+    fake.wait_for(lambda: waiting().get("reason") == "ImagePullBackOff", timeout=10)
     assert phase(fake, "sim") == "Pending"
     assert {"Failed", "BackOff"} <= set(reasons(v1, "sim"))
     delete_sim(fake, v1)
@@ -462,7 +568,7 @@ def test_simulated_image_pull_failure(fake: FakeCluster, v1: client.CoreV1Api) -
 
 def test_simulated_config_error(fake: FakeCluster, v1: client.CoreV1Api) -> None:
     simulate(fake, v1, "config-error")
-    fake.wait_for(lambda: "Failed" in reasons(v1, "sim"), timeout=2)
+    fake.wait_for(lambda: "Failed" in reasons(v1, "sim"), timeout=10)
     status = fake.pod(NS, "sim")["status"]  # type: ignore[index]
     assert status["phase"] == "Pending"
     assert status["containerStatuses"][0]["state"]["waiting"] == {
@@ -474,7 +580,7 @@ def test_simulated_config_error(fake: FakeCluster, v1: client.CoreV1Api) -> None
 
 def test_simulated_unschedulable_pod(fake: FakeCluster, v1: client.CoreV1Api) -> None:
     simulate(fake, v1, "unschedulable")
-    fake.wait_for(lambda: "FailedScheduling" in reasons(v1, "sim"), timeout=2)
+    fake.wait_for(lambda: "FailedScheduling" in reasons(v1, "sim"), timeout=10)
     pod = v1.read_namespaced_pod("sim", NS)
     assert pod.status.phase == "Pending" and not pod.spec.node_name
     (condition,) = pod.status.conditions

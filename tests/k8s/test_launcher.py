@@ -11,13 +11,17 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from reflow.core.states import RunState, TIState
+from reflow.core.errors import TaskError
+from reflow.core.spec import Outcome, TryRef, TrySpec
+from reflow.core.states import FailureReason, RunState, TIState
+from reflow.launchers.kubernetes.launcher import KubernetesLauncher
 from reflow.services import backfill as backfill_service
 from reflow.store import repo
 
@@ -535,6 +539,275 @@ def test_local_and_kubernetes_tasks_in_one_run(k8s: K8sEnv, tmp_path: Path) -> N
     )
     assert "python task in a pod for 2024-01-03" in Path(tries["b"].log_path).read_text()
     assert out.read_text().strip() == "on the scheduler host"
+
+
+# -- the launcher on its own, as the scheduler drives it (restarts are new instances) ----------
+@pytest.fixture
+def launchers(k8s: K8sEnv) -> Iterator[Any]:
+    """Makes launchers on the test's cluster (settings changed by keyword); closes them."""
+    made: list[KubernetesLauncher] = []
+
+    def make(**changes: Any) -> KubernetesLauncher:
+        made.append(KubernetesLauncher(k8s.settings.kubernetes.model_copy(update=changes)))
+        return made[-1]
+
+    yield make
+    for launcher in made:
+        launcher.close()
+
+
+_next_try = [int(time.time() * 1000) % 10**8 * 10]  # try ids unique on a real cluster too
+
+
+def try_spec(
+    k8s: K8sEnv,
+    command: str,
+    *,
+    pipeline: str = "etl",
+    run_id: str = "manual__2024-01-03",
+    task: str = "t",
+    try_id: int | None = None,
+    pod: dict[str, Any] | None = None,
+    kill_grace: float = 1.0,
+) -> TrySpec:
+    """A try as the scheduler renders it, logging where the scheduler puts its logs."""
+    if try_id is None:
+        _next_try[0] += 1
+        try_id = _next_try[0]
+    log = k8s.settings.logs_path / pipeline / run_id / task / "try-1.log"
+    return TrySpec(
+        try_id=try_id,
+        argv=("sh", "-c", command),
+        log_path=str(log),
+        env={"REFLOW_DS": "2024-01-03"},
+        kill_grace=kill_grace,
+        labels={"pipeline": pipeline, "run_id": run_id, "task": task, "try_number": "1"},
+        launcher="kubernetes",
+        pod=pod,
+    )
+
+
+def outcome_of(launcher: KubernetesLauncher, try_id: int, timeout: float = 30.0) -> Outcome:
+    found: list[Outcome] = []
+
+    def reported() -> bool:
+        found.extend(o for o in launcher.poll() if o.try_id == try_id)
+        if not found:
+            launcher.wait(0.1)
+        return bool(found)
+
+    wait_until(reported, timeout=timeout)
+    return found[0]
+
+
+def pod_named(k8s: K8sEnv, name: str) -> dict[str, Any] | None:
+    return next((p for p in k8s.cluster.pods() if p["metadata"]["name"] == name), None)
+
+
+def running(k8s: K8sEnv, name: str) -> bool:
+    pod = pod_named(k8s, name)
+    return pod is not None and pod.get("status", {}).get("phase") == "Running"
+
+
+def test_a_finished_pod_stays_until_released_and_a_new_launcher_reports_its_outcome(
+    k8s: K8sEnv, launchers: Any
+) -> None:
+    first = launchers()  # cleanup on_success: the pod goes, but only once released
+    spec = try_spec(k8s, "echo done")
+    handle = first.start(spec)
+    name = handle.external_id.split("/")[1]
+    assert outcome_of(first, spec.try_id).ok
+    first.poll()
+    first.poll()
+    assert pod_named(k8s, name) is not None, "reported, not released: the pod stays"
+    first.close()  # the scheduler dies before recording the outcome
+    assert pod_named(k8s, name) is not None
+
+    second = launchers()
+    ref = TryRef(spec.try_id, spec.log_path, external_id=handle.external_id, launcher="kubernetes")
+    second.adopt(ref)
+    outcome = outcome_of(second, spec.try_id)
+    assert (outcome.exit_code, outcome.reason) == (0, None), outcome
+    second.release([spec.try_id + 1, 123456789])  # not its tries: ignored
+    second.poll()
+    assert pod_named(k8s, name) is not None
+    second.release([spec.try_id])
+    wait_until(lambda: pod_named(k8s, name) is None, timeout=15)
+
+
+def test_a_try_whose_start_was_never_recorded_is_found_by_its_labels(
+    k8s: K8sEnv, launchers: Any
+) -> None:
+    # The scheduler died between creating the pod and recording it: the store has no
+    # pod name. The next one must find the pod, not declare the try lost and run it again.
+    first = launchers()
+    spec = try_spec(k8s, "echo before; sleep 2; echo after")
+    name = first.start(spec).external_id.split("/")[1]
+    wait_until(lambda: running(k8s, name), timeout=30)
+    first.close()
+
+    second = launchers()
+    assert second.adopt(TryRef(spec.try_id, spec.log_path, launcher="kubernetes"))
+    outcome = outcome_of(second, spec.try_id)
+    assert (outcome.exit_code, outcome.reason) == (0, None), outcome
+    assert [p["metadata"]["name"] for p in k8s.cluster.pods()] == [name]
+    lines = Path(spec.log_path).read_text().splitlines()
+    assert lines.count("before") == 1 and lines.count("after") == 1
+
+
+def test_a_try_with_no_pod_and_no_recorded_start_is_lost_as_never_started(
+    k8s: K8sEnv, launchers: Any
+) -> None:
+    launcher = launchers()
+    spec = try_spec(k8s, "true")
+    assert not launcher.adopt(TryRef(spec.try_id, spec.log_path, launcher="kubernetes"))
+    outcome = outcome_of(launcher, spec.try_id)
+    assert outcome.reason == FailureReason.LOST
+    assert "never started" in outcome.detail
+
+
+def test_cancel_right_after_start_deletes_the_pod(k8s: K8sEnv, launchers: Any) -> None:
+    # What the scheduler does with a pod whose start it cannot record (its lease is lost).
+    launcher = launchers()
+    spec = try_spec(k8s, "while true; do sleep 0.1; done")
+    name = launcher.start(spec).external_id.split("/")[1]
+    launcher.cancel(spec.try_id, 0)
+    outcome = outcome_of(launcher, spec.try_id)
+    assert not outcome.ok
+    wait_until(lambda: pod_named(k8s, name) is None, timeout=15)
+    assert launcher.watched() == set()
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["by-name", "by-labels"])
+def test_a_pod_of_the_previous_instance_name_is_taken_over_not_run_twice(
+    k8s: K8sEnv, launchers: Any, recorded: bool
+) -> None:
+    # The `instance` setting changed between two runs of the scheduler: the pod carries
+    # the old one, which the new scheduler's watch and sweep do not select.
+    before = launchers(instance="reflow-before")
+    spec = try_spec(k8s, "echo before; sleep 2; echo after")
+    handle = before.start(spec)
+    name = handle.external_id.split("/")[1]
+    wait_until(lambda: running(k8s, name), timeout=30)
+    before.close()
+
+    after = launchers(instance="reflow-after")
+    external_id = handle.external_id if recorded else None
+    assert after.adopt(TryRef(spec.try_id, spec.log_path, external_id=external_id))
+    pod = pod_named(k8s, name)
+    assert pod is not None
+    assert pod["metadata"]["labels"]["reflow.io/instance"] == "reflow-after"
+    assert after.sweep(lambda: set()) == 0, "the sweep sees the pod as watched"
+    outcome = outcome_of(after, spec.try_id)
+    assert (outcome.exit_code, outcome.reason) == (0, None), outcome
+    assert [p["metadata"]["name"] for p in k8s.cluster.pods()] == [name]
+
+
+def test_a_pod_of_another_installation_with_the_same_try_id_is_not_adopted(
+    k8s: K8sEnv, launchers: Any
+) -> None:
+    # Another reflow, with its own database, shares the namespace: its try 7 is not ours.
+    theirs = launchers(instance="neighbour")
+    their_spec = try_spec(k8s, "while true; do sleep 0.1; done", pipeline="sales")
+    name = theirs.start(their_spec).external_id.split("/")[1]
+    ours = launchers()
+    mine = try_spec(k8s, "true", try_id=their_spec.try_id, run_id="scheduled__2024-01-03")
+
+    assert not ours.adopt(TryRef(mine.try_id, mine.log_path, launcher="kubernetes"))
+    outcome = outcome_of(ours, mine.try_id)
+    assert outcome.reason == FailureReason.LOST and "never started" in outcome.detail
+    pod = pod_named(k8s, name)
+    assert pod is not None and not pod["metadata"].get("deletionTimestamp")
+    assert pod["metadata"]["labels"]["reflow.io/instance"] == "neighbour"
+    # Same pipeline, task, day and try id: the same pod name, but another run.
+    twin = try_spec(k8s, "true", try_id=their_spec.try_id, pipeline="sales", run_id="other")
+    external_id = f"{k8s.cluster.settings.namespace}/{name}"
+    assert not ours.adopt(TryRef(twin.try_id, twin.log_path, external_id=external_id))
+    assert "another try" in outcome_of(ours, twin.try_id).detail
+    assert pod_named(k8s, name)["metadata"]["labels"]["reflow.io/instance"] == "neighbour"
+    theirs.cancel(their_spec.try_id, 0)
+    outcome_of(theirs, their_spec.try_id)
+
+
+def test_a_child_oom_kill_under_a_main_process_that_exits_0_is_oom_killed(
+    k8s: K8sEnv, launchers: Any
+) -> None:
+    if k8s.cluster.real:
+        pytest.skip("simulated by the fake API server only")
+    launcher = launchers()
+    annotations = {SIMULATE: "oom-child", "fake.reflow.io/after": "0.2"}
+    spec = try_spec(k8s, "sleep 1; exit 0", pod={"annotations": annotations})
+    name = launcher.start(spec).external_id.split("/")[1]
+    outcome = outcome_of(launcher, spec.try_id)
+    assert (outcome.exit_code, outcome.reason) == (0, FailureReason.OOM_KILLED), outcome
+    pod = pod_named(k8s, name)
+    assert pod is not None and pod["status"]["phase"] == "Succeeded"
+    launcher.release([spec.try_id])  # a failure: on_success keeps its pod
+    launcher.poll()
+    assert pod_named(k8s, name) is not None
+
+
+def test_a_pod_stuck_terminating_ends_the_try_after_grace_and_margin_and_is_forced(
+    k8s: K8sEnv, launchers: Any
+) -> None:
+    if k8s.cluster.real:
+        pytest.skip("a lost node is simulated by the fake API server only")
+    launcher = launchers()
+    launcher.terminating_margin = 1.0
+    spec = try_spec(
+        k8s,
+        "while true; do sleep 0.1; done",
+        pod={"annotations": {SIMULATE: "stuck-terminating"}},
+        kill_grace=1,
+    )
+    name = launcher.start(spec).external_id.split("/")[1]
+    wait_until(lambda: running(k8s, name), timeout=30)
+    cancelled = time.monotonic()
+    launcher.cancel(spec.try_id, 1)
+    wait_until(lambda: (pod_named(k8s, name) or {}).get("metadata", {}).get("deletionTimestamp"))
+
+    outcome = outcome_of(launcher, spec.try_id, timeout=30)
+    assert time.monotonic() - cancelled >= 2.0  # grace + margin
+    assert outcome.reason == FailureReason.ERROR and "still terminating" in outcome.detail
+    wait_until(lambda: pod_named(k8s, name) is None, timeout=10)  # force-deleted
+    assert "still terminating" in Path(spec.log_path).read_text()
+
+
+def test_the_sweep_force_deletes_an_orphan_pod_stuck_terminating(
+    k8s: K8sEnv, launchers: Any
+) -> None:
+    if k8s.cluster.real:
+        pytest.skip("a lost node is simulated by the fake API server only")
+    dead = launchers()
+    spec = try_spec(
+        k8s, "while true; do sleep 0.1; done", pod={"annotations": {SIMULATE: "stuck-terminating"}}
+    )
+    name = dead.start(spec).external_id.split("/")[1]
+    wait_until(lambda: running(k8s, name), timeout=30)
+    dead.cancel(spec.try_id, 1)
+    dead.close()  # its scheduler died: the try is recorded lost, the pod still terminating
+    sweeper = launchers()
+    sweeper.terminating_margin = 0.5
+    swept: list[int] = []
+
+    def gone() -> bool:
+        swept.append(sweeper.sweep(lambda: set()))
+        return pod_named(k8s, name) is None
+
+    wait_until(gone, timeout=20, every=0.3)
+    assert sum(swept) == 1
+
+
+def test_a_label_kubernetes_refuses_fails_the_try_before_anything_is_created(
+    k8s: K8sEnv, launchers: Any
+) -> None:
+    launcher = launchers()
+    spec = try_spec(k8s, "true", pod={"labels": {"team": "data eng"}})
+    with pytest.raises(TaskError, match=r"team='data eng'.*no spaces"):
+        launcher.start(spec)
+    assert not k8s.cluster.pods()
+    if k8s.cluster.fake is not None:
+        assert ("POST", "/api/v1/namespaces/default/pods") not in k8s.cluster.fake.requests()
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -14,24 +14,29 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from reflow.core.config import KubernetesSettings
 from reflow.core.errors import ConfigError, TaskError
+from reflow.core.pod import label_value
 from reflow.core.spec import Handle, Outcome, TryRef, TrySpec
 from reflow.core.states import FailureReason
 from reflow.launchers.base import Launcher
 from reflow.launchers.kubernetes.manifest import (
     CONTAINER,
+    INSTANCE,
     TRY_ID,
     claim_manifests,
+    identity,
+    name_of_try,
     pod_manifest,
     secret_manifest,
     selector,
+    try_selector,
 )
 
 log = logging.getLogger("reflow.kubernetes")
@@ -42,6 +47,8 @@ _CONFIG_ERRORS = {"CreateContainerConfigError", "CreateContainerError"}
 # How long a finished pod's log may take to arrive before the outcome is reported anyway.
 _LOG_GRACE = 10.0
 _WATCH_SECONDS = 30
+# How often a pod that the watch does not see (outside this instance's selector) is read.
+_LOOKUP_EVERY = 2.0
 _REQUEST_TIMEOUT = (5, 30)
 
 
@@ -58,6 +65,11 @@ class _Pod:
     terminal_since: float | None = None
     cancelled: bool = False
     delete_grace: float | None = None  # a deletion to (re)send
+    stop_by: float | None = None  # a cancelled pod still there then is stuck terminating
+    stop_wait: float = 0.0  # the grace period and margin that stop_by allows
+    known: bool = True  # False while the pod's name is not known (looked up by labels)
+    outside: bool = False  # not under this instance's selector: read, not watched
+    ref: TryRef | None = None  # what the store said of an adopted try
     failure: tuple[FailureReason, str] | None = None  # decided by reflow (never started)
     follower: _LogFollower | None = None
     last_lookup: float = 0.0
@@ -98,6 +110,9 @@ class KubernetesLauncher(Launcher):
     """Runs each try as a pod in ``settings.namespace``; see the module docstring."""
 
     name = "kubernetes"
+    # Seconds a deleted pod may take beyond its grace period before the try is reported
+    # ended anyway and the pod force-deleted (a lost node never confirms a deletion).
+    terminating_margin = 15.0
 
     def __init__(
         self,
@@ -121,9 +136,9 @@ class KubernetesLauncher(Launcher):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._next_sweep = 0.0
-        # Finished pods the cleanup policy removes, deleted once their outcome is recorded:
-        # a scheduler that dies in between finds the pod again and records it on adoption.
-        self._reported: list[str] = []
+        # Finished pods the cleanup policy removes, by try id, deleted on release(): a
+        # scheduler that dies before recording the outcome finds the pod again on adoption.
+        self._unreleased: dict[int, str] = {}
         self._watcher = threading.Thread(target=self._watch, name="reflow-k8s-watch", daemon=True)
         self._watcher.start()
 
@@ -162,13 +177,13 @@ class KubernetesLauncher(Launcher):
             self._own_secret(name, created)
         t = _Pod(spec.try_id, name, log_path, raw=created)
         _note(log_path, f"pod {self.namespace}/{name} created")
-        self._watch_try(t, resume_after=None)
+        self._register(t)
+        self._follow(t)
         return Handle(spec.try_id, None, self._host(), external_id=f"{self.namespace}/{name}")
 
     def poll(self) -> list[Outcome]:
         """Outcomes of the tries whose pods ended, failed to start, or vanished."""
         self._wake.clear()
-        self._delete_reported()
         self._forget_deleted()
         out: list[Outcome] = []
         for t in list(self._tries.values()):
@@ -178,33 +193,62 @@ class KubernetesLauncher(Launcher):
                 self._forget(t)
         return out
 
+    def release(self, try_ids: Iterable[int]) -> None:
+        """Delete the finished pods of these recorded tries that the cleanup policy
+        removes. One that cannot be deleted now is left to the sweep."""
+        for try_id in try_ids:
+            name = self._unreleased.pop(try_id, None)
+            if name is None:
+                continue
+            try:
+                self._delete(name, None)
+            except _ApiError as exc:
+                log.warning("cannot delete finished pod %s: %s", name, exc)
+
     def cancel(self, try_id: int, grace: float) -> None:
-        """Delete the try's pod with ``grace`` seconds to stop; the outcome follows."""
+        """Delete the try's pod with ``grace`` seconds to stop; the outcome follows, at the
+        latest ``terminating_margin`` seconds after the grace period."""
         t = self._tries.get(try_id)
         if t is None or t.gone:
             return
         t.cancelled = True
         t.delete_grace = grace if t.delete_grace is None else min(t.delete_grace, grace)
-        self._send_delete(t)
+        if t.known:
+            self._send_delete(t)
 
     def adopt(self, ref: TryRef) -> bool:
-        """Watch the pod of a try started by another scheduler; True if it still exists."""
+        """Watch the pod of a try started by another scheduler; True if it still exists.
+
+        The pod is found by name when the store has it, else by the try's labels; either
+        way it must carry the try's id and the name reflow gives that try. A pod of this
+        installation labelled with another ``instance`` (the setting changed) is
+        relabelled, so the watch and the sweep see it. No pod: the try is lost."""
         known = self._tries.get(ref.try_id)
         if known is not None:
             return not known.gone
         namespace, _, name = (ref.external_id or "").rpartition("/")
-        t = _Pod(ref.try_id, name or f"unknown-{ref.try_id}", Path(ref.log_path))
-        if not name or namespace != self.namespace:
+        t = _Pod(ref.try_id, name, Path(ref.log_path), ref=ref, known=bool(name))
+        if name and namespace != self.namespace:
             t.gone = True
             t.failure = (FailureReason.LOST, f"pod {ref.external_id!r} is not in {self.namespace}")
             self._tries[t.try_id] = t
             return False
+        t.last_lookup = time.monotonic()
         try:
-            t.raw = self._read_pod(name)
-            t.gone = t.raw is None
+            pod = self._find(t)
         except _ApiError as exc:  # looked up again by poll()
-            log.warning("cannot look up pod %s of try %s yet: %s", name, ref.try_id, exc)
-        self._watch_try(t, resume_after=_read_position(t.log_path))
+            log.warning("cannot look up the pod of try %s yet: %s", ref.try_id, exc)
+            self._register(t)
+            return True
+        if pod is None:
+            t.gone = True
+            if not t.known:
+                t.failure = (FailureReason.LOST, "never started: no pod of this try exists")
+            self._register(t)
+            return False
+        self._take_over(t, pod)
+        self._register(t)
+        self._follow(t)
         return not t.gone
 
     def wait(self, timeout: float) -> None:
@@ -229,13 +273,19 @@ class KubernetesLauncher(Launcher):
             log.warning("orphan sweep skipped: %s", exc)
             return 0
         alive = live() | set(self._tries)
+        # Reported tries recorded by another scheduler (that adopted them) are its to release.
+        for try_id in set(self._unreleased) - alive:
+            del self._unreleased[try_id]
         return self._sweep_pods(pods, alive) + self._sweep_secrets(secrets, alive)
 
     def _sweep_pods(self, pods: list[dict[str, Any]], alive: set[int]) -> int:
         removed = 0
         for pod in pods:
             try_id = _try_id(pod)
-            if try_id is None or try_id in alive or pod["metadata"].get("deletionTimestamp"):
+            if try_id is None or try_id in alive:
+                continue
+            if deleting := pod["metadata"].get("deletionTimestamp"):
+                removed += self._force_overdue(pod["metadata"]["name"], deleting)
                 continue
             phase = pod.get("status", {}).get("phase")
             if phase in ("Succeeded", "Failed") and not self._cleans(phase == "Succeeded"):
@@ -246,6 +296,22 @@ class KubernetesLauncher(Launcher):
                 self._delete(name, None)
                 removed += 1
         return removed
+
+    def _force_overdue(self, name: str, deleting: str) -> int:
+        """Force-delete a pod still terminating ``terminating_margin`` seconds past the
+        end of its grace period (``deletionTimestamp``): its node is gone or wedged."""
+        try:
+            due = datetime.fromisoformat(deleting.replace("Z", "+00:00"))
+        except ValueError:
+            return 0
+        if self._clock() < due + timedelta(seconds=self.terminating_margin):
+            return 0
+        log.warning("force-deleting pod %s: still terminating since %s", name, deleting)
+        try:
+            self._delete(name, 0)
+        except _ApiError:
+            return 0
+        return 1
 
     def _sweep_secrets(self, secrets: list[dict[str, Any]], alive: set[int]) -> int:
         """Secrets that no pod owns (its creation or the owner's patch failed)."""
@@ -262,8 +328,8 @@ class KubernetesLauncher(Launcher):
         return removed
 
     def close(self) -> None:
-        """Stop watching; the pods keep running for a later scheduler to adopt."""
-        self._delete_reported()
+        """Stop watching; the pods keep running for a later scheduler to adopt, and the
+        finished ones not released stay for it to find."""
         self._stop.set()
         for t in self._tries.values():
             if t.follower is not None:
@@ -273,13 +339,14 @@ class KubernetesLauncher(Launcher):
 
     # -- deciding outcomes -------------------------------------------------------------------
     def _check(self, t: _Pod) -> Outcome | None:
-        if t.delete_grace is not None and not t.gone:
+        if t.delete_grace is not None and not t.gone and t.known:
             self._send_delete(t)
+        if not t.gone and t.failure is None and (t.raw is None or t.outside):
+            self._look_up(t)
+            if t.raw is None and not t.gone and t.failure is None:
+                return None
         if t.failure is not None:
             return self._outcome(t, None, *t.failure)
-        if t.raw is None and not t.gone:
-            self._look_up(t)
-            return None
         status = (t.raw or {}).get("status") or {}
         phase = status.get("phase")
         container = _container_status(t.raw)
@@ -295,9 +362,11 @@ class KubernetesLauncher(Launcher):
                 )
             outcome = self._finished(t, status, terminated or {})
             if not t.gone and self._cleans(outcome.ok):
-                self._reported.append(t.name)
+                self._unreleased[t.try_id] = t.name
             return outcome
         if t.cancelled:
+            if t.stop_by is not None and time.monotonic() > t.stop_by:
+                return self._abandon(t)
             return None
         waiting = (container.get("state") or {}).get("waiting") or {}
         reason, message = waiting.get("reason"), waiting.get("message") or ""
@@ -325,9 +394,12 @@ class KubernetesLauncher(Launcher):
         if why == "DeadlineExceeded":
             return self._outcome(t, code, FailureReason.TIMED_OUT, "activeDeadlineSeconds exceeded")
         if terminated.get("reason") == "OOMKilled":
-            return self._outcome(
-                t, code, FailureReason.OOM_KILLED, "OOMKilled: the container hit its memory limit"
-            )
+            # Also when the main process exits 0 (the pod "Succeeded") after the kernel
+            # killed one of its children for memory: that try did not do its work.
+            detail = "OOMKilled: the container hit its memory limit"
+            if code == 0:
+                detail += " (a process of it was killed; the main process exited 0)"
+            return self._outcome(t, code, FailureReason.OOM_KILLED, detail)
         if status.get("phase") == "Succeeded" and code in (0, None):
             return self._outcome(t, 0, None, "")
         detail = f"exit code {code}" if code is not None else "pod failed"
@@ -336,6 +408,21 @@ class KubernetesLauncher(Launcher):
         if message:
             detail += f": {message}"
         return self._outcome(t, code, FailureReason.ERROR, detail)
+
+    def _abandon(self, t: _Pod) -> Outcome:
+        """A cancelled pod still there after its grace period and the margin (its node
+        never confirms the deletion): force-deleted, left to the sweep if that fails too,
+        and the try reported ended."""
+        try:
+            self._delete(t.name, 0)
+        except _ApiError as exc:
+            log.warning("cannot force-delete pod %s: %s", t.name, exc)
+        return self._outcome(
+            t,
+            None,
+            FailureReason.ERROR,
+            f"pod still terminating {t.stop_wait:g}s after its deletion: force-deleted",
+        )
 
     def _give_up(self, t: _Pod, reason: FailureReason, detail: str) -> Outcome:
         """A pod that cannot start: deleted, and the try fails with ``reason``."""
@@ -347,7 +434,7 @@ class KubernetesLauncher(Launcher):
         self, t: _Pod, code: int | None, reason: FailureReason | None, detail: str
     ) -> Outcome:
         if reason is not None and detail:
-            _note(t.log_path, f"pod {t.name}: {reason.value}: {detail}")
+            _note(t.log_path, f"pod {t.name or '(none)'}: {reason.value}: {detail}")
         return Outcome(t.try_id, code, reason, self._clock(), detail)
 
     def _cleans(self, succeeded: bool) -> bool:
@@ -365,15 +452,88 @@ class KubernetesLauncher(Launcher):
         return time.monotonic() - t.terminal_since > _LOG_GRACE
 
     # -- pods -------------------------------------------------------------------------------
-    def _watch_try(self, t: _Pod, resume_after: tuple[str, int] | None) -> None:
+    def _register(self, t: _Pod) -> None:
+        """Watch ``t``, with what the watch already saw of its pod."""
         with self._lock:
             seen = self._seen.get(t.try_id)
-            if seen is not None and seen[0]["metadata"].get("name") == t.name:
+            if t.known and seen is not None and seen[0]["metadata"].get("name") == t.name:
                 t.raw = seen[0] if seen[1] else _newer(t.raw, seen[0])
                 t.gone = t.gone or seen[1]
             self._tries[t.try_id] = t
+
+    def _follow(self, t: _Pod) -> None:
+        """Follow the log of ``t``'s pod; an adopted try's after what was written of it."""
+        resume_after = _read_position(t.log_path) if t.ref is not None else None
         t.follower = _LogFollower(self, t, resume_after)
         t.follower.start()
+
+    def _find(self, t: _Pod) -> dict[str, Any] | None:
+        """The pod of an adopted try, read by name, or listed by the try's labels when
+        the name is not known; None when there is no such pod."""
+        if t.known:
+            pod = self._read_pod(t.name)
+            if pod is not None and not self._is_this_try(pod, t):
+                t.failure = (FailureReason.LOST, f"pod {t.name} now runs another try")
+                return None
+            return pod
+        body = self._request(
+            lambda: self.core.list_namespaced_pod(
+                self.namespace, label_selector=try_selector(t.try_id), _preload_content=False
+            )
+        )
+        found = [pod for pod in body.get("items") or () if self._is_this_try(pod, t)]
+        if not found:
+            return None
+        found.sort(key=lambda pod: bool(pod["metadata"].get("deletionTimestamp")))
+        first: dict[str, Any] = found[0]
+        t.name, t.known = first["metadata"]["name"], True
+        return first
+
+    def _is_this_try(self, pod: Mapping[str, Any], t: _Pod) -> bool:
+        """Does ``pod`` run ``t``? It carries the try's id and the name reflow gives the
+        try it runs; one labelled with another instance must also name the try's
+        pipeline, run, task and try number as the try's log path does, or it may be
+        another installation's (whose database has a try of that id too)."""
+        meta = pod.get("metadata") or {}
+        if _try_id(pod) != t.try_id or meta.get("name") != name_of_try(pod):
+            return False
+        if (meta.get("labels") or {}).get(INSTANCE) == label_value(self.settings.instance):
+            return True
+        who = identity(pod)
+        if who is None:
+            return False
+        pipeline, run_id, task, number = who
+        tail = "/".join((pipeline, run_id, task, f"try-{number}.log"))
+        return t.log_path.as_posix().endswith("/" + tail)
+
+    def _take_over(self, t: _Pod, pod: dict[str, Any]) -> None:
+        """Watch ``pod`` for ``t``: relabelled first when another instance made it, so
+        that this one's watch and sweep see it; read by name when that fails."""
+        ours = label_value(self.settings.instance)
+        if (pod["metadata"].get("labels") or {}).get(INSTANCE) != ours and not t.outside:
+            patch = {"metadata": {"labels": {INSTANCE: ours}}}
+            try:
+                pod = self._request(
+                    lambda: self.core.patch_namespaced_pod(
+                        t.name, self.namespace, patch, _preload_content=False
+                    )
+                )
+                log.info("pod %s of try %s taken over by instance %s", t.name, t.try_id, ours)
+            except _ApiError as exc:
+                if exc.status == 404:
+                    with self._lock:
+                        t.gone = True
+                    return
+                log.warning(
+                    "cannot relabel pod %s for instance %s (%s): it is read every %gs instead",
+                    t.name,
+                    ours,
+                    exc,
+                    _LOOKUP_EVERY,
+                )
+                t.outside = True
+        with self._lock:
+            t.raw = _newer(t.raw, pod)
 
     def _forget_deleted(self) -> None:
         """Drop deleted pods the watch saw a while ago (live ones go at the next list)."""
@@ -392,33 +552,37 @@ class KubernetesLauncher(Launcher):
             _position_file(t.log_path).unlink()
 
     def _look_up(self, t: _Pod) -> None:
-        if time.monotonic() - t.last_lookup < 2.0:
+        """Read the pod of a try the watch cannot tell about (yet): an adopted one whose
+        first look-up failed, or one outside this instance's selector."""
+        if time.monotonic() - t.last_lookup < _LOOKUP_EVERY:
             return
         t.last_lookup = time.monotonic()
         try:
-            raw = self._read_pod(t.name)
+            pod = self._find(t)
         except _ApiError:
             return
-        with self._lock:
-            t.raw, t.gone = raw, raw is None
-
-    def _delete_reported(self) -> None:
-        """Delete the finished pods of the outcomes reported by the last :meth:`poll`.
-        One that cannot be deleted now is left to the sweep."""
-        names, self._reported = self._reported, []
-        for name in names:
-            try:
-                self._delete(name, None)
-            except _ApiError as exc:
-                log.warning("cannot delete finished pod %s: %s", name, exc)
+        if pod is None:
+            with self._lock:
+                t.gone = True
+            if not t.known:
+                t.failure = (FailureReason.LOST, "never started: no pod of this try exists")
+            return
+        self._take_over(t, pod)
+        if t.follower is None:
+            self._follow(t)
 
     def _send_delete(self, t: _Pod) -> None:
+        grace = t.delete_grace
         try:
-            self._delete(t.name, t.delete_grace)
+            self._delete(t.name, grace)
         except _ApiError as exc:  # sent again on the next poll
             log.warning("cannot delete pod %s yet: %s", t.name, exc)
             return
         t.delete_grace = None
+        # From now on the pod has its grace period and the margin to go.
+        wait = max(0.0, grace or 0.0) + self.terminating_margin
+        if t.stop_by is None or time.monotonic() + wait < t.stop_by:
+            t.stop_by, t.stop_wait = time.monotonic() + wait, wait
 
     def _delete(self, name: str, grace: float | None) -> None:
         seconds = None if grace is None else max(0, round(grace))
@@ -558,7 +722,7 @@ class KubernetesLauncher(Launcher):
         while not self._stop.is_set():
             try:
                 pods, version = self._list_pods()
-                self._take_list(pods)
+                self._take_list(pods, version)
                 stream: Any = watch.Watch()
                 for event in stream.stream(
                     self.core.list_namespaced_pod,
@@ -581,15 +745,18 @@ class KubernetesLauncher(Launcher):
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    def _take_list(self, pods: list[dict[str, Any]]) -> None:
+    def _take_list(self, pods: list[dict[str, Any]], version: str) -> None:
         by_id = {i: pod for pod in pods if (i := _try_id(pod)) is not None}
         with self._lock:
             self._seen = {i: (pod, False, time.monotonic()) for i, pod in by_id.items()}
             for try_id, t in self._tries.items():
-                if try_id in by_id:
-                    t.raw = _newer(t.raw, by_id[try_id])
-                elif t.raw is not None:  # it was seen, and is gone now
-                    t.gone = True
+                if not t.known or t.outside:
+                    continue
+                pod = by_id.get(try_id)
+                if pod is not None and pod["metadata"].get("name") == t.name:
+                    t.raw = _newer(t.raw, pod)
+                elif t.raw is not None and not _newer_than(t.raw, version):
+                    t.gone = True  # it was seen, and is gone now
         self._wake.set()
 
     def _take_event(self, kind: str, pod: dict[str, Any]) -> None:
@@ -602,7 +769,7 @@ class KubernetesLauncher(Launcher):
             # this scheduler and the watch was quicker than the create's answer).
             self._seen[try_id] = (pod, deleted, time.monotonic())
             t = self._tries.get(try_id)
-            if t is None:
+            if t is None or not t.known or pod.get("metadata", {}).get("name") != t.name:
                 return
             t.raw = _newer(t.raw, pod) if not deleted else pod
             t.gone = t.gone or deleted
@@ -748,6 +915,14 @@ def _try_id(pod: Mapping[str, Any] | None) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
+
+
+def _newer_than(pod: Mapping[str, Any], version: str) -> bool:
+    """Is ``pod`` a later version than a list at ``version`` (the list predates it)?"""
+    try:
+        return int(pod["metadata"]["resourceVersion"]) > int(version)
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def _newer(mine: dict[str, Any] | None, other: dict[str, Any]) -> dict[str, Any]:

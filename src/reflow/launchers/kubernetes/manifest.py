@@ -7,6 +7,7 @@ Pure functions of a rendered :class:`TrySpec` and the launcher's settings: what
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,13 @@ SCRATCH_VOLUME = "reflow-scratch"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 INSTANCE = "reflow.io/instance"
 TRY_ID = "reflow.io/try-id"
+# The try's identity, verbatim (labels hold sanitized values).
+PIPELINE_NOTE = "reflow.io/pipeline"
+RUN_ID_NOTE = "reflow.io/run-id"
+TASK_NOTE = "reflow.io/task"
+TRY_NUMBER_NOTE = "reflow.io/try-number"
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 # The pod's own coordinates, from the downward API: SparkSubmit's client mode needs them.
 DOWNWARD = {
     "REFLOW_POD_NAME": "metadata.name",
@@ -33,11 +41,45 @@ def selector(settings: KubernetesSettings) -> str:
     return f"{MANAGED_BY}=reflow,{INSTANCE}={label_value(settings.instance)}"
 
 
+def try_selector(try_id: int) -> str:
+    """The label selector of a try's pod, whichever installation instance created it."""
+    return f"{MANAGED_BY}=reflow,{TRY_ID}={try_id}"
+
+
 def pod_name(spec: TrySpec) -> str:
     """A DNS label naming the try: readable, and unique through the try's id."""
     who = spec.labels
-    day = str(spec.env.get("REFLOW_DS", "")).replace("-", "")
-    return dns_label(f"{who['pipeline']}-{who['task']}-{day}-{who['try_number']}-{spec.try_id}")
+    return _name(
+        who["pipeline"], who["task"], spec.env.get("REFLOW_DS"), who["try_number"], spec.try_id
+    )
+
+
+def _name(pipeline: Any, task: Any, ds: Any, try_number: Any, try_id: Any) -> str:
+    day = str(ds or "").replace("-", "")
+    return dns_label(f"{pipeline}-{task}-{day}-{try_number}-{try_id}")
+
+
+def name_of_try(pod: Mapping[str, Any]) -> str | None:
+    """The name reflow gives the pod of the try that ``pod`` says it runs (its try-id
+    label, identity annotations and ``REFLOW_DS``), or None when it does not say."""
+    meta = pod.get("metadata") or {}
+    notes = meta.get("annotations") or {}
+    try_id = (meta.get("labels") or {}).get(TRY_ID)
+    parts = [notes.get(k) for k in (PIPELINE_NOTE, TASK_NOTE, TRY_NUMBER_NOTE)]
+    if try_id is None or None in parts:
+        return None
+    containers = (pod.get("spec") or {}).get("containers") or [{}]
+    main = next((c for c in containers if c.get("name") == CONTAINER), containers[0])
+    env = {e.get("name"): e.get("value") for e in main.get("env") or ()}
+    ds = str(env.get("REFLOW_DS") or "").replace("$$", "$")
+    return _name(parts[0], parts[1], ds, parts[2], try_id)
+
+
+def identity(pod: Mapping[str, Any]) -> tuple[str, str, str, str] | None:
+    """(pipeline, run id, task, try number) of the try that ``pod`` runs, verbatim."""
+    notes = (pod.get("metadata") or {}).get("annotations") or {}
+    found = tuple(notes.get(k) for k in (PIPELINE_NOTE, RUN_ID_NOTE, TASK_NOTE, TRY_NUMBER_NOTE))
+    return None if None in found else (str(found[0]), str(found[1]), str(found[2]), str(found[3]))
 
 
 def reflow_labels(spec: TrySpec, settings: KubernetesSettings) -> dict[str, str]:
@@ -53,6 +95,16 @@ def reflow_labels(spec: TrySpec, settings: KubernetesSettings) -> dict[str, str]
     }
 
 
+def _identity_notes(spec: TrySpec) -> dict[str, str]:
+    who = spec.labels
+    return {
+        PIPELINE_NOTE: who["pipeline"],
+        RUN_ID_NOTE: who["run_id"],
+        TASK_NOTE: who["task"],
+        TRY_NUMBER_NOTE: who["try_number"],
+    }
+
+
 def pod_manifest(spec: TrySpec, settings: KubernetesSettings) -> dict[str, Any]:
     """The pod of ``spec``. Raises TaskError when a rendered option is not valid."""
     options: Mapping[str, Any] = spec.pod or {}
@@ -62,7 +114,6 @@ def pod_manifest(spec: TrySpec, settings: KubernetesSettings) -> dict[str, Any]:
             "no image for the pod: set Pod(image=...) on the task or the pipeline's defaults, "
             "or the image of the kubernetes launcher (reflow.toml, REFLOW_K8S_IMAGE)"
         )
-    who = spec.labels
     labels = {
         **settings.labels,
         **_strings(options.get("labels") or {}),
@@ -71,10 +122,7 @@ def pod_manifest(spec: TrySpec, settings: KubernetesSettings) -> dict[str, Any]:
     annotations = {
         **settings.annotations,
         **_strings(options.get("annotations") or {}),
-        "reflow.io/pipeline": who["pipeline"],
-        "reflow.io/run-id": who["run_id"],
-        "reflow.io/task": who["task"],
-        "reflow.io/try-number": who["try_number"],
+        **_identity_notes(spec),
     }
     volumes, mounts = _volumes(spec, options, labels)
     container: dict[str, Any] = {
@@ -130,9 +178,34 @@ def pod_manifest(spec: TrySpec, settings: KubernetesSettings) -> dict[str, Any]:
         manifest = deep_merge(manifest, override)
         # reflow's identity and the way it runs tries are not overridable.
         manifest["metadata"]["labels"].update(reflow_labels(spec, settings))
+        manifest["metadata"].setdefault("annotations", {}).update(_identity_notes(spec))
         manifest["metadata"]["name"] = pod_name(spec)
         manifest["spec"]["restartPolicy"] = "Never"
+    check_labels(manifest["metadata"].get("labels") or {})
     return manifest
+
+
+def check_labels(labels: Mapping[str, Any]) -> None:
+    """Raises TaskError for a label the API server would refuse (``"data eng"``: no
+    spaces), naming it, before anything is created."""
+    for key, value in labels.items():
+        prefix, _, name = str(key).rpartition("/")
+        if (
+            not _LABEL_NAME.fullmatch(name)
+            or len(name) > 63
+            or (prefix and (len(prefix) > 253 or not is_dns_subdomain(prefix)))
+        ):
+            raise TaskError(
+                f"pod label key {key!r} is not valid for Kubernetes: at most 63 letters, "
+                "digits, '-', '_' or '.', starting and ending with a letter or digit, "
+                "optionally after a DNS subdomain prefix and '/'"
+            )
+        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
+            raise TaskError(
+                f"pod label {key}={value!r} is not a valid Kubernetes label value: at most 63 "
+                "letters, digits, '-', '_' or '.', starting and ending with a letter or digit "
+                "(no spaces)"
+            )
 
 
 def secret_manifest(spec: TrySpec, settings: KubernetesSettings) -> dict[str, Any] | None:

@@ -433,7 +433,8 @@ class Database:
         verb = {"write": "write to", "migrate": "update the schema of"}.get(doing, doing)
         if self.is_sqlite:
             code = getattr(exc.orig, "sqlite_errorcode", 0) & 0xFF
-            verb = "open" if code == 14 else verb
+            # Whatever the command, SQLite says what it needed: to open or to write the file.
+            verb = {14: "open", 8: "write to"}.get(code, verb)
             return StoreUnavailable(
                 f"cannot {verb} the database {self.where}: {reason} ({_SQLITE_UNUSABLE[code]})"
             )

@@ -701,6 +701,31 @@ def test_a_pod_of_the_previous_instance_name_is_taken_over_not_run_twice(
     outcome = outcome_of(after, spec.try_id)
     assert (outcome.exit_code, outcome.reason) == (0, None), outcome
     assert [p["metadata"]["name"] for p in k8s.cluster.pods()] == [name]
+    lines = Path(spec.log_path).read_text().splitlines()
+    assert lines.count("before") == 1 and lines.count("after") == 1
+
+
+def test_a_pod_of_the_previous_instance_name_is_followed_when_it_cannot_be_relabelled(
+    k8s: K8sEnv, launchers: Any
+) -> None:
+    if k8s.cluster.real:
+        pytest.skip("needs the fake API server's fault injection")
+    # No `patch` right on pods (an older RBAC role): the pod is read by name instead.
+    before = launchers(instance="reflow-before")
+    spec = try_spec(k8s, "echo before; sleep 2; echo after")
+    handle = before.start(spec)
+    name = handle.external_id.split("/")[1]
+    wait_until(lambda: running(k8s, name), timeout=30)
+    before.close()
+    k8s.cluster.fake.fail_next(1, status=403, method="PATCH", path_contains="/pods/")
+
+    after = launchers(instance="reflow-after")
+    assert after.adopt(TryRef(spec.try_id, spec.log_path, external_id=handle.external_id))
+    outcome = outcome_of(after, spec.try_id)
+    assert (outcome.exit_code, outcome.reason) == (0, None), outcome
+    assert pod_named(k8s, name)["metadata"]["labels"]["reflow.io/instance"] == "reflow-before"
+    lines = Path(spec.log_path).read_text().splitlines()
+    assert lines.count("before") == 1 and lines.count("after") == 1
 
 
 def test_a_pod_of_another_installation_with_the_same_try_id_is_not_adopted(

@@ -333,7 +333,7 @@ class KubernetesLauncher(Launcher):
         self._stop.set()
         for t in self._tries.values():
             if t.follower is not None:
-                t.follower.stop.set()
+                t.follower.halt()
         self._tries.clear()
         self._wake.set()
 
@@ -547,7 +547,7 @@ class KubernetesLauncher(Launcher):
         with self._lock:
             self._tries.pop(t.try_id, None)
         if t.follower is not None:
-            t.follower.stop.set()
+            t.follower.halt()
         with contextlib.suppress(OSError):
             _position_file(t.log_path).unlink()
 
@@ -806,6 +806,7 @@ class _LogFollower(threading.Thread):
         self.last: str | None = resume_after[0] if resume_after else None
         self.count = resume_after[1] if resume_after else 0
         self.stop = threading.Event()
+        self._writing = threading.Lock()
         self.nudge = threading.Event()
         self._partial = b""
         self._resume: tuple[str | None, int] = (None, 0)
@@ -867,7 +868,18 @@ class _LogFollower(threading.Thread):
             lines, self._partial = [self._partial], b""
             self._write(lines)
 
+    def halt(self) -> None:
+        """Stop; once this returns the follower writes nothing more, so that whoever
+        follows the pod next (a new scheduler) resumes from what it wrote."""
+        with self._writing:
+            self.stop.set()
+
     def _write(self, lines: list[bytes]) -> None:
+        with self._writing:
+            if not self.stop.is_set():
+                self._write_locked(lines)
+
+    def _write_locked(self, lines: list[bytes]) -> None:
         out = []
         resume_key, resume_count = self._resume
         for line in lines:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from reflow.core.errors import ConfError, Conflict, InvalidInput
-from reflow.core.states import BackfillState, RunState, TIState
+from reflow.core.states import BackfillState, RunOrigin, RunState, TIState
 from reflow.services import backfill as backfill_service
 from reflow.store import history, repo
 from reflow.store.models import backfills, runs, task_instances
 
-from .conftest import Env
+from .conftest import Env, wait_until
 from .test_scheduler import _intervals, _max_overlap
 
 DAILY = """
@@ -294,3 +296,160 @@ def test_a_backfill_is_written_all_or_nothing(env: Env, monkeypatch: pytest.Monk
     with pytest.raises(RuntimeError, match="disk full"):
         backfill_service.create(env.project, plan)
     assert (_count(env, runs), _count(env, backfills), _count(env, task_instances)) == (0, 0, 0)
+
+
+# -- races with the scheduler and other commands --------------------------------------------
+def test_a_cancel_wins_over_a_resume_of_the_same_moment(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _daily(env)
+    backfill_id = _backfill(env, "2024-01-01", "2024-01-02")
+    backfill_service.pause(env.project, backfill_id)
+    read = backfill_service.get
+
+    def read_then_resume(project: Any, key: int) -> Any:
+        row = read(project, key)  # the cancel reads "paused"; a resume commits right after
+        monkeypatch.setattr(backfill_service, "get", read)
+        backfill_service.resume(project, key)
+        return row
+
+    monkeypatch.setattr(backfill_service, "get", read_then_resume)
+    assert backfill_service.cancel(env.project, backfill_id) == 2
+    sched = env.scheduler()
+    sched.start()
+    sched.close_backfills(datetime.now(UTC))  # its runs are over: the scheduler closes it
+    sched.stop()
+    assert backfill_service.get(env.project, backfill_id).state == BackfillState.CANCELLED
+    assert {env.run(pk).state for pk in _run_pks(env, backfill_id)} == {RunState.CANCELLED}
+    with pytest.raises(Conflict, match="is cancelled; cannot make it running"):
+        backfill_service.resume(env.project, backfill_id)
+
+
+def test_a_closing_scheduler_never_overrides_a_cancel(env: Env) -> None:
+    _daily(env)
+    backfill_id = _backfill(env, "2024-01-01", "2024-01-02")
+    _finish(env, backfill_id)
+    with env.db.read() as conn:
+        assert history.finished_backfills(conn) == []  # closed by the run's scheduler
+    other = _backfill(env, "2024-01-03", "2024-01-03")
+    backfill_service.cancel(env.project, other)
+    now = datetime.now(UTC)
+    # A list read before the cancel committed: closing it changes nothing.
+    assert env.db.write(lambda c: history.close_backfills(c, [other], now)) == []
+    assert backfill_service.get(env.project, other).state == BackfillState.CANCELLED
+
+
+def _scheduled_run(env: Env, day: str, state: RunState = RunState.QUEUED) -> int:
+    """A run created by the scheduler for ``day`` (the write the scheduler makes)."""
+    pipeline = env.project.pipeline("daily")
+    logical = datetime.fromisoformat(day).replace(tzinfo=UTC)
+    now = datetime.now(UTC)
+
+    def work(conn: Any) -> int:
+        pk = repo.create_run(
+            conn,
+            pipeline="daily",
+            run_id=f"scheduled__{logical.isoformat()}",
+            logical_date=logical,
+            interval=pipeline.schedule.interval(logical),
+            origin=RunOrigin.SCHEDULED,
+            conf=pipeline.params.resolve({}),
+            version=pipeline.version,
+            task_ids=pipeline.topological(),
+            now=now,
+        )
+        if state != RunState.QUEUED:
+            repo.transition(conn, "run", [pk], state, [RunState.QUEUED], now, ended_at=now)
+        return pk
+
+    return int(env.db.write(work))
+
+
+@pytest.mark.parametrize(
+    ("state", "action"), [(RunState.QUEUED, "skip"), (RunState.FAILED, "reset")]
+)
+def test_a_run_the_scheduler_creates_while_a_backfill_is_planned_is_taken_into_account(
+    env: Env, state: RunState, action: str
+) -> None:
+    _daily(env)
+    plan = backfill_service.plan(env.project, "daily", start="2024-01-01", end="2024-01-03")
+    assert plan.planned == {"create": 3, "reset": 0, "skip": 0}
+    scheduled = _scheduled_run(env, "2024-01-02", state)  # between plan and write
+    backfill_id = backfill_service.create(env.project, plan)
+    expected = {"create": 2, "reset": 1 if action == "reset" else 0, "skip": int(action == "skip")}
+    assert plan.planned == expected  # what was written, as the CLI prints it
+    assert backfill_service.get(env.project, backfill_id).planned == expected
+    run = env.run(scheduled)
+    assert run.state == RunState.QUEUED
+    if action == "reset":  # a new attempt, in the backfill
+        assert (run.origin, run.attempt, run.backfill_id) == ("backfill", 2, backfill_id)
+    else:  # left to the scheduler
+        assert (run.origin, run.attempt, run.backfill_id) == ("scheduled", 1, None)
+    assert len(_run_pks(env, backfill_id)) == (3 if action == "reset" else 2)
+
+
+def test_a_scheduled_run_committed_while_a_backfill_writes_is_skipped(env: Env) -> None:
+    if env.db.is_sqlite:
+        pytest.skip("SQLite lets one writer in at a time: covered by the test above")
+    _daily(env)
+    plan = backfill_service.plan(env.project, "daily", start="2024-01-01", end="2024-01-02")
+    pipeline = env.project.pipeline("daily")
+    logical = datetime(2024, 1, 2, tzinfo=UTC)
+    inserted, commit = threading.Event(), threading.Event()
+
+    def scheduler_write() -> None:
+        def work(conn: Any) -> None:
+            repo.create_run(
+                conn,
+                pipeline="daily",
+                run_id=f"scheduled__{logical.isoformat()}",
+                logical_date=logical,
+                interval=pipeline.schedule.interval(logical),
+                origin=RunOrigin.SCHEDULED,
+                conf={},
+                version=pipeline.version,
+                task_ids=pipeline.topological(),
+                now=datetime.now(UTC),
+            )
+            inserted.set()
+            assert commit.wait(60)
+
+        env.db.write(work)
+
+    writer = threading.Thread(target=scheduler_write)
+    writer.start()
+    assert inserted.wait(30)
+    result: dict[str, Any] = {}
+
+    def backfill() -> None:
+        try:
+            result["id"] = backfill_service.create(env.project, plan)
+        except Exception as exc:
+            result["error"] = exc
+
+    creator = threading.Thread(target=backfill)
+    creator.start()
+    try:
+        # The backfill's insert for that date waits on the scheduler's uncommitted one.
+        wait_until(lambda: _waiting_on_a_lock(env) > 0, timeout=30)
+    finally:
+        commit.set()
+        writer.join(60)
+        creator.join(60)
+    assert "error" not in result, result.get("error")
+    assert plan.planned == {"create": 1, "reset": 0, "skip": 1}
+    (run_pk,) = _run_pks(env, result["id"])
+    assert env.run(run_pk).logical_date.day == 1
+
+
+def _waiting_on_a_lock(env: Env) -> int:
+    """Sessions of this test's database waiting for a lock (PostgreSQL)."""
+    with env.db.read() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        )

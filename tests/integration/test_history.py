@@ -4,19 +4,23 @@ pipeline edits while runs have history or are running."""
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import psutil
 import pytest
 from sqlalchemy import func, select
 
 from reflow.core.errors import Conflict, InvalidInput
 from reflow.core.states import RunState, TIState
 from reflow.services import history as history_service
-from reflow.store import repo
+from reflow.store import history, repo
 from reflow.store.models import events, pipelines, runs, tries
 
-from .conftest import Env
+from .conftest import Env, wait_until
 from .test_backfill import DAILY, _backfill, _count, _daily, _finish, _run_pks
 
 
@@ -260,3 +264,124 @@ def test_a_cleared_task_instance_gets_its_retries_again(env: Env, tmp_path: Path
     env.drive(env.runs_done([pk]))
     assert env.tis(pk)["t"].try_number == 4  # again one try and one retry
     assert env.run(pk).state == RunState.FAILED
+
+
+# -- races: what was read may change before it is written -----------------------------------
+def _in_another_thread(work: Callable[[], Any]) -> Any:
+    """Run ``work`` to completion in another thread (its own connection and transaction)
+    while the caller holds what it read; return its result or raise its error."""
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["result"] = work()
+        except BaseException as exc:  # handed to the caller
+            out["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "the other command is blocked"
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
+
+
+def _skip_on_sqlite(env: Env) -> None:
+    if env.db.is_sqlite:
+        pytest.skip("SQLite lets one writer in at a time: these writes cannot interleave")
+
+
+@pytest.mark.slow
+def test_delete_refuses_a_run_whose_try_started_after_it_was_read(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow = tmp_path / "slow"
+    _daily(env, cmd=f"if [ -e {slow} ]; then sleep 300; fi")
+    (pk,) = env.trigger("daily", ["2024-01-05"])
+    env.drive(env.runs_done([pk]))
+    slow.touch()
+    sched = env.scheduler()
+    read = history_service._runs
+
+    def read_then_restart(*args: Any, **kwargs: Any) -> Any:
+        rows = read(*args, **kwargs)  # the run is finished: deleting it looks fine
+        monkeypatch.setattr(history_service, "_runs", read)
+        history_service.clear(env.project, "daily", run=str(pk))
+        sched.start()
+
+        def started() -> bool:
+            sched.tick()
+            return any(t.state == "running" for t in env.tries(pk))
+
+        wait_until(started, timeout=30)
+        return rows
+
+    monkeypatch.setattr(history_service, "_runs", read_then_restart)
+    try:
+        with pytest.raises(Conflict, match="nothing was deleted"):
+            history_service.delete(env.project, "daily", run=str(pk))
+        monkeypatch.undo()
+        (live,) = [t for t in env.tries(pk) if t.state == "running"]
+        assert Path(live.log_path).exists() and env.run(pk).state == RunState.RUNNING
+    finally:
+        monkeypatch.undo()
+        sched.stop()
+        deleted = history_service.delete(env.project, "daily", run=str(pk), force=True, wait=30)
+    assert deleted.runs == 1
+    assert not psutil.pid_exists(live.pid) or psutil.Process(live.pid).status() == "zombie"
+
+
+def test_two_clears_of_one_finished_run_at_once_start_one_new_attempt(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _skip_on_sqlite(env)
+    _daily(env)
+    (pk,) = env.trigger("daily", ["2024-01-05"])
+    env.drive(env.runs_done([pk]))
+    reset = history.reset_run
+    other: list[history_service.Cleared] = []
+
+    def race(*args: Any, **kwargs: Any) -> Any:
+        if not other:  # the other clear reads, writes and commits first
+            other.append(history_service.Cleared())
+            other[0] = _in_another_thread(
+                lambda: history_service.clear(env.project, "daily", run=str(pk))
+            )
+        return reset(*args, **kwargs)
+
+    monkeypatch.setattr(history, "reset_run", race)
+    late = history_service.clear(env.project, "daily", run=str(pk))
+    assert (other[0].runs, other[0].task_instances) == (1, 3)
+    assert (late.runs, late.task_instances) == (0, 0)  # its work was done: a no-op
+    with env.db.read() as conn:
+        assert [a.attempt for a in repo.attempts_of(conn, pk)] == [1, 2]
+    env.drive(env.runs_done([pk]))
+    assert (env.run(pk).state, env.run(pk).attempt) == (RunState.SUCCESS, 2)
+
+
+def test_a_mark_racing_a_clear_marks_the_run_as_it_is_now(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _skip_on_sqlite(env)
+    _daily(env)
+    (pk,) = env.trigger("daily", ["2024-01-05"])
+    env.drive(env.runs_done([pk]))
+    mark = history.mark_run
+    cleared: list[bool] = []
+
+    def race(*args: Any, **kwargs: Any) -> Any:
+        if not cleared:  # a clear starts attempt 2 after the mark read the run
+            cleared.append(True)
+            _in_another_thread(lambda: history_service.clear(env.project, "daily", run=str(pk)))
+        return mark(*args, **kwargs)
+
+    monkeypatch.setattr(history, "mark_run", race)
+    history_service.mark(env.project, "daily", str(pk), "failed")
+    run = env.run(pk)
+    with env.db.read() as conn:
+        attempts = [(a.attempt, a.state) for a in repo.attempts_of(conn, pk)]
+    # Attempt 1 keeps its outcome; the mark applies to attempt 2, the run's current one.
+    assert attempts == [(1, "success"), (2, "failed")]
+    assert (run.state, run.attempt) == (RunState.FAILED, 2)
+    assert {ti.state for ti in env.tis(pk).values()} == {TIState.FAILED}

@@ -6,12 +6,12 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from reflow.core.errors import Conflict, IllegalTransition
 from reflow.core.states import RunOrigin, RunState, TIState, TryState
-from reflow.store import repo
+from reflow.store import history, repo
 from reflow.store.db import Database
 from reflow.store.models import events, runs, task_instances
 
@@ -270,3 +270,83 @@ def test_import_errors_are_replaced_at_each_sync(migrated: Database) -> None:
         assert repo.list_import_errors(conn) == []
         (p,) = repo.pipeline_rows(conn, ["p"])
     assert (p.active, p.version) == (True, "v2")
+
+
+# -- id lists longer than a statement's bound parameters ------------------------------------
+# PostgreSQL takes at most 65,535 bound parameters in a statement, SQLite 32,766.
+MANY = 70_001
+
+
+def _bulk_finished_runs(db: Database, n: int, pipeline: str = "p") -> list[int]:
+    """``n`` finished runs of ``pipeline``, one task instance each, written in bulk."""
+    rows = [
+        {
+            "pipeline": pipeline,
+            "run_id": f"scheduled__{i}",
+            "logical_date": datetime(2000, 1, 1, tzinfo=UTC) + timedelta(hours=i),
+            "data_interval_start": NOW,
+            "data_interval_end": NOW,
+            "origin": RunOrigin.SCHEDULED.value,
+            "state": RunState.SUCCESS.value,
+            "conf": {},
+            "attempt": 1,
+            "version": "v1",
+            "created_at": NOW,
+        }
+        for i in range(n)
+    ]
+
+    def work(conn):  # type: ignore[no-untyped-def]
+        conn.execute(insert(runs), rows)
+        pks = [r[0] for r in conn.execute(select(runs.c.id).where(runs.c.pipeline == pipeline))]
+        conn.execute(
+            insert(task_instances),
+            [
+                {
+                    "run": pk,
+                    "task_id": "a",
+                    "state": TIState.SUCCESS.value,
+                    "try_number": 1,
+                    "lost_tries": 0,
+                    "updated_at": NOW,
+                }
+                for pk in pks
+            ],
+        )
+        return pks
+
+    return db.write(work)
+
+
+def test_every_id_list_is_read_and_written_in_chunks(migrated: Database) -> None:
+    ids = list(range(1, MANY + 1))  # no such rows: only the statements' size matters
+    live = _run(migrated, 1)
+    _queue(migrated, live)
+    with migrated.read() as conn:
+        assert [r.id for r in repo.runs_by_pk(conn, [*ids, live])] == [1]
+        assert len(repo.live_tries_of_runs(conn, [*ids, live])) == 1
+        assert repo.count_running_by_backfill(conn, ids) == {}
+        assert len(repo.run_task_instances(conn, ids)) == 2
+        assert history.run_states_by_backfill(conn, ids) == {}
+    assert migrated.write(lambda c: repo.request_cancel(c, ids, "killed")) == [1]
+    assert migrated.write(lambda c: history.stop_live_tries(c, ids, "killed")) == [1]
+    assert migrated.write(lambda c: history.cancel_runs(c, ids, NOW, "test")) == 1
+    with migrated.read() as conn:
+        assert [r.state for r in repo.runs_by_pk(conn, [live])] == [RunState.CANCELLED]
+
+
+@pytest.mark.slow
+def test_clean_and_purge_handle_more_runs_than_a_statement_has_parameters(
+    migrated: Database,
+) -> None:
+    pks = _bulk_finished_runs(migrated, MANY)
+    assert len(pks) == MANY
+    cutoff = datetime(2100, 1, 1, tzinfo=UTC)
+    counted = migrated.write(lambda c: history.clean_before(c, cutoff, dry_run=True))
+    assert (counted["runs"], counted["task_instances"]) == (MANY, MANY)
+    with migrated.read() as conn:
+        assert len(repo.runs_by_pk(conn, pks)) == MANY
+    counts = migrated.write(lambda c: history.purge_pipeline(c, "p"))
+    assert (counts["runs"], counts["task_instances"]) == (MANY, MANY)
+    with migrated.read() as conn:
+        assert conn.execute(select(func.count()).select_from(runs)).scalar() == 0

@@ -61,7 +61,7 @@ class Plan:
 
     @property
     def planned(self) -> dict[str, int]:
-        return {a: self.count(a) for a in ("create", "reset", "skip")}
+        return _counts(self.dates)
 
 
 def select_tasks(
@@ -194,17 +194,26 @@ def _plan_date(
 def create(project: Project, plan: Plan) -> int:
     """Write the backfill and its runs in one transaction; returns the backfill id.
 
-    Raises InvalidInput when the plan has nothing to run (and writes nothing)."""
+    The plan was made outside that transaction, so each date is planned again against
+    its run as it is now: a run created meanwhile for a date (a scheduled run of the same
+    moment) is reset or skipped by the reprocess policy like any existing run, and
+    ``plan`` is updated to what was written. Raises InvalidInput when the plan has
+    nothing to run, Conflict when what happened meanwhile left it nothing to run; in
+    both cases nothing is written."""
     if not plan.count("create") and not plan.count("reset"):
         reasons = sorted({d.reason for d in plan.dates}) or ["no logical date in the range"]
         raise InvalidInput(
             f"nothing to backfill: {len(plan.dates)} dates, all skipped ({'; '.join(reasons)})"
         )
     pipeline = plan.pipeline
-    all_tasks = pipeline.topological()
     now = utcnow()
 
-    def work(conn: Any) -> int:
+    def work(conn: Any) -> tuple[int, list[PlannedDate]]:
+        existing = history.dated_runs(conn, pipeline.name, plan.start, plan.end)
+        dates = [
+            _plan_date(d.logical_date, existing.get(d.logical_date), plan.reprocess, plan.resolved)
+            for d in plan.dates
+        ]
         backfill_id = history.create_backfill(
             conn,
             pipeline=pipeline.name,
@@ -215,11 +224,41 @@ def create(project: Project, plan: Plan) -> int:
             max_active_runs=plan.max_active_runs,
             run_order=plan.order,
             tasks=plan.tasks if plan.selected else None,
-            planned=plan.planned,
+            planned=_counts(dates),
             now=now,
         )
-        for item in plan.dates:
-            if item.action == "create":
+        written = [_write_date(conn, plan, item, backfill_id, now) for item in dates]
+        counts = _counts(written)
+        if not counts["create"] and not counts["reset"]:
+            reasons = sorted({d.reason for d in written})
+            raise Conflict(
+                f"nothing left to backfill: runs of these {len(written)} dates were created "
+                f"or started meanwhile ({'; '.join(reasons)}); nothing was written, retry "
+                "to see the new plan"
+            )
+        if counts != _counts(dates):
+            history.set_backfill_planned(conn, backfill_id, counts)
+        return backfill_id, written
+
+    backfill_id, written = project.db.write(work)
+    plan.dates = written
+    return int(backfill_id)
+
+
+def _counts(dates: Sequence[PlannedDate]) -> dict[str, int]:
+    return {a: sum(1 for d in dates if d.action == a) for a in ("create", "reset", "skip")}
+
+
+def _write_date(
+    conn: Any, plan: Plan, item: PlannedDate, backfill_id: int, now: datetime
+) -> PlannedDate:
+    """Create or reset the run of one date; returns what was done. When the date's run
+    changed since it was read (created by the scheduler at the same moment, cleared,
+    started), the date is planned again against the run as it is now."""
+    pipeline = plan.pipeline
+    for _ in range(3):
+        if item.action == "create":
+            try:
                 run_pk = repo.create_run(
                     conn,
                     pipeline=pipeline.name,
@@ -229,35 +268,39 @@ def create(project: Project, plan: Plan) -> int:
                     origin=RunOrigin.BACKFILL,
                     conf=plan.resolved,
                     version=pipeline.version,
-                    task_ids=all_tasks,
+                    task_ids=pipeline.topological(),
                     now=now,
                     backfill_id=backfill_id,
                 )
+            except Conflict:
+                pass  # a run for this date was committed since it was read
+            else:
                 if plan.selected:
                     _skip_unselected(conn, run_pk, set(plan.tasks), now)
-            elif item.action == "reset":
-                assert item.run is not None
-                # Re-read under the write lock: the plan was made outside it.
-                (run,) = repo.runs_by_pk(conn, [item.run.id])
-                if run.state in RUN_ACTIVE:
-                    raise Conflict(
-                        f"run {run.run_id} became {run.state} while planning; nothing was "
-                        "written, try again"
-                    )
-                history.reset_run(
-                    conn,
-                    run,
-                    clear=plan.tasks,
-                    tasks=all_tasks,
-                    conf=plan.resolved,
-                    origin=RunOrigin.BACKFILL,
-                    version=pipeline.version,
-                    now=now,
-                    backfill_id=backfill_id,
-                )
-        return backfill_id
-
-    return int(project.db.write(work))
+                return item
+        elif item.action == "reset":
+            assert item.run is not None
+            done = history.reset_run(
+                conn,
+                item.run,
+                clear=plan.tasks,
+                tasks=pipeline.topological(),
+                conf=plan.resolved,
+                origin=RunOrigin.BACKFILL,
+                version=pipeline.version,
+                now=now,
+                backfill_id=backfill_id,
+            )
+            if done is not None:
+                return item
+        else:
+            return item
+        run = history.dated_run(conn, pipeline.name, item.logical_date)
+        item = _plan_date(item.logical_date, run, plan.reprocess, plan.resolved)
+    raise Conflict(
+        f"the run of {item.logical_date.isoformat()} kept changing while the backfill was "
+        "written; nothing was written, try again"
+    )
 
 
 def _skip_unselected(conn: Any, run_pk: int, selected: set[str], now: datetime) -> None:
@@ -326,32 +369,25 @@ def resume(project: Project, backfill_id: int) -> None:
 def _steer(
     project: Project, backfill_id: int, to: BackfillState, from_: list[BackfillState]
 ) -> None:
-    row = get(project, backfill_id)
+    get(project, backfill_id)
     moved = project.db.write(
         lambda c: repo.transition(c, "backfill", [backfill_id], to, from_, utcnow())
     )
     if not moved:
+        # Say what it is now: a cancel may have committed since it was read.
+        row = get(project, backfill_id)
         raise Conflict(f"backfill {backfill_id} is {row.state}; cannot make it {to.value}")
 
 
 def cancel(project: Project, backfill_id: int, wait: float = 30.0) -> int:
     """Cancel a backfill: its queued runs are cancelled and its running tries stopped
-    through their launcher (the same path as timeouts). Returns the runs cancelled."""
+    through their launcher (the same path as timeouts). Returns the runs cancelled.
+
+    The backfill ends ``cancelled`` whatever a resume or the scheduler does at the same
+    moment: its state and its runs change in one transaction, the backfill's row first."""
     row = get(project, backfill_id)
-    if row.state not in (BackfillState.RUNNING, BackfillState.PAUSED):
-        raise Conflict(f"backfill {backfill_id} is already {row.state}")
     now = utcnow()
-
-    def work(conn: Any) -> tuple[int, list[int]]:
-        runs = [r.id for r in history.backfill_runs(conn, backfill_id)]
-        live = [t.id for t in repo.live_tries_of_runs(conn, runs)]
-        cancelled = history.cancel_runs(conn, runs, now, f"backfill {backfill_id} cancelled")
-        repo.transition(
-            conn, "backfill", [backfill_id], BackfillState.CANCELLED, [row.state], now, ended_at=now
-        )
-        return cancelled, live
-
-    cancelled, live = project.db.write(work)
+    cancelled, live = project.db.write(lambda c: history.cancel_backfill(c, backfill_id, now))
     if live:
         run_service.stop_tries(project, row.pipeline, live, wait)
     return int(cancelled)

@@ -17,6 +17,7 @@ from reflow.core.schedule import to_datetime
 from reflow.core.states import (
     RUN_ACTIVE,
     TI_FAILED_RESULTS,
+    FailureReason,
     RunOrigin,
     RunState,
 )
@@ -92,7 +93,7 @@ def clear(
                 wanted = _with_downstream(defined, wanted)
             if not wanted and not (row.state in RUN_ACTIVE and defined.version != row.version):
                 continue
-            live = history.reset_run(
+            done = history.reset_run(
                 conn,
                 row,
                 clear=wanted,
@@ -103,9 +104,11 @@ def clear(
                 now=now,
                 backfill_id=row.backfill_id,
             )
+            if done is None:
+                continue  # cleared by a concurrent command meanwhile: nothing left to do
             result.runs += 1
-            result.task_instances += len(wanted) - len(live)
-            result.left_running += [(row.run_id, t) for t in live]
+            result.task_instances += done.cleared
+            result.left_running += [(row.run_id, t) for t in done.live]
         return result
 
     return project.db.write(work)
@@ -142,10 +145,8 @@ def mark(project: Project, pipeline: str, run: str, state: str, wait: float = 30
     now = utcnow()
 
     def work(conn: Any) -> list[int]:
-        (current,) = repo.runs_by_pk(conn, [row.id])
-        live = [t.id for t in repo.live_tries_of_runs(conn, [row.id])]
-        history.mark_run(conn, current, target, now)
-        return live
+        current = history.mark_run(conn, row, target, now)
+        return [t.id for t in repo.live_tries_of_runs(conn, [current.id])]
 
     live = project.db.write(work)
     run_service.stop_tries(project, pipeline, live, wait)
@@ -171,28 +172,25 @@ def delete(
     force: bool = False,
     wait: float = 30.0,
 ) -> Deleted:
-    """Delete runs with their task instances, tries and logs. An active run is refused,
-    unless ``force``: then it is cancelled and its tries stopped first."""
+    """Delete runs with their task instances, tries and logs. An active run, or a run
+    with a live try, is refused, unless ``force``: then it is cancelled and its tries
+    stopped first. Whether a try is live is checked again in the deleting transaction,
+    so a run cleared and started meanwhile is refused, never deleted under its process."""
     rows = _runs(project, pipeline, run, start, end)
-    active = [r for r in rows if r.state in RUN_ACTIVE]
-    if active and not force:
-        names = ", ".join(r.run_id for r in active[:3])
-        raise Conflict(
-            f"{len(active)} of these runs are {active[0].state} ({names}); "
-            "use --force to stop and delete them"
-        )
-    if active:
+    pks = [r.id for r in rows]
+    if force:
         now = utcnow()
 
         def stop(conn: Any) -> list[int]:
-            live = [t.id for t in repo.live_tries_of_runs(conn, [r.id for r in active])]
-            history.cancel_runs(conn, [r.id for r in active], now, "deleted")
+            live = [t.id for t in repo.live_tries_of_runs(conn, pks)]
+            history.cancel_runs(conn, pks, now, "deleted")
+            history.stop_live_tries(conn, pks, FailureReason.KILLED.value)
             return live
 
         live = project.db.write(stop)
         if not run_service.stop_tries(project, pipeline, live, wait):
             raise Conflict("the runs' tries did not stop in time; nothing was deleted")
-    counts = project.db.write(lambda c: history.delete_runs(c, [r.id for r in rows]))
+    counts = project.db.write(lambda c: history.delete_finished_runs(c, pks))
     removed = _remove_logs(project, counts["logs"])
     return Deleted(counts["runs"], counts["task_instances"], counts["tries"], removed)
 
@@ -241,9 +239,14 @@ def delete_pipeline(
         return live
 
     live = project.db.write(cancel)
-    run_service.stop_tries(project, name, live, wait)
+    stopped = run_service.stop_tries(project, name, live, wait)
     if not purge:
         return {"runs": 0}
+    if not stopped:
+        raise Conflict(
+            f"pipeline {name!r} is deleted, but its tries did not stop in time, so its history "
+            "was not purged; run the command again once they stopped"
+        )
     counts = project.db.write(lambda c: history.purge_pipeline(c, name))
     counts["logs"] = _remove_logs(project, counts["logs"])
     return counts

@@ -7,11 +7,13 @@ them (a backfill of a year, a clear over a range) is all or nothing.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
+from reflow.core.errors import Conflict
 from reflow.core.states import (
     RUN_ACTIVE,
     RUN_FINISHED,
@@ -34,7 +36,15 @@ from reflow.store.models import (
     task_instances,
     tries,
 )
-from reflow.store.repo import Rec, reconcile_task_instances, request_cancel, transition
+from reflow.store.repo import (
+    Rec,
+    _chunks,
+    live_tries_of_runs,
+    reconcile_task_instances,
+    request_cancel,
+    runs_by_pk,
+    transition,
+)
 
 _UNSTARTED = (TIState.PENDING, TIState.SCHEDULED, TIState.UP_FOR_RETRY)
 
@@ -85,6 +95,13 @@ def create_backfill(
     return backfill_id
 
 
+def set_backfill_planned(conn: Connection, backfill_id: int, planned: Mapping[str, int]) -> None:
+    """Record what a backfill's plan turned out to be when it was written."""
+    conn.execute(
+        update(backfills).where(backfills.c.id == backfill_id).values(planned=dict(planned))
+    )
+
+
 def get_backfill(conn: Connection, backfill_id: int) -> Rec | None:
     return conn.execute(select(backfills).where(backfills.c.id == backfill_id)).first()
 
@@ -106,15 +123,14 @@ def backfill_runs(conn: Connection, backfill_id: int) -> list[Rec]:
 
 def run_states_by_backfill(conn: Connection, ids: Sequence[int]) -> dict[int, dict[str, int]]:
     out: dict[int, dict[str, int]] = {}
-    if not ids:
-        return out
-    rows = conn.execute(
-        select(runs.c.backfill_id, runs.c.state, func.count())
-        .where(runs.c.backfill_id.in_(list(ids)))
-        .group_by(runs.c.backfill_id, runs.c.state)
-    ).all()
-    for backfill_id, state, n in rows:
-        out.setdefault(backfill_id, {})[state] = int(n)
+    for chunk in _chunks(list(ids)):
+        rows = conn.execute(
+            select(runs.c.backfill_id, runs.c.state, func.count())
+            .where(runs.c.backfill_id.in_(chunk))
+            .group_by(runs.c.backfill_id, runs.c.state)
+        ).all()
+        for backfill_id, state, n in rows:
+            out.setdefault(backfill_id, {})[state] = int(n)
     return out
 
 
@@ -128,56 +144,124 @@ def open_backfills(conn: Connection) -> dict[int, Rec]:
     return {r.id: r for r in rows}
 
 
-def finished_backfills(conn: Connection) -> list[int]:
-    """Running backfills with no active run left."""
-    active = (
+def _no_active_run() -> Any:
+    """A backfill (correlated) none of whose runs is queued or running."""
+    return ~(
         select(runs.c.id)
         .where(
             runs.c.backfill_id == backfills.c.id, runs.c.state.in_([s.value for s in RUN_ACTIVE])
         )
         .exists()
     )
+
+
+def finished_backfills(conn: Connection) -> list[int]:
+    """Running backfills with no active run left."""
     return [
         r[0]
         for r in conn.execute(
-            select(backfills.c.id).where(backfills.c.state == BackfillState.RUNNING.value, ~active)
+            select(backfills.c.id).where(
+                backfills.c.state == BackfillState.RUNNING.value, _no_active_run()
+            )
         )
     ]
 
 
 def close_backfills(conn: Connection, ids: Sequence[int], now: datetime) -> list[int]:
-    """Finished backfills become success, or failed when any of their runs did not
-    succeed."""
-    closed = []
-    for backfill_id in ids:
-        failed = conn.execute(
-            select(func.count())
-            .select_from(runs)
-            .where(runs.c.backfill_id == backfill_id, runs.c.state != RunState.SUCCESS.value)
-        ).scalar_one()
-        to = BackfillState.FAILED if failed else BackfillState.SUCCESS
-        closed += transition(
-            conn, "backfill", [backfill_id], to, [BackfillState.RUNNING], now, ended_at=now
+    """Close the backfills ``ids`` that are still running with no active run: success, or
+    failed when any of their runs did not succeed.
+
+    ``ids`` may have been read before a cancel, a pause or a clear committed, so each is
+    checked again with its row locked; one that changed meanwhile is left alone (a
+    cancelled backfill stays cancelled)."""
+    closed: list[int] = []
+    for chunk in _chunks(sorted(set(ids))):
+        stmt = select(backfills.c.id).where(
+            backfills.c.id.in_(chunk),
+            backfills.c.state == BackfillState.RUNNING.value,
+            _no_active_run(),
         )
+        if conn.dialect.name != "sqlite":
+            stmt = stmt.order_by(backfills.c.id).with_for_update(of=backfills)
+        done = [r[0] for r in conn.execute(stmt)]
+        if not done:
+            continue
+        unsuccessful = {
+            r[0]
+            for r in conn.execute(
+                select(runs.c.backfill_id)
+                .where(runs.c.backfill_id.in_(done), runs.c.state != RunState.SUCCESS.value)
+                .distinct()
+            )
+        }
+        for to, group in (
+            (BackfillState.FAILED, [i for i in done if i in unsuccessful]),
+            (BackfillState.SUCCESS, [i for i in done if i not in unsuccessful]),
+        ):
+            closed += transition(
+                conn, "backfill", group, to, [BackfillState.RUNNING], now, ended_at=now
+            )
     return closed
 
 
+def cancel_backfill(conn: Connection, backfill_id: int, now: datetime) -> tuple[int, list[int]]:
+    """Cancel a running or paused backfill: the backfill first, its row locked (so that a
+    resume or a scheduler closing it at the same moment waits, then finds it cancelled),
+    then its active runs, whose live tries are asked to stop. Returns (runs cancelled,
+    tries asked to stop).
+
+    Raises Conflict, writing nothing, when the backfill has already ended."""
+    stmt = select(backfills.c.state).where(backfills.c.id == backfill_id)
+    if conn.dialect.name != "sqlite":
+        stmt = stmt.with_for_update()
+    row = conn.execute(stmt).first()
+    if row is None:
+        raise Conflict(f"backfill {backfill_id} was deleted")
+    state = BackfillState(row.state)
+    if state not in (BackfillState.RUNNING, BackfillState.PAUSED):
+        raise Conflict(f"backfill {backfill_id} is already {state.value}")
+    moved = transition(
+        conn, "backfill", [backfill_id], BackfillState.CANCELLED, [state], now, ended_at=now
+    )
+    if not moved:  # cannot happen with the row locked; never cancel its runs without it
+        raise Conflict(f"backfill {backfill_id} changed while it was cancelled; try again")
+    run_pks = [r.id for r in backfill_runs(conn, backfill_id)]
+    live = [t.id for t in live_tries_of_runs(conn, run_pks)]
+    cancelled = cancel_runs(conn, run_pks, now, f"backfill {backfill_id} cancelled")
+    return cancelled, live
+
+
 def dated_runs(
-    conn: Connection, pipeline: str, start: datetime, end: datetime
+    conn: Connection, pipeline: str, start: datetime, end: datetime, *, lock: bool = False
 ) -> dict[datetime, Rec]:
-    """The scheduled/backfill run of each logical date in [start, end]."""
-    rows = conn.execute(
-        select(runs).where(
-            runs.c.pipeline == pipeline,
-            runs.c.origin != RunOrigin.MANUAL.value,
-            runs.c.logical_date >= start,
-            runs.c.logical_date <= end,
-        )
-    ).all()
-    return {r.logical_date: r for r in rows}
+    """The scheduled/backfill run of each logical date in [start, end]. With ``lock``,
+    their rows stay locked until the transaction ends (PostgreSQL)."""
+    stmt = select(runs).where(
+        runs.c.pipeline == pipeline,
+        runs.c.origin != RunOrigin.MANUAL.value,
+        runs.c.logical_date >= start,
+        runs.c.logical_date <= end,
+    )
+    if lock and conn.dialect.name != "sqlite":
+        stmt = stmt.order_by(runs.c.id).with_for_update()
+    return {r.logical_date: r for r in conn.execute(stmt).all()}
+
+
+def dated_run(conn: Connection, pipeline: str, logical_date: datetime) -> Rec | None:
+    """The scheduled/backfill run of one logical date, its row locked (PostgreSQL)."""
+    return dated_runs(conn, pipeline, logical_date, logical_date, lock=True).get(logical_date)
 
 
 # -- resetting, marking and cancelling -------------------------------------------------------
+@dataclass
+class Reset:
+    """What a reset did: task instances moved back to pending, and the wanted ones left
+    alone because a try of theirs is live."""
+
+    cleared: int = 0
+    live: list[str] = field(default_factory=list)
+
+
 def reset_run(
     conn: Connection,
     run: Rec,
@@ -190,44 +274,23 @@ def reset_run(
     now: datetime,
     backfill_id: int | None = None,
     new_attempt: bool = True,
-) -> list[str]:
+) -> Reset | None:
     """Reset the task instances ``clear`` of ``run`` to pending and queue the run again.
 
     A finished run starts a new attempt with ``conf`` (the earlier attempts keep theirs);
     its task instances follow the pipeline's current ``tasks`` (new ones added, removed
-    ones marked removed). Live task instances are left alone: their names are returned.
+    ones marked removed). Live task instances are left alone.
+
+    ``run`` is what the caller read. Its row is locked and read again first: when another
+    command changed it meanwhile (a concurrent clear started attempt N+1 already), nothing
+    is written and None is returned, for the caller to skip or refuse.
     """
-    tis = list(conn.execute(select(task_instances).where(task_instances.c.run == run.id)))
-    # A re-run follows the current structure; finished instances of removed tasks go too.
-    reconcile_task_instances(conn, run.id, tis, tasks, now, finished_too=True)
-    wanted = set(clear)
-    live = sorted(ti.task_id for ti in tis if ti.task_id in wanted and ti.state in TI_LIVE)
-    to_reset = [
-        ti
-        for ti in tis
-        if ti.task_id in wanted
-        and ti.task_id in tasks
-        and ti.state not in TI_LIVE
-        and ti.state != TIState.PENDING
-    ]
-    transition(
-        conn,
-        "ti",
-        [ti.id for ti in to_reset],
-        TIState.PENDING,
-        {ti.state for ti in to_reset},
-        now,
-        detail="cleared",
-        next_try_at=None,
-        failure_reason=None,
-        started_at=None,
-        ended_at=None,
-        # A cleared task instance gets its full retries again: earlier tries do not count.
-        lost_tries=task_instances.c.try_number,
-    )
+    current = next(iter(runs_by_pk(conn, [run.id], lock=True)), None)
+    if current is None or (current.state, current.attempt) != (run.state, run.attempt):
+        return None
     if run.state in RUN_FINISHED and new_attempt:
         attempt = run.attempt + 1
-        transition(
+        moved = transition(
             conn,
             "run",
             [run.id],
@@ -245,6 +308,8 @@ def reset_run(
             ended_at=None,
             deadline=None,
         )
+        if not moved:
+            return None
         conn.execute(
             insert(run_attempts).values(
                 run=run.id,
@@ -256,82 +321,116 @@ def reset_run(
                 created_at=now,
             )
         )
-    return live
+    tis = list(conn.execute(select(task_instances).where(task_instances.c.run == run.id)))
+    # A re-run follows the current structure; finished instances of removed tasks go too.
+    reconcile_task_instances(conn, run.id, tis, tasks, now, finished_too=True)
+    wanted = set(clear)
+    live = sorted(ti.task_id for ti in tis if ti.task_id in wanted and ti.state in TI_LIVE)
+    to_reset = [
+        ti
+        for ti in tis
+        if ti.task_id in wanted
+        and ti.task_id in tasks
+        and ti.state not in TI_LIVE
+        and ti.state != TIState.PENDING
+    ]
+    cleared = transition(
+        conn,
+        "ti",
+        [ti.id for ti in to_reset],
+        TIState.PENDING,
+        {ti.state for ti in to_reset},
+        now,
+        detail="cleared",
+        next_try_at=None,
+        failure_reason=None,
+        started_at=None,
+        ended_at=None,
+        # A cleared task instance gets its full retries again: earlier tries do not count.
+        lost_tries=task_instances.c.try_number,
+    )
+    return Reset(len(cleared), live)
 
 
 def stop_live_tries(conn: Connection, run_pks: Sequence[int], reason: str) -> list[int]:
     """Ask the live tries of these runs to stop; their scheduler carries it out."""
-    if not run_pks:
-        return []
-    ids = [
-        r[0]
-        for r in conn.execute(
-            select(tries.c.id).where(
-                tries.c.run.in_(list(run_pks)),
-                tries.c.state.in_(["queued", "running"]),
-            )
-        )
-    ]
+    ids = [t.id for t in live_tries_of_runs(conn, run_pks)]
     request_cancel(conn, ids, reason)
     return ids
 
 
 def cancel_runs(conn: Connection, run_pks: Sequence[int], now: datetime, detail: str) -> int:
     """Cancel active runs: unstarted task instances are cancelled, live tries stopped
-    (reason ``killed``). Returns how many runs were cancelled."""
-    rows = conn.execute(
-        select(runs.c.id, runs.c.state).where(
-            runs.c.id.in_(list(run_pks)), runs.c.state.in_([s.value for s in RUN_ACTIVE])
-        )
-    ).all()
+    (reason ``killed``). Only the runs this cancels get their task instances and attempt
+    touched (one that finished meanwhile keeps its outcome). Returns how many it cancelled."""
+    rows: list[Rec] = []
+    for chunk in _chunks(sorted(set(run_pks))):
+        rows += conn.execute(
+            select(runs.c.id, runs.c.state).where(
+                runs.c.id.in_(chunk), runs.c.state.in_([s.value for s in RUN_ACTIVE])
+            )
+        ).all()
     if not rows:
         return 0
-    ids = [r.id for r in rows]
-    stop_live_tries(conn, ids, FailureReason.KILLED.value)
-    unstarted = conn.execute(
-        select(task_instances.c.id, task_instances.c.state).where(
-            task_instances.c.run.in_(ids),
-            task_instances.c.state.in_([s.value for s in _UNSTARTED]),
-        )
-    ).all()
-    transition(
+    ids = transition(
         conn,
-        "ti",
-        [r.id for r in unstarted],
-        TIState.CANCELLED,
-        {r.state for r in unstarted},
+        "run",
+        [r.id for r in rows],
+        RunState.CANCELLED,
+        {r.state for r in rows},
         now,
         detail=detail,
         ended_at=now,
     )
-    moved = len(
+    stop_live_tries(conn, ids, FailureReason.KILLED.value)
+    for chunk in _chunks(ids):
+        unstarted = conn.execute(
+            select(task_instances.c.id, task_instances.c.state).where(
+                task_instances.c.run.in_(chunk),
+                task_instances.c.state.in_([s.value for s in _UNSTARTED]),
+            )
+        ).all()
         transition(
             conn,
-            "run",
-            ids,
-            RunState.CANCELLED,
-            {r.state for r in rows},
+            "ti",
+            [r.id for r in unstarted],
+            TIState.CANCELLED,
+            {r.state for r in unstarted},
             now,
             detail=detail,
             ended_at=now,
         )
-    )
-    conn.execute(
-        update(run_attempts)
-        .where(run_attempts.c.run.in_(ids), run_attempts.c.ended_at.is_(None))
-        .values(ended_at=now, state=RunState.CANCELLED.value)
-    )
-    return moved
+        conn.execute(
+            update(run_attempts)
+            .where(run_attempts.c.run.in_(chunk), run_attempts.c.ended_at.is_(None))
+            .values(ended_at=now, state=RunState.CANCELLED.value)
+        )
+    return len(ids)
 
 
-def mark_run(conn: Connection, run: Rec, state: RunState, now: datetime) -> None:
+def mark_run(conn: Connection, run: Rec, state: RunState, now: datetime) -> Rec:
     """Set a run and its task instances to success or failed by hand; live tries are
-    asked to stop first (reason ``killed``)."""
-    stop_live_tries(conn, [run.id], FailureReason.KILLED.value)
+    asked to stop first (reason ``killed``). Works on the run as it is now (its row is
+    locked and read again), so a concurrent command is followed, never overwritten
+    blindly; returns that row."""
+    current = next(iter(runs_by_pk(conn, [run.id], lock=True)), None)
+    if current is None:
+        raise Conflict(f"run {run.run_id} was deleted meanwhile")
+    if current.state != state:
+        if not transition(
+            conn, "run", [current.id], state, [current.state], now, detail="marked", ended_at=now
+        ):
+            raise Conflict(f"run {run.run_id} changed while it was marked; try again")
+        conn.execute(
+            update(run_attempts)
+            .where(run_attempts.c.run == current.id, run_attempts.c.attempt == current.attempt)
+            .values(ended_at=now, state=state.value)
+        )
+    stop_live_tries(conn, [current.id], FailureReason.KILLED.value)
     tis = list(
         conn.execute(
             select(task_instances.c.id, task_instances.c.state).where(
-                task_instances.c.run == run.id
+                task_instances.c.run == current.id
             )
         )
     )
@@ -350,32 +449,55 @@ def mark_run(conn: Connection, run: Rec, state: RunState, now: datetime) -> None
         ended_at=now,
         failure_reason=FailureReason.KILLED.value if target == TIState.FAILED else None,
     )
-    if run.state != state:
-        transition(conn, "run", [run.id], state, [run.state], now, detail="marked", ended_at=now)
-        conn.execute(
-            update(run_attempts)
-            .where(run_attempts.c.run == run.id, run_attempts.c.attempt == run.attempt)
-            .values(ended_at=now, state=state.value)
-        )
+    return current
 
 
 # -- deleting -------------------------------------------------------------------------------
 def delete_runs(conn: Connection, run_pks: Sequence[int]) -> dict[str, Any]:
     """Delete runs with their attempts, task instances, tries and events. Returns the
-    counts and the log paths of the deleted tries (for the caller to remove)."""
-    ids = list(run_pks)
-    if not ids:
-        return {"runs": 0, "task_instances": 0, "tries": 0, "logs": []}
-    logs = [r[0] for r in conn.execute(select(tries.c.log_path).where(tries.c.run.in_(ids)))]
-    counts: dict[str, Any] = {"logs": logs}
-    conn.execute(delete(events).where(events.c.run.in_(ids)))
-    counts["tries"] = conn.execute(delete(tries).where(tries.c.run.in_(ids))).rowcount
-    counts["task_instances"] = conn.execute(
-        delete(task_instances).where(task_instances.c.run.in_(ids))
-    ).rowcount
-    conn.execute(delete(run_attempts).where(run_attempts.c.run.in_(ids)))
-    counts["runs"] = conn.execute(delete(runs).where(runs.c.id.in_(ids))).rowcount
+    counts and the log paths of the deleted tries (for the caller to remove).
+
+    Deletes what it is given: callers check first that no try of these runs is live
+    (:func:`delete_finished_runs`)."""
+    counts: dict[str, Any] = {"runs": 0, "task_instances": 0, "tries": 0, "logs": []}
+    for chunk in _chunks(sorted(set(run_pks))):
+        counts["logs"] += [
+            r[0] for r in conn.execute(select(tries.c.log_path).where(tries.c.run.in_(chunk)))
+        ]
+        conn.execute(delete(events).where(events.c.run.in_(chunk)))
+        counts["tries"] += conn.execute(delete(tries).where(tries.c.run.in_(chunk))).rowcount
+        counts["task_instances"] += conn.execute(
+            delete(task_instances).where(task_instances.c.run.in_(chunk))
+        ).rowcount
+        conn.execute(delete(run_attempts).where(run_attempts.c.run.in_(chunk)))
+        counts["runs"] += conn.execute(delete(runs).where(runs.c.id.in_(chunk))).rowcount
     return counts
+
+
+def delete_finished_runs(
+    conn: Connection, run_pks: Sequence[int], hint: str = "use --force to stop and delete them"
+) -> dict[str, Any]:
+    """Delete runs, checking in the same transaction, with their rows locked, that none is
+    queued or running and that no try of theirs is live (a try stopping after a mark).
+
+    Raises Conflict, deleting nothing, otherwise: a live try's process would be left
+    behind and its log deleted under it."""
+    rows = runs_by_pk(conn, run_pks, lock=True)
+    active = [r for r in rows if r.state in RUN_ACTIVE]
+    if active:
+        names = ", ".join(r.run_id for r in active[:3])
+        raise Conflict(
+            f"{len(active)} of these runs are {active[0].state} ({names}); nothing was "
+            f"deleted ({hint})"
+        )
+    live = live_tries_of_runs(conn, [r.id for r in rows])
+    if live:
+        names = ", ".join(sorted({r.run_id for r in rows if r.id in {t.run for t in live}})[:3])
+        raise Conflict(
+            f"{len(live)} tries of these runs are still running ({names}); nothing was "
+            f"deleted ({hint})"
+        )
+    return delete_runs(conn, [r.id for r in rows])
 
 
 def runs_in_range(
@@ -402,17 +524,16 @@ def deactivate_pipeline(conn: Connection, name: str, now: datetime) -> None:
 
 
 def purge_pipeline(conn: Connection, name: str) -> dict[str, Any]:
-    """Delete a pipeline and everything recorded about it."""
+    """Delete a pipeline and everything recorded about it. Raises Conflict, deleting
+    nothing, while a run of it is active or a try of it is live."""
     run_pks = [r[0] for r in conn.execute(select(runs.c.id).where(runs.c.pipeline == name))]
-    counts = delete_runs(conn, run_pks)
+    counts = delete_finished_runs(conn, run_pks, "run the command again once they stopped")
     backfill_ids = [
         r[0] for r in conn.execute(select(backfills.c.id).where(backfills.c.pipeline == name))
     ]
-    if backfill_ids:
+    for chunk in _chunks(backfill_ids):
         conn.execute(
-            delete(events).where(
-                events.c.entity == "backfill", events.c.entity_id.in_(backfill_ids)
-            )
+            delete(events).where(events.c.entity == "backfill", events.c.entity_id.in_(chunk))
         )
     counts["backfills"] = conn.execute(
         delete(backfills).where(backfills.c.pipeline == name)
@@ -422,45 +543,39 @@ def purge_pipeline(conn: Connection, name: str) -> dict[str, Any]:
     return counts
 
 
-def finished_runs_before(conn: Connection, before: datetime) -> list[int]:
-    return [
-        r[0]
-        for r in conn.execute(
-            select(runs.c.id).where(
-                runs.c.logical_date < before, runs.c.state.in_([s.value for s in RUN_FINISHED])
-            )
-        )
-    ]
+def finished_runs_before(conn: Connection, before: datetime, *, lock: bool = False) -> list[int]:
+    """Finished runs whose logical date is before ``before`` and none of whose tries is
+    live. With ``lock``, their rows stay locked until the transaction ends (PostgreSQL)."""
+    live = select(tries.c.id).where(
+        tries.c.run == runs.c.id, tries.c.state.in_(["queued", "running"])
+    )
+    stmt = select(runs.c.id).where(
+        runs.c.logical_date < before,
+        runs.c.state.in_([s.value for s in RUN_FINISHED]),
+        ~live.exists(),
+    )
+    if lock and conn.dialect.name != "sqlite":
+        stmt = stmt.order_by(runs.c.id).with_for_update(of=runs)
+    return [r[0] for r in conn.execute(stmt)]
 
 
 def clean_before(conn: Connection, before: datetime, *, dry_run: bool) -> dict[str, Any]:
     """Purge finished runs whose logical date is before ``before``, finished backfills left
     without runs, and stopped schedulers last seen before it. Returns the counts."""
-    run_pks = finished_runs_before(conn, before)
+    run_pks = finished_runs_before(conn, before, lock=not dry_run)
     if dry_run:
-        tis = (
-            conn.execute(
+        tis = attempts = 0
+        for chunk in _chunks(run_pks):
+            tis += conn.execute(
                 select(func.count())
                 .select_from(task_instances)
-                .where(task_instances.c.run.in_(run_pks))
+                .where(task_instances.c.run.in_(chunk))
             ).scalar_one()
-            if run_pks
-            else 0
-        )
-        attempts = (
-            conn.execute(
-                select(func.count()).select_from(tries).where(tries.c.run.in_(run_pks))
+            attempts += conn.execute(
+                select(func.count()).select_from(tries).where(tries.c.run.in_(chunk))
             ).scalar_one()
-            if run_pks
-            else 0
-        )
         return {"runs": len(run_pks), "task_instances": tis, "tries": attempts, "logs": []}
-    counts: dict[str, Any] = {"runs": 0, "task_instances": 0, "tries": 0, "logs": []}
-    for i in range(0, len(run_pks), 500):
-        part = delete_runs(conn, run_pks[i : i + 500])
-        for key in ("runs", "task_instances", "tries"):
-            counts[key] += part[key]
-        counts["logs"] += part["logs"]
+    counts = delete_runs(conn, run_pks)
     empty = ~select(runs.c.id).where(runs.c.backfill_id == backfills.c.id).exists()
     finished = [
         BackfillState.SUCCESS.value,

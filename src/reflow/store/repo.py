@@ -377,15 +377,15 @@ def queued_runs(conn: Connection, pipeline_names: Iterable[str] | None = None) -
 
 
 def count_running_by_backfill(conn: Connection, ids: Iterable[int]) -> dict[int, int]:
-    wanted = list(ids)
-    if not wanted:
-        return {}
-    rows = conn.execute(
-        select(runs.c.backfill_id, func.count())
-        .where(runs.c.state == RunState.RUNNING.value, runs.c.backfill_id.in_(wanted))
-        .group_by(runs.c.backfill_id)
-    ).all()
-    return {r[0]: int(r[1]) for r in rows}
+    out: dict[int, int] = {}
+    for chunk in _chunks(list(ids)):
+        rows = conn.execute(
+            select(runs.c.backfill_id, func.count())
+            .where(runs.c.state == RunState.RUNNING.value, runs.c.backfill_id.in_(chunk))
+            .group_by(runs.c.backfill_id)
+        ).all()
+        out.update({r[0]: int(r[1]) for r in rows})
+    return out
 
 
 def active_runs(conn: Connection, pipeline_names: Iterable[str] | None = None) -> list[Rec]:
@@ -610,19 +610,16 @@ def expired_tries(conn: Connection, owner: int, now: datetime) -> list[Rec]:
 
 def request_cancel(conn: Connection, try_ids: Sequence[int], reason: str) -> list[int]:
     """Record why tries must stop (first reason wins); return those newly asked."""
-    if not try_ids:
-        return []
-    rows = conn.execute(
-        update(tries)
-        .where(
-            tries.c.id.in_(list(try_ids)),
-            _LIVE_TRY,
-            tries.c.cancel_reason.is_(None),
-        )
-        .values(cancel_reason=reason)
-        .returning(tries.c.id)
-    ).all()
-    return [r[0] for r in rows]
+    asked: list[int] = []
+    for chunk in _chunks(list(try_ids)):
+        rows = conn.execute(
+            update(tries)
+            .where(tries.c.id.in_(chunk), _LIVE_TRY, tries.c.cancel_reason.is_(None))
+            .values(cancel_reason=reason)
+            .returning(tries.c.id)
+        ).all()
+        asked += [r[0] for r in rows]
+    return asked
 
 
 def expired_runs(
@@ -639,15 +636,14 @@ def expired_runs(
 
 
 def live_tries_of_runs(conn: Connection, run_pks: Sequence[int]) -> list[Rec]:
-    if not run_pks:
-        return []
-    return list(
-        conn.execute(
-            select(tries.c.id, tries.c.owner, tries.c.kill_grace).where(
-                tries.c.run.in_(list(run_pks)), _LIVE_TRY
+    out: list[Rec] = []
+    for chunk in _chunks(sorted(set(run_pks))):
+        out += conn.execute(
+            select(tries.c.id, tries.c.owner, tries.c.kill_grace, tries.c.run).where(
+                tries.c.run.in_(chunk), _LIVE_TRY
             )
         ).all()
-    )
+    return out
 
 
 # -- schedulers and heartbeats -------------------------------------------------------------
@@ -769,10 +765,17 @@ def list_runs(
     )
 
 
-def runs_by_pk(conn: Connection, run_pks: Sequence[int]) -> list[Rec]:
-    if not run_pks:
-        return []
-    return list(conn.execute(select(runs).where(runs.c.id.in_(list(run_pks)))).all())
+def runs_by_pk(conn: Connection, run_pks: Iterable[int], *, lock: bool = False) -> list[Rec]:
+    """Runs by primary key, in id order. With ``lock``, their rows stay locked until the
+    transaction ends (``FOR UPDATE`` on PostgreSQL; SQLite's write transaction already
+    holds the whole database), so what is read cannot change before it is written."""
+    out: list[Rec] = []
+    for chunk in _chunks(sorted(set(run_pks))):
+        stmt = select(runs).where(runs.c.id.in_(chunk)).order_by(runs.c.id)
+        if lock and conn.dialect.name != "sqlite":
+            stmt = stmt.with_for_update()
+        out += conn.execute(stmt).all()
+    return out
 
 
 def find_runs(

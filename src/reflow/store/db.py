@@ -172,8 +172,9 @@ class Database:
         """
         with self.engine.connect() as conn:
             if self.is_sqlite:
-                # Only outside a transaction does this pragma take effect.
-                conn.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")  # type: ignore[union-attr]
+                raw = conn.connection.driver_connection
+                assert raw is not None
+                raw.execute("PRAGMA foreign_keys = OFF")  # only outside a transaction
             try:
                 with conn.begin():
                     if not self.is_sqlite:
@@ -277,9 +278,7 @@ class Database:
                 result = work(conn)
                 xid = None
                 if not self.is_sqlite:  # None when the work wrote nothing
-                    xid = conn.exec_driver_sql(
-                        "SELECT pg_current_xact_id_if_assigned()::text"
-                    ).scalar()
+                    xid = conn.exec_driver_sql(self._xid_queries()[0]).scalar()
                 try:
                     transaction.commit()
                 except DBAPIError as exc:
@@ -307,14 +306,24 @@ class Database:
                         "applied"
                     ) from None
 
+    def _xid_queries(self) -> tuple[str, str]:
+        """SQL for this transaction's id (if it wrote), and for a transaction's status."""
+        if (self.engine.dialect.server_version_info or (0,)) >= (13,):
+            return (
+                "SELECT pg_current_xact_id_if_assigned()::text",
+                "SELECT pg_xact_status(CAST(:xid AS xid8))",
+            )
+        return (
+            "SELECT txid_current_if_assigned()::text",
+            "SELECT txid_status(CAST(:xid AS bigint))",
+        )
+
     def _transaction_status(self, xid: str) -> str | None:
         """``committed``, ``aborted`` or None (unknown) for a PostgreSQL transaction id."""
         deadline = time.monotonic() + _CONNECT_TIMEOUT_S
         while True:
             with self.engine.connect() as conn:
-                status = conn.execute(
-                    text("SELECT pg_xact_status(CAST(:xid AS xid8))"), {"xid": xid}
-                ).scalar()
+                status = conn.execute(text(self._xid_queries()[1]), {"xid": xid}).scalar()
             # A terminated backend may still be rolling back for a moment.
             if status != "in progress":
                 return None if status is None else str(status)

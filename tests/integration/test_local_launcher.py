@@ -1,10 +1,15 @@
-"""The local launcher with real processes: outcomes, logs, cancel, wake-ups and adoption."""
+"""The local launcher with real processes: outcomes, logs, cancel, wake-ups, adoption,
+clean-up after the outcome is recorded, fencing, and cgroups."""
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 import socket
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -13,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from reflow.core.errors import InvalidInput
+from reflow.core.errors import Fenced, InvalidInput, TaskError
 from reflow.core.spec import Outcome, TryRef, TrySpec
 from reflow.core.states import FailureReason
 from reflow.launchers.local import TRY_ID_VAR, TRY_SCOPE_VAR, LocalLauncher
@@ -23,9 +28,12 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="pidfds and /pro
 
 @pytest.fixture
 def runtime(tmp_path: Path) -> Iterator[Path]:
-    """The runtime folder; any process a test leaves behind is killed afterwards."""
+    """The runtime folder; any process or cgroup a test leaves behind is removed afterwards."""
     path = tmp_path / "runtime"
     yield path
+    cleaner = LocalLauncher(path)
+    cleaner.sweep(set)
+    cleaner.close()
     for proc in marked(path):
         proc.kill()
 
@@ -120,8 +128,11 @@ def test_success_appends_stdout_and_stderr_to_the_log(
     assert (outcome.try_id, outcome.exit_code, outcome.reason, outcome.ok) == (1, 0, None, True)
     assert log.read_text() == "earlier\nout\nerr\n"
     assert launcher.watched() == set()
-    assert list(runtime.iterdir()) == []  # pid and exit files removed once reported
     assert launcher.poll() == []  # reported exactly once
+    # What proves the outcome stays until it is recorded, then goes.
+    assert sorted(p.name for p in runtime.iterdir()) == ["1.exit", "1.pid"]
+    launcher.release([1])
+    assert list(runtime.iterdir()) == []
 
 
 def test_outcome_is_stamped_with_the_injected_clock(tmp_path: Path, runtime: Path) -> None:
@@ -341,6 +352,7 @@ def test_adopt_a_running_try_then_report_its_real_exit_code(tmp_path: Path, runt
     assert second.poll() == []
     [outcome] = outcomes(second)
     assert (outcome.exit_code, outcome.reason) == (3, FailureReason.ERROR)
+    second.release([1])
     assert list(runtime.iterdir()) == []
     second.close()
 
@@ -361,7 +373,10 @@ def test_adopt_a_try_that_ended_while_nobody_watched(tmp_path: Path, runtime: Pa
 
 def test_adopt_a_try_with_no_process_and_no_exit_file_is_lost(runtime: Path) -> None:
     launcher = LocalLauncher(runtime)
-    ref = TryRef(9, "unused.log", pid=None, host=socket.gethostname(), external_id=None)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    external = f"local:{dead.pid}:{time.time() - 60}"
+    ref = TryRef(9, "unused.log", pid=dead.pid, host=socket.gethostname(), external_id=external)
     assert launcher.adopt(ref) is False
     [outcome] = launcher.poll()
     assert (outcome.try_id, outcome.exit_code, outcome.reason) == (9, None, FailureReason.LOST)
@@ -392,6 +407,7 @@ def test_adopt_finds_the_process_by_pid_file_or_marker_without_a_handle(
     by_pid_file = LocalLauncher(runtime)
     assert by_pid_file.adopt(bare) is True
     by_pid_file.close()
+    wait_for(lambda: (runtime / "1.pid").exists())
     (runtime / "1.pid").unlink()
     by_marker = LocalLauncher(runtime)
     assert by_marker.adopt(bare) is True
@@ -429,3 +445,273 @@ def test_close_leaves_tries_running(tmp_path: Path, runtime: Path) -> None:
     assert ref.pid is not None
     assert psutil.Process(ref.pid).status() != psutil.STATUS_ZOMBIE
     assert marked(runtime, 1)
+
+
+def test_start_refuses_a_try_whose_process_still_runs(tmp_path: Path, runtime: Path) -> None:
+    crashed_scheduler_started(tmp_path, runtime, "sleep", "100")
+    again = LocalLauncher(runtime)
+    with pytest.raises(TaskError, match="running already"):
+        again.start(spec(tmp_path, 1, "true"))
+    assert again.watched() == set()
+    again.close()
+
+
+def test_start_replaces_the_files_of_an_earlier_try_with_the_same_id(
+    tmp_path: Path, runtime: Path, launcher: LocalLauncher
+) -> None:
+    # A deleted and re-created database hands out the same try ids again.
+    runtime.mkdir(parents=True)
+    (runtime / "5.pid").write_text(f"{dead_pid()}\n")
+    (runtime / "5.exit").write_text("0\n")
+    launcher.start(sh(tmp_path, 5, "exit 4"))
+    [outcome] = outcomes(launcher)
+    assert outcome.exit_code == 4
+
+
+# -- after the outcome: release and sweep ----------------------------------------------
+def dead_pid() -> int:
+    """The pid of a process that has ended (and was reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["start-recorded", "start-unrecorded"])
+def test_an_outcome_reported_but_not_recorded_is_found_again_after_a_crash(
+    tmp_path: Path, runtime: Path, recorded: bool
+) -> None:
+    first = LocalLauncher(runtime)
+    handle = first.start(sh(tmp_path, 1, "exit 3"))
+    [outcome] = outcomes(first)
+    assert outcome.exit_code == 3
+    first.close()  # the scheduler dies before it records the outcome (or even the start)
+    log = str(tmp_path / "logs" / "1.log")
+    ref = (
+        TryRef(1, log, handle.pid, handle.host, handle.external_id) if recorded else TryRef(1, log)
+    )
+
+    second = LocalLauncher(runtime)
+    assert second.adopt(ref) is False
+    [again] = outcomes(second)
+    assert (again.exit_code, again.reason, again.detail) == (3, FailureReason.ERROR, "exit code 3")
+    second.release([1])
+    assert list(runtime.iterdir()) == []
+    second.close()
+
+
+def test_release_cleans_only_the_tries_this_launcher_reported(
+    tmp_path: Path, runtime: Path, launcher: LocalLauncher
+) -> None:
+    launcher.start(spec(tmp_path, 1, "true"))
+    launcher.start(spec(tmp_path, 2, "true"))
+    outcomes(launcher, count=2)
+    launcher.release([2, 404])
+    assert sorted(p.name for p in runtime.iterdir()) == ["1.exit", "1.pid"]
+    assert launcher.cgroup_of(2) is None
+
+
+def test_the_scratch_folder_stays_until_release(
+    tmp_path: Path, runtime: Path, launcher: LocalLauncher
+) -> None:
+    log = str(tmp_path / "logs" / "1.log")
+    command = ("/bin/sh", "-c", 'echo data > "$REFLOW_SCRATCH/part-0"')
+    launcher.start(TrySpec(1, command, log, scratch={"size": "1Gi"}))
+    [outcome] = outcomes(launcher)
+    assert outcome.ok
+    assert (runtime / "scratch" / "1" / "part-0").read_text() == "data\n"
+    launcher.release([1])
+    assert not (runtime / "scratch" / "1").exists()
+
+
+def test_sweep_removes_what_tries_that_are_not_live_left_and_keeps_fences_a_day(
+    tmp_path: Path, runtime: Path
+) -> None:
+    first = LocalLauncher(runtime)
+    log = str(tmp_path / "logs" / "x.log")
+    first.start(spec(tmp_path, 1, "true"))
+    first.start(TrySpec(2, ("true",), log, scratch={"size": "1Gi"}))
+    outcomes(first, count=2)
+    for try_id in (3, 4):  # never started: fenced
+        first.adopt(TryRef(try_id, log))
+    outcomes(first, count=2)
+    first.close()
+    day_old = time.time() - 25 * 3600
+    os.utime(runtime / "4.pid", (day_old, day_old))
+
+    second = LocalLauncher(runtime)
+    assert second.sweep(lambda: {1}) == 2  # try 2 and the old fence of try 4
+    assert sorted(p.name for p in runtime.iterdir()) == ["1.exit", "1.pid", "3.pid", "scratch"]
+    assert list((runtime / "scratch").iterdir()) == []
+    assert (runtime / "3.pid").read_text().strip() == "fenced"
+    assert second.cgroup_of(2) is None
+    if second.isolation != "marker":
+        assert second.cgroup_of(1) is not None
+    assert second.sweep(set) == 1
+    assert sorted(p.name for p in runtime.iterdir()) == ["3.pid", "scratch"]
+    assert second.cgroup_of(1) is None
+    second.close()
+
+
+def test_sweep_kills_a_try_that_is_not_live(tmp_path: Path, runtime: Path) -> None:
+    token = unique_sleep()
+    crashed_scheduler_started(tmp_path, runtime, "/bin/sh", "-c", f"sleep {token} & sleep {token}")
+    wait_for(lambda: len(sleeping(token)) == 2)
+    launcher = LocalLauncher(runtime)
+    assert launcher.sweep(set) == 1
+    wait_for(lambda: not sleeping(token), timeout=2.0)
+    launcher.close()
+
+
+# -- fencing ----------------------------------------------------------------------------
+def test_adopt_of_a_try_never_started_fences_it_and_a_late_start_does_not_run_it(
+    tmp_path: Path, runtime: Path
+) -> None:
+    ran = tmp_path / "ran"
+    log = str(tmp_path / "logs" / "7.log")
+    adopter = LocalLauncher(runtime)
+    assert adopter.adopt(TryRef(7, log)) is False
+    [outcome] = adopter.poll()
+    assert (outcome.try_id, outcome.exit_code, outcome.reason) == (7, None, FailureReason.LOST)
+    assert outcome.detail.startswith("fenced") and "never started" in outcome.detail
+    adopter.release([7])  # the fence outlives the record of the try
+    adopter.close()
+
+    paused = LocalLauncher(runtime)  # the scheduler that queued try 7 resumes
+    with pytest.raises(Fenced):
+        paused.start(sh(tmp_path, 7, f"touch {ran}"))
+    assert paused.watched() == set()
+    assert (runtime / "7.pid").read_text().strip() == "fenced"
+    time.sleep(0.2)  # a command would have run by now
+    assert not ran.exists()
+    paused.close()
+
+
+def test_a_fence_laid_after_start_looked_stops_the_wrapper_before_the_command(
+    tmp_path: Path, runtime: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran = tmp_path / "ran"
+    paused = LocalLauncher(runtime)
+    adopter = LocalLauncher(runtime)
+    real_popen = subprocess.Popen
+
+    def fenced_meanwhile(*args: object, **kwargs: object) -> object:
+        adopter.adopt(TryRef(7, str(tmp_path / "logs" / "7.log")))
+        return real_popen(*args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(subprocess, "Popen", fenced_meanwhile)
+    paused.start(sh(tmp_path, 7, f"touch {ran}"))
+    monkeypatch.undo()
+    [fenced] = adopter.poll()
+    assert fenced.detail.startswith("fenced")
+
+    [outcome] = outcomes(paused)
+    assert (outcome.exit_code, outcome.reason) == (None, FailureReason.LOST)
+    assert outcome.detail.startswith("fenced") and "never ran" in outcome.detail
+    assert not ran.exists()
+    paused.release([7])
+    assert (runtime / "7.pid").read_text().strip() == "fenced"
+    paused.close()
+    adopter.close()
+
+
+def test_adopt_of_a_try_never_recorded_waits_for_its_wrapper_to_write_its_pid(
+    tmp_path: Path, runtime: Path
+) -> None:
+    ref = crashed_scheduler_started(tmp_path, runtime, "sleep", "100")
+    pid_file = runtime / "1.pid"
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "")
+    pid = pid_file.read_text()
+    pid_file.write_text("")  # created by the wrapper, its pid not written yet
+    writer = threading.Timer(0.3, lambda: pid_file.write_text(pid))
+    writer.start()
+    adopter = LocalLauncher(runtime)
+    assert adopter.adopt(TryRef(1, ref.log_path)) is True
+    writer.join()
+    assert pid_file.read_text() == pid  # not fenced
+    adopter.cancel(1, grace=5.0)
+    [outcome] = outcomes(adopter)
+    assert outcome.reason == FailureReason.ERROR
+    adopter.close()
+
+
+# -- every process of a try -------------------------------------------------------------
+def unique_sleep() -> str:
+    """A sleep duration no other process uses: its processes are found by their argv."""
+    return f"{1000 + random.randrange(10**6) / 10**7:.7f}"
+
+
+def sleeping(token: str) -> list[psutil.Process]:
+    """Live processes running ``sleep <token>``, whatever their environment or session."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["cmdline"] == ["sleep", token] and proc.info["status"] != "zombie":
+            found.append(proc)
+    return found
+
+
+@pytest.fixture(params=["cgroup", "marker"])
+def any_isolation(request: pytest.FixtureRequest, runtime: Path) -> Iterator[LocalLauncher]:
+    """A launcher in each way of finding a try's processes that this machine allows."""
+    launcher = LocalLauncher(runtime, cgroups=request.param == "cgroup")
+    if request.param == "cgroup" and launcher.isolation == "marker":
+        launcher.close()
+        pytest.skip("no writable cgroup hierarchy on this machine")
+    yield launcher
+    launcher.close()
+
+
+def test_a_timed_out_try_leaves_nothing_even_a_grandchild_that_wiped_its_environment(
+    tmp_path: Path, any_isolation: LocalLauncher
+) -> None:
+    launcher, grace = any_isolation, 1.0
+    token = unique_sleep()
+    launcher.start(sh(tmp_path, 1, f"env -i setsid -f sleep {token}; sleep {token}"))
+    wait_for(lambda: len(sleeping(token)) == 2)
+    deadline = time.monotonic() + grace + 2.0
+    launcher.cancel(1, grace=grace)  # the task's timeout
+    [outcome] = outcomes(launcher, timeout=grace + 5.0)
+    assert not outcome.ok
+    wait_for(lambda: not sleeping(token), timeout=max(0.0, deadline - time.monotonic()))
+
+
+def test_in_a_cgroup_a_try_that_ended_leaves_nothing_behind(
+    tmp_path: Path, runtime: Path, launcher: LocalLauncher
+) -> None:
+    if launcher.isolation == "marker":
+        pytest.skip("no writable cgroup hierarchy on this machine")
+    token = unique_sleep()
+    launcher.start(sh(tmp_path, 1, f"env -i setsid -f sleep {token}; exit 0"))
+    [outcome] = outcomes(launcher)
+    assert outcome.ok
+    wait_for(lambda: not sleeping(token), timeout=2.0)
+
+
+def test_two_projects_never_touch_each_others_tries(tmp_path: Path) -> None:
+    mine, theirs = LocalLauncher(tmp_path / "mine"), LocalLauncher(tmp_path / "theirs")
+    my_token, their_token = unique_sleep(), unique_sleep()
+    mine.start(spec(tmp_path / "a", 1, "sleep", my_token))
+    theirs.start(spec(tmp_path / "b", 1, "sleep", their_token))
+    wait_for(lambda: bool(sleeping(my_token) and sleeping(their_token)))
+    mine.cancel(1, grace=1.0)
+    outcomes(mine)
+    mine.sweep(set)
+    assert not sleeping(my_token)
+    assert len(sleeping(their_token)) == 1
+    theirs.cancel(1, grace=1.0)
+    outcomes(theirs)
+    for launcher in (mine, theirs):
+        launcher.release([1])
+        launcher.close()
+
+
+def test_the_launcher_says_in_one_line_how_it_finds_the_processes_of_a_try(
+    runtime: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="reflow.launchers.local"):
+        launcher = LocalLauncher(runtime)
+    [line] = [r.getMessage() for r in caplog.records if r.name == "reflow.launchers.local"]
+    if launcher.isolation == "marker":
+        assert "no writable cgroup" in line
+    else:
+        assert launcher.isolation in line
+    launcher.close()

@@ -754,6 +754,22 @@ def test_a_pod_of_another_installation_with_the_same_try_id_is_not_adopted(
     outcome_of(theirs, their_spec.try_id)
 
 
+def test_a_pod_of_the_same_name_from_another_installation_is_not_taken_for_ours(
+    k8s: K8sEnv, launchers: Any
+) -> None:
+    theirs = launchers(instance="neighbour")
+    their_spec = try_spec(k8s, "while true; do sleep 0.1; done", run_id="scheduled__2024-01-03")
+    name = theirs.start(their_spec).external_id.split("/")[1]
+    ours = launchers()
+    mine = try_spec(k8s, "true", try_id=their_spec.try_id)  # the same name, another run
+    with pytest.raises(TaskError, match="already exists and is not this try's"):
+        ours.start(mine)
+    assert ours.watched() == set()
+    theirs.cancel(their_spec.try_id, 0)
+    outcome_of(theirs, their_spec.try_id)
+    wait_until(lambda: pod_named(k8s, name) is None, timeout=15)
+
+
 def test_a_child_oom_kill_under_a_main_process_that_exits_0_is_oom_killed(
     k8s: K8sEnv, launchers: Any
 ) -> None:

@@ -171,7 +171,15 @@ class KubernetesLauncher(Launcher):
             created = None
         if created is None:  # 409: ours if an earlier attempt of this very call got through
             created = self._read_pod(name)
-            if created is None or _try_id(created) != spec.try_id:
+            who = spec.labels
+            mine = (who["pipeline"], who["run_id"], who["task"], str(who["try_number"]))
+            if (
+                created is None
+                or _try_id(created) != spec.try_id
+                or identity(created) != mine
+                or (created["metadata"].get("labels") or {}).get(INSTANCE)
+                != label_value(self.settings.instance)
+            ):
                 raise TaskError(f"kubernetes: pod {name} already exists and is not this try's")
         if secret is not None:
             self._own_secret(name, created)

@@ -34,7 +34,7 @@ RBAC_GROUP = "rbac.authorization.k8s.io"
 # client mode creating its executors. Anything more is a finding.
 ALLOWED_RULES = {
     "reflow-launcher": {
-        ("", "pods"): {"create", "get", "list", "watch", "delete"},
+        ("", "pods"): {"create", "get", "list", "watch", "patch", "delete"},
         ("", "pods/log"): {"get"},
         ("", "persistentvolumeclaims"): {"create", "get", "list", "delete"},
         ("", "secrets"): {"create", "update", "patch", "list", "delete"},

@@ -8,6 +8,9 @@ database ``test``; ``.url`` is its SQLAlchemy URL. ``stop()``, ``restart()`` and
 The server refuses to run as root: as root, every server program runs as the ``postgres``
 user (``runuser``), in a folder that user owns. The binaries are looked up in
 ``REFLOW_TEST_PG_BIN``, then ``/usr/lib/postgresql/<newest>/bin``, then ``PATH``.
+
+A test module gets the ``private_postgres`` fixture (one started server per module) with
+``from tests.pgserver import private_postgres as private_postgres``.
 """
 
 from __future__ import annotations

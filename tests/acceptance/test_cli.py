@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -259,3 +260,79 @@ def test_secret_params_are_masked_in_run_details_and_logs(project: Path) -> None
     assert '"api_key": "***"' in shown.stdout and "s3cr3t" not in shown.stdout
     log = reflow(project, "logs", "secretive", "2024-01-02", "t")
     assert log.stdout.strip() == "using ***"
+
+
+def test_logs_of_an_earlier_try_mask_the_secret_its_attempt_ran_with(project: Path) -> None:
+    (project / "pipelines" / "secretive.py").write_text(
+        "from reflow import Param, Pipeline, Shell\n"
+        "with Pipeline('secretive', schedule='@daily', start_date='2024-01-01',\n"
+        "              params={'api_key': Param('', secret=True)}):\n"
+        "    Shell('t', 'echo using {{ params.api_key }}')\n"
+    )
+    for key in ("first-secret-1111", "second-secret-2222"):  # attempt 1, then attempt 2
+        done = reflow(
+            project,
+            "backfill",
+            "secretive",
+            "--start",
+            "2024-01-02",
+            "--end",
+            "2024-01-02",
+            "--reprocess",
+            "all",
+            "--conf",
+            f'{{"api_key": "{key}"}}',
+            "--wait",
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    for number in ("1", "2"):
+        log = reflow(project, "logs", "secretive", "2024-01-02", "t", "--try", number)
+        assert log.returncode == 0, log.stderr
+        assert log.stdout.strip() == "using ***"
+
+
+def test_logs_follow_masks_a_secret_written_in_two_parts(project: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    (project / "pipelines" / "split.py").write_text(
+        "from reflow import Param, Pipeline, Shell\n"
+        "with Pipeline('split', schedule='@daily', start_date='2024-01-01',\n"
+        "              params={'api_key': Param('', secret=True)}):\n"
+        f"    Shell('t', \"printf 'using s3cr'; while [ ! -e {gate} ]; do sleep 0.05; done; "
+        "printf 'et-value\\\\n'\")\n"
+    )
+    env = {**os.environ, "REFLOW_HOME": str(project), "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+    run = [*REFLOW, "trigger", "split", "--date", "2024-01-02", "--wait"]
+    conf = ["--conf", '{"api_key": "s3cret-value"}']
+    runner = subprocess.Popen(
+        [*run, *conf], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    follower: subprocess.Popen[str] | None = None
+    try:
+        # The try has written the first part of the secret, and waits.
+        deadline = time.monotonic() + 60
+        while not any(b"using s3cr" in p.read_bytes() for p in project.rglob("try-1.log")):
+            assert time.monotonic() < deadline, "the try did not start"
+            time.sleep(0.05)
+        follower = subprocess.Popen(
+            [*REFLOW, "logs", "split", "2024-01-02", "t", "--follow"],
+            cwd=project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert follower.stdout is not None
+        # It has read the log once: what cannot be part of a secret is shown already.
+        seen = follower.stdout.read(len("using "))
+        assert seen == "using "
+        gate.touch()
+        rest = follower.stdout.read()  # until it ends, with the try
+        assert follower.wait(timeout=60) == 0, follower.stderr and follower.stderr.read()
+        assert seen + rest == "using ***\n"
+        assert runner.wait(timeout=60) == 0
+    finally:
+        gate.touch()
+        for proc in (runner, follower):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()

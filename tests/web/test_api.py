@@ -409,3 +409,40 @@ def test_a_pipeline_whose_file_is_gone_keeps_its_history_readable(api: Api) -> N
         "/api/v1/pipelines/daily/runs", json={"dates": ["2024-01-02"]}, headers=api.auth
     )
     assert response.status_code == 404
+
+
+def _backfill_one_day(api: Api, conf: dict) -> list[int]:
+    body = {"start": "2024-01-02", "end": "2024-01-02", "conf": conf, "reprocess": "all"}
+    created = api.post("/pipelines/daily/backfills", body, status=201)
+    detail = api.get(f"/backfills/{created['backfill']['id']}")
+    return [r["id"] for r in detail["runs"]]
+
+
+def test_the_log_of_an_earlier_try_masks_the_secret_its_attempt_ran_with(api: Api) -> None:
+    first, second = "first-secret-1111", "second-secret-2222"
+    (run_id,) = _backfill_one_day(api, {"api_key": first})
+    api.drive([run_id])
+    assert _backfill_one_day(api, {"api_key": second}) == [run_id]  # attempt 2, new conf
+    api.drive([run_id])
+    path = f"/pipelines/daily/runs/{run_id}/tasks/a/log"
+    for number in (1, 2):
+        log = api.get(path, params={"try": number})
+        assert log["complete"] and "key ***" in log["data"]
+        assert first not in log["data"] and second not in log["data"]
+
+
+def test_a_secret_cut_by_the_read_limit_is_masked_in_both_pieces(api: Api) -> None:
+    secret = "s3cr3t-split-by-limit"
+    (run_id,) = _trigger(api, ["2024-01-02"], {"api_key": secret})
+    api.drive([run_id])
+    path = f"/pipelines/daily/runs/{run_id}/tasks/a/log"
+    whole = api.get(path)["data"]
+    cut = whole.index("***") + 2  # a read limit that ends inside the secret in the file
+    text, offset, reads = "", 0, 0
+    while True:
+        piece = api.get(path, params={"offset": offset, "limit": cut if not reads else 5})
+        text, offset, reads = text + piece["data"], piece["next_offset"], reads + 1
+        if piece["complete"]:
+            break
+        assert reads < 200
+    assert text == whole and secret[:4] not in text

@@ -7,7 +7,6 @@ import logging
 import signal
 import sys
 import threading
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -462,32 +461,21 @@ def logs(
     ] = False,
     home: HomeOption = None,
 ) -> None:
-    """Print the log of a task's try."""
+    """Print the log of a task's try, every secret its run ever had masked."""
+    from reflow.services import logs as log_service
+
     project = _project(home)
     run_service.known(project, pipeline)
     row = run_service.find_run(project, run, pipeline)
-    attempt, path = run_service.try_log(project, row, task, try_number)
+    log = log_service.try_log(project, row, task, try_number)
+    attempt = log.attempt
     err_console.print(
-        f"[grey50]# {path} (try {attempt.try_number}, {attempt.state}"
+        f"[grey50]# {log.path} (try {attempt.try_number}, {attempt.state}"
         f"{', ' + attempt.failure_reason if attempt.failure_reason else ''}"
         f"{', application ' + attempt.app_id if attempt.app_id else ''})[/]"
     )
-    secret_values = run_service.secrets_of(project, pipeline).values([row.conf])
-    offset = 0
-    while True:
-        if path.exists():
-            with path.open("rb") as fh:
-                fh.seek(offset)
-                chunk = fh.read()
-                offset += len(chunk)
-            text = scrub(chunk.decode(errors="replace"), secret_values)
-            console.out(text, end="", highlight=False)
-        if not follow:
-            break
-        current, path = run_service.try_log(project, row, task, attempt.try_number)
-        if current.ended_at is not None and (not path.exists() or path.stat().st_size <= offset):
-            break
-        time.sleep(0.5)
+    for text in log.stream(follow=follow):
+        console.out(text, end="", highlight=False)
 
 
 # -- scheduler ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ API responses and the logs served."""
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -38,10 +39,14 @@ class Secrets:
         """From a pipeline's structure (``Pipeline.structure()`` or the stored one)."""
         structure = structure or {}
         params = set(extra)
-        for name, spec in (structure.get("params") or {}).items():
-            if isinstance(spec, Mapping) and spec.get("secret"):
-                params.add(name)
         literals = set()
+        for name, spec in (structure.get("params") or {}).items():
+            if isinstance(spec, Mapping) and (spec.get("secret") or name in params):
+                params.add(name)
+                # A run older than the param renders with its default: mask that too.
+                default = spec.get("default")
+                if default is not None:
+                    literals.add(default if isinstance(default, str) else json.dumps(default))
         for task in (structure.get("tasks") or {}).values():
             for key, value in ((task or {}).get("env") or {}).items():
                 text = str(value)
@@ -105,3 +110,88 @@ def scrub(text: str, values: Iterable[str]) -> str:
         if value in text:
             text = text.replace(value, MASK)
     return text
+
+
+@dataclass(frozen=True)
+class Masked:
+    """A masked piece of a log: its text, and how many bytes of the input it covers."""
+
+    text: str
+    used: int
+
+
+class LogMask:
+    """Masks secret values in a log read piece by piece, at any byte offsets.
+
+    A piece never ends inside a secret value: when the input may go on (the try still
+    writes, or only part of the log was read), bytes that could be the start of a value
+    are held back for the next piece; a piece ends on a whole UTF-8 character too.
+    """
+
+    def __init__(self, values: Iterable[str]) -> None:
+        found = {v.encode() for v in values if v}
+        self._values = sorted(found, key=len, reverse=True)
+        # At one position the longest value wins, as in :func:`scrub`.
+        self._pattern = (
+            re.compile(b"|".join(re.escape(v) for v in self._values)) if self._values else None
+        )
+
+    @property
+    def lookahead(self) -> int:
+        """Bytes to read past a piece's end to see every value that starts inside it."""
+        return max((len(v) for v in self._values), default=1) - 1
+
+    def _partial_tail(self, data: bytes) -> int:
+        """Length of the longest end of ``data`` that begins a value without completing it."""
+        longest = 0
+        for value in self._values:
+            for n in range(min(len(value) - 1, len(data)), longest, -1):
+                if data.endswith(value[:n]):
+                    longest = n
+                    break
+        return longest
+
+    def take(self, data: bytes, limit: int, *, ends: bool, whole_lines: bool = False) -> Masked:
+        """Mask at most about ``limit`` bytes from the start of ``data``.
+
+        ``data`` is what was read: ``limit`` plus :attr:`lookahead` bytes, or fewer at the
+        end of the log. ``ends`` says that the log is complete and ``data`` reaches its
+        end. With ``whole_lines``, a piece that is not the last ends at a line end when it
+        has one, and is empty while the log's last line is still being written."""
+        matches = [m.span() for m in self._pattern.finditer(data)] if self._pattern else []
+        cut = min(limit, len(data))
+        if not ends:
+            # The log goes on: its last bytes may begin a value that the next ones complete.
+            cut = min(cut, len(data) - self._partial_tail(data))
+        last = ends and cut == len(data)
+        if whole_lines and not last and cut > 0:
+            newline = data.rfind(b"\n", 0, cut)
+            if newline >= 0:
+                cut = newline + 1
+            elif len(data) <= limit:
+                cut = 0
+        for start, end in matches:
+            if start < cut < end:
+                cut = start if start > 0 else end
+                break
+        out = bytearray()
+        done = 0
+        for start, end in matches:
+            if end > cut:
+                break
+            out += data[done:start] + MASK.encode()
+            done = end
+        out += data[done:cut]
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        text = decoder.decode(bytes(out), final=ends and cut == len(data))
+        pending = len(decoder.getstate()[0])
+        if pending and pending < cut:
+            cut -= pending  # a character cut in two begins the next piece
+        elif pending and cut < len(data):
+            # ``limit`` is shorter than this one character: take all of it.
+            return self.take(data, limit + 1, ends=ends, whole_lines=whole_lines)
+        elif pending and not ends:
+            return Masked("", 0)  # only the start of a character so far
+        elif pending:
+            text += decoder.decode(b"", final=True)
+        return Masked(text, cut)

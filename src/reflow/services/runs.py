@@ -1,4 +1,4 @@
-"""Use-cases on runs: trigger, wait, list, show, and reading a try's log."""
+"""Use-cases on runs: trigger, wait, list, show (a try's log: ``services.logs``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Row
@@ -241,28 +240,6 @@ def run_detail(project: Project, run: Row[Any]) -> RunDetail:
 def _task_order(project: Project, pipeline: str) -> dict[str, int]:
     pl = project.catalog.pipelines.get(pipeline)
     return {t: i for i, t in enumerate(pl.topological())} if pl else {}
-
-
-def try_log(
-    project: Project, run: Row[Any], task_id: str, try_number: int | None = None
-) -> tuple[Row[Any], Path]:
-    """The try (latest unless ``try_number``) of a task in a run, and its log file."""
-    with project.db.read() as conn:
-        tries = [t for t in repo.tries_of(conn, run_pk=run.id) if t.task_id == task_id]
-        tis = {t.task_id for t in repo.run_task_instances(conn, [run.id])}
-    if task_id not in tis:
-        raise NotFound(
-            f"run {run.run_id} has no task {task_id!r} (tasks: {', '.join(sorted(tis))})"
-        )
-    if not tries:
-        raise NotFound(f"task {task_id!r} of run {run.run_id} has not run yet")
-    if try_number is None:
-        return tries[-1], Path(tries[-1].log_path)
-    for t in tries:
-        if t.try_number == try_number:
-            return t, Path(t.log_path)
-    numbers = ", ".join(str(t.try_number) for t in tries)
-    raise NotFound(f"task {task_id!r} has no try {try_number} (tries: {numbers})")
 
 
 def secrets_of(project: Project, pipeline: str) -> Secrets:

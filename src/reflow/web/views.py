@@ -11,12 +11,13 @@ from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
 from reflow.core.errors import InvalidInput, NotFound
-from reflow.core.masking import MASK, Secrets, scrub
+from reflow.core.masking import MASK, Secrets
 from reflow.core.schedule import to_datetime
 from reflow.core.states import RUN_ACTIVE, RunState
 from reflow.scheduler import utcnow
 from reflow.services import backfill as backfill_service
 from reflow.services import history as history_service
+from reflow.services import logs as log_service
 from reflow.services import pipelines as pipeline_service
 from reflow.services import runs as run_service
 from reflow.services.project import Project
@@ -24,7 +25,7 @@ from reflow.store import history, repo
 from reflow.web import schemas as s
 
 Action = Literal["create", "reset", "skip"]
-LOG_CHUNK = 256 * 1024
+LOG_CHUNK = log_service.LOG_CHUNK
 MAX_ID = 2**31 - 1
 _YEARS = (1900, 2999)
 
@@ -347,42 +348,19 @@ def log(
     offset: int,
     limit: int = LOG_CHUNK,
 ) -> s.LogOut:
-    """A chunk of a try's log from ``offset``, secrets scrubbed. While the try runs, a
-    chunk ends at a line end, so that a secret is never split between two chunks."""
+    """A piece of a try's log from ``offset``, every secret of its run masked (the one
+    reading the CLI does too). While the try runs, a piece ends at a line end."""
     run = find_run(project, name, key)
-    attempt, path = run_service.try_log(project, run, task_id, try_number)
-    try:
-        size = path.stat().st_size
-    except OSError:
-        size = 0
-    offset = min(offset, size)
-    chunk = b""
-    if size > offset:
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            chunk = fh.read(min(limit, LOG_CHUNK))
-    live = attempt.ended_at is None
-    if chunk and (live or offset + len(chunk) < size):
-        cut = chunk.rfind(b"\n")
-        if cut >= 0:
-            chunk = chunk[: cut + 1]
-        elif live and len(chunk) < limit:
-            chunk = b""  # wait for the line to end
-    secrets = STRUCTURES.secrets(project, name)
-    data = chunk.decode(errors="replace")
-    if secrets:
-        with project.db.read() as conn:
-            confs = [a.conf for a in repo.attempts_of(conn, run.id)]
-        data = scrub(data, secrets.values([run.conf, *confs]))
-    nxt = offset + len(chunk)
+    log = log_service.try_log(project, run, task_id, try_number)
+    chunk = log.read(offset, limit, whole_lines=True)
     return s.LogOut(
-        try_number=attempt.try_number,
-        state=attempt.state,
-        offset=offset,
-        next_offset=nxt,
-        size=size,
-        complete=not live and nxt >= size,
-        data=data,
+        try_number=log.attempt.try_number,
+        state=log.attempt.state,
+        offset=chunk.offset,
+        next_offset=chunk.next_offset,
+        size=chunk.size,
+        complete=chunk.complete,
+        data=chunk.text,
     )
 
 

@@ -1,0 +1,135 @@
+"""Reading a try's log, the one way the CLI and the web do it: find the try, collect every
+secret its run ever had, and read or follow the log with them masked."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Row
+
+from reflow.core.errors import NotFound
+from reflow.core.masking import LogMask
+from reflow.services import runs as run_service
+from reflow.services.project import Project
+from reflow.store import repo
+
+# The most a read returns at once.
+LOG_CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    """A masked piece of a log: bytes ``offset`` to ``next_offset`` of ``size``."""
+
+    offset: int
+    next_offset: int
+    size: int
+    complete: bool  # the try has ended and this piece reaches the end of its log
+    text: str
+
+
+def find_try(
+    project: Project, run: Row[Any], task_id: str, try_number: int | None = None
+) -> Row[Any]:
+    """The try (latest unless ``try_number``) of a task in a run."""
+    with project.db.read() as conn:
+        tries = [t for t in repo.tries_of(conn, run_pk=run.id) if t.task_id == task_id]
+        tis = {t.task_id for t in repo.run_task_instances(conn, [run.id])}
+    if task_id not in tis:
+        raise NotFound(
+            f"run {run.run_id} has no task {task_id!r} (tasks: {', '.join(sorted(tis))})"
+        )
+    if not tries:
+        raise NotFound(f"task {task_id!r} of run {run.run_id} has not run yet")
+    if try_number is None:
+        return tries[-1]
+    for t in tries:
+        if t.try_number == try_number:
+            return t
+    numbers = ", ".join(str(t.try_number) for t in tries)
+    raise NotFound(f"task {task_id!r} has no try {try_number} (tries: {numbers})")
+
+
+def secret_values(project: Project, run: Row[Any]) -> list[str]:
+    """Every secret that may appear in a log of ``run``: the values of the pipeline's
+    secret params in the conf of each attempt (a try of an earlier attempt ran with its
+    own), their defaults, and the literal secret env values."""
+    secrets = run_service.secrets_of(project, run.pipeline)
+    if not secrets:
+        return []
+    with project.db.read() as conn:
+        confs = [a.conf for a in repo.attempts_of(conn, run.id)]
+    return secrets.values([run.conf, *confs])
+
+
+class TryLog:
+    """The log of one try, read with every secret of its run masked."""
+
+    def __init__(self, project: Project, run: Row[Any], attempt: Row[Any]) -> None:
+        self.project = project
+        self.run = run
+        self.attempt = attempt
+        self.mask = LogMask(secret_values(project, run))
+
+    @property
+    def path(self) -> Path:
+        return Path(self.attempt.log_path)
+
+    def refresh(self) -> None:
+        """Read the try again (has it ended?)."""
+        self.attempt = find_try(
+            self.project, self.run, self.attempt.task_id, self.attempt.try_number
+        )
+
+    def read(
+        self, offset: int = 0, limit: int = LOG_CHUNK, *, whole_lines: bool = False
+    ) -> LogChunk:
+        """The masked piece of the log from byte ``offset``, at most about ``limit`` bytes.
+
+        While the try runs, bytes that may begin a secret are left for a later read, so
+        ``next_offset`` can stop short of ``size``. With ``whole_lines`` a piece ends at a
+        line end (for pages that show whole lines)."""
+        limit = max(1, min(limit, LOG_CHUNK))
+        ended = self.attempt.ended_at is not None  # known before the size is read
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            size = 0
+        offset = max(0, min(offset, size))
+        data = b""
+        if size > offset:
+            with self.path.open("rb") as fh:
+                fh.seek(offset)
+                data = fh.read(min(size - offset, limit + self.mask.lookahead))
+        ends = ended and offset + len(data) >= size
+        piece = self.mask.take(data, limit, ends=ends, whole_lines=whole_lines)
+        nxt = offset + piece.used
+        return LogChunk(offset, nxt, size, ended and nxt >= size, piece.text)
+
+    def stream(self, *, follow: bool = False, poll: float = 0.5) -> Iterator[str]:
+        """The masked log from its start, piece by piece. Without ``follow``, what has been
+        written so far; with it, until the try has ended and its log is read."""
+        offset = 0
+        while True:
+            chunk = self.read(offset)
+            if chunk.text:
+                yield chunk.text
+            moved = chunk.next_offset > offset
+            offset = chunk.next_offset
+            if chunk.complete:
+                return
+            if moved and offset < chunk.size:
+                continue  # more is there already
+            if not follow:
+                return
+            time.sleep(poll)
+            self.refresh()
+
+
+def try_log(project: Project, run: Row[Any], task_id: str, try_number: int | None = None) -> TryLog:
+    """The log of a task's try (the latest unless ``try_number``) in ``run``."""
+    return TryLog(project, run, find_try(project, run, task_id, try_number))

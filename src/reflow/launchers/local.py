@@ -59,17 +59,20 @@ log = logging.getLogger("reflow.launchers.local")
 _SH = "/bin/sh"
 # The wrapper's exit code when the try's id was claimed already (fenced, or running).
 _CLAIM_FAILED = 223
-# $1 pid file, $2 exit file, $3 mv, $4 the try's cgroup.procs (or ""), then the argv. Plain
-# sh keeps the per-try overhead to a fork + exec or two: creating the pid file under
-# noclobber (O_EXCL) and joining the cgroup are builtins. The claim comes first, so that a
-# fenced try runs nothing; the cgroup is joined before the command is forked, so that every
-# descendant is in it. SIGTERM is caught (not ignored: an ignored signal would stay ignored
-# in the command) so that the wrapper outlives the command it shares a process group with
-# and records its status; a TERM that arrives before the command starts skips it (one that
-# arrives while the command is being forked is lost: see _Try.command_termed). The
-# command runs under `exec` in a subshell so that an argv naming a shell builtin (`exit`,
-# `exec`, `cd`) runs the program of that name, as it would without the wrapper. The
-# wrapper's own messages ("Terminated") go to /dev/null: the log holds the command's output.
+# $1 pid file, $2 exit file, $3 the try's cgroup.procs (or ""), then the argv. Plain sh
+# keeps the per-try overhead to a fork + exec or two: creating the pid file under noclobber
+# (O_EXCL), joining the cgroup and writing the exit status are builtins. The exit file is
+# read only once the wrapper has ended, so it needs no atomic rename (and no `mv` process
+# that a cancel could kill between the command's end and the status it records). The claim
+# comes first, so that a fenced try runs nothing; the cgroup is joined before the command
+# is forked, so that every descendant is in it. SIGTERM is caught (not ignored: an ignored
+# signal would stay ignored in the command) so that the wrapper outlives the command it
+# shares a process group with and records its status; a TERM that arrives before the
+# command starts skips it (one that arrives while the command is being forked is lost: see
+# _Try.command_termed). The command runs under `exec` in a subshell so that an argv naming
+# a shell builtin (`exit`, `exec`, `cd`) runs the program of that name, as it would without
+# the wrapper. The wrapper's own messages ("Terminated") go to /dev/null: the log holds the
+# command's output.
 _WRAPPER = f"""\
 set -C
 echo "$$" 2>/dev/null >"$1" || exit {_CLAIM_FAILED}
@@ -77,11 +80,11 @@ set +C
 t=
 trap 't=1' TERM
 exec 3>&2 2>/dev/null
-[ -z "$4" ] || echo "$$" >"$4"
-e=$2 mv=$3
-shift 4
+[ -z "$3" ] || echo "$$" >"$3"
+e=$2
+shift 3
 if [ -z "$t" ]; then (exec "$@" 2>&3 3>&-); c=$?; else c=143; fi
-echo "$c" >"$e.tmp" && "$mv" -f "$e.tmp" "$e"
+echo "$c" >"$e"
 exit "$c"
 """
 
@@ -164,8 +167,6 @@ class LocalLauncher(Launcher):
         self._clock = clock
         self._scope = str(self.runtime_dir)
         self._host = socket.gethostname()
-        # Resolved once, with the scheduler's PATH: a try's env may set a PATH without it.
-        self._mv = shutil.which("mv") or "/bin/mv"
         self._tries: dict[int, _Try] = {}
         # Tries reported by poll() and not released yet: True when the pid file is a fence
         # (or another wrapper's claim) that the release must keep.
@@ -258,7 +259,7 @@ class LocalLauncher(Launcher):
             self._runtime_ready = True
 
     def _remove_files(self, try_id: int, keep_claim: bool = False) -> None:
-        paths = [self._exit_file(try_id), self.runtime_dir / f"{try_id}.exit.tmp"]
+        paths = [self._exit_file(try_id)]
         if not keep_claim:
             paths.insert(0, self._pid_file(try_id))
         for path in paths:
@@ -321,7 +322,6 @@ class LocalLauncher(Launcher):
             "reflow",
             str(self._pid_file(spec.try_id)),
             str(self._exit_file(spec.try_id)),
-            self._mv,
             str(cgroup / "cgroup.procs") if cgroup is not None else "",
             *spec.argv,
         ]

@@ -446,3 +446,6 @@ def test_a_secret_cut_by_the_read_limit_is_masked_in_both_pieces(api: Api) -> No
             break
         assert reads < 200
     assert text == whole and secret[:4] not in text
+    # Reading from an offset inside the secret shows none of its rest either.
+    inside = api.get(path, params={"offset": whole.index("***") + 5})
+    assert inside["data"] == "***\n" and secret[5:] not in inside["data"]

@@ -151,24 +151,46 @@ class LogMask:
                     break
         return longest
 
-    def take(self, data: bytes, limit: int, *, ends: bool, whole_lines: bool = False) -> Masked:
-        """Mask at most about ``limit`` bytes from the start of ``data``.
+    def take(
+        self,
+        data: bytes,
+        limit: int,
+        *,
+        ends: bool,
+        whole_lines: bool = False,
+        before: int = 0,
+    ) -> Masked:
+        """Mask at most about ``limit`` bytes of ``data`` after its first ``before`` bytes.
 
-        ``data`` is what was read: ``limit`` plus :attr:`lookahead` bytes, or fewer at the
-        end of the log. ``ends`` says that the log is complete and ``data`` reaches its
-        end. With ``whole_lines``, a piece that is not the last ends at a line end when it
-        has one, and is empty while the log's last line is still being written."""
-        matches = [m.span() for m in self._pattern.finditer(data)] if self._pattern else []
-        cut = min(limit, len(data))
+        ``data`` is what was read: up to :attr:`lookahead` bytes before the piece (so that
+        a value the piece begins inside of is still recognised), then ``limit`` plus
+        :attr:`lookahead` bytes, or fewer at the end of the log. ``ends`` says that the
+        log is complete and ``data`` reaches its end. With ``whole_lines``, a piece that is
+        not the last ends at a line end when it has one, and is empty while the log's last
+        line is still being written."""
+        # A value that begins before the piece and ends inside it: its end is masked too.
+        head = 0
+        for value in self._values:
+            end = before + len(value) - 1
+            at = data.find(value, max(0, before - len(value) + 1), end)
+            while at >= 0:
+                head = max(head, at + len(value) - before)
+                at = data.find(value, at + 1, end)
+        found = self._pattern.finditer(data, before + head) if self._pattern else ()
+        matches = [(m.start() - before, m.end() - before) for m in found]
+        if head:
+            matches.insert(0, (0, head))
+        body = data[before:]
+        cut = min(limit, len(body))
         if not ends:
             # The log goes on: its last bytes may begin a value that the next ones complete.
-            cut = min(cut, len(data) - self._partial_tail(data))
-        last = ends and cut == len(data)
+            cut = min(cut, len(body) - min(len(body), self._partial_tail(data)))
+        last = ends and cut == len(body)
         if whole_lines and not last and cut > 0:
-            newline = data.rfind(b"\n", 0, cut)
+            newline = body.rfind(b"\n", 0, cut)
             if newline >= 0:
                 cut = newline + 1
-            elif len(data) <= limit:
+            elif len(body) <= limit:
                 cut = 0
         for start, end in matches:
             if start < cut < end:
@@ -179,17 +201,17 @@ class LogMask:
         for start, end in matches:
             if end > cut:
                 break
-            out += data[done:start] + MASK.encode()
+            out += body[done:start] + MASK.encode()
             done = end
-        out += data[done:cut]
+        out += body[done:cut]
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        text = decoder.decode(bytes(out), final=ends and cut == len(data))
+        text = decoder.decode(bytes(out), final=ends and cut == len(body))
         pending = len(decoder.getstate()[0])
         if pending and pending < cut:
             cut -= pending  # a character cut in two begins the next piece
-        elif pending and cut < len(data):
+        elif pending and cut < len(body):
             # ``limit`` is shorter than this one character: take all of it.
-            return self.take(data, limit + 1, ends=ends, whole_lines=whole_lines)
+            return self.take(data, limit + 1, ends=ends, whole_lines=whole_lines, before=before)
         elif pending and not ends:
             return Masked("", 0)  # only the start of a character so far
         elif pending:

@@ -100,13 +100,17 @@ class TryLog:
         except OSError:
             size = 0
         offset = max(0, min(offset, size))
+        # From a few bytes back: an offset inside a secret must not show the rest of it.
+        start = max(0, offset - self.mask.lookahead)
         data = b""
         if size > offset:
             with self.path.open("rb") as fh:
-                fh.seek(offset)
-                data = fh.read(min(size - offset, limit + self.mask.lookahead))
-        ends = ended and offset + len(data) >= size
-        piece = self.mask.take(data, limit, ends=ends, whole_lines=whole_lines)
+                fh.seek(start)
+                data = fh.read(min(size, offset + limit + self.mask.lookahead) - start)
+        ends = ended and start + len(data) >= size
+        piece = self.mask.take(
+            data, limit, ends=ends, whole_lines=whole_lines, before=offset - start
+        )
         nxt = offset + piece.used
         return LogChunk(offset, nxt, size, ended and nxt >= size, piece.text)
 

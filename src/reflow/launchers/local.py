@@ -930,7 +930,11 @@ class LocalLauncher(Launcher):
             ]
             if candidates:
                 owner = max(candidates, key=lambda t: t.create_time or 0.0)
-                found.setdefault(owner.try_id, []).append(proc)
+                # With its descendants, collected now: once it dies they are orphans too.
+                with contextlib.suppress(psutil.Error):
+                    found.setdefault(owner.try_id, []).extend(
+                        [proc, *proc.children(recursive=True)]
+                    )
         return found
 
 

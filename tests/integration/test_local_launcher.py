@@ -686,6 +686,26 @@ def test_a_timed_out_try_leaves_nothing_even_a_grandchild_that_wiped_its_environ
     wait_for(lambda: not sleeping(token), timeout=max(0.0, deadline - time.monotonic()))
 
 
+def test_without_cgroups_an_orphan_another_try_could_own_is_killed_when_that_try_ends(
+    tmp_path: Path, runtime: Path
+) -> None:
+    launcher = LocalLauncher(runtime, cgroups=False)
+    go = tmp_path / "go"
+    launcher.start(sh(tmp_path, 2, f"while [ ! -e {go} ]; do sleep 0.05; done"))
+    token = unique_sleep()
+    launcher.start(sh(tmp_path, 1, f"env -i setsid -f sleep {token}; sleep {token}"))
+    wait_for(lambda: len(sleeping(token)) == 2)
+    launcher.cancel(1, grace=1.0)
+    [first] = outcomes(launcher)
+    assert first.try_id == 1
+    assert len(sleeping(token)) == 1  # the orphan may be try 2's: left alone meanwhile
+    go.touch()  # try 2 ends: nothing running can own the orphan any more
+    [second] = outcomes(launcher)
+    assert (second.try_id, second.ok) == (2, True)
+    wait_for(lambda: not sleeping(token), timeout=2.0)
+    launcher.close()
+
+
 def test_in_a_cgroup_a_try_that_ended_leaves_nothing_behind(
     tmp_path: Path, runtime: Path, launcher: LocalLauncher
 ) -> None:

@@ -175,6 +175,8 @@ class LocalLauncher(Launcher):
         self._runtime_ready = False
         self._cgroups = _open_cgroups(self._scope) if cgroups else None
         self._subreaper = False
+        # Orphans that could be of a try still running: killed once none can own them.
+        self._suspects: dict[int, psutil.Process] = {}
         if self._cgroups is not None:
             log.info(
                 "local launcher: each try runs in a cgroup of its own (%s) under %s",
@@ -400,6 +402,8 @@ class LocalLauncher(Launcher):
         reported = [self._finish(t, now, strays.get(t.try_id, [])) for t in ended]
         if swept := sweep - {t.try_id for t in overdue}:
             self._make_sure_dead(swept)
+        if self._suspects and ended:
+            self._kill_unowned_suspects()
         return reported
 
     def release(self, try_ids: Iterable[int]) -> None:
@@ -898,12 +902,30 @@ class LocalLauncher(Launcher):
             found.append(child)
         return found
 
+    def _kill_unowned_suspects(self) -> None:
+        """Kill the orphans set aside by :meth:`_orphans_of` that no watched try can own
+        any more (every try started before them has ended)."""
+        running = [t.create_time for t in self._tries.values() if t.create_time is not None]
+        doomed = []
+        for pid, proc in list(self._suspects.items()):
+            try:
+                created = proc.create_time() + _SAME_PROCESS_TOLERANCE
+                if not _alive(proc):
+                    del self._suspects[pid]
+                elif not any(started <= created for started in running):
+                    doomed += [proc, *proc.children(recursive=True)]
+                    del self._suspects[pid]
+            except psutil.Error:
+                del self._suspects[pid]
+        _send(doomed, signal.SIGKILL)
+
     def _orphans_of(self, tries: list[_Try]) -> dict[int, list[psutil.Process]]:
         """The orphans that can only be of one of ``tries`` (being stopped), by try id.
 
         An orphan that wiped its environment carries no marker: it is of a try started by
         this launcher before it was created, and is taken for the latest such try of
-        ``tries`` when no other watched try started before it (else it is left alone).
+        ``tries`` when no other watched try started before it; else it is set aside, and
+        killed when those tries have ended.
         """
         orphans = self._orphans()
         if not orphans:
@@ -924,6 +946,7 @@ class LocalLauncher(Launcher):
             except psutil.Error:
                 continue
             if any(started <= created for started in others):
+                self._suspects[proc.pid] = proc
                 continue
             candidates = [
                 t for t in owners if t.create_time is not None and t.create_time <= created

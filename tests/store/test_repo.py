@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from reflow.core.errors import Conflict, IllegalTransition
+from reflow.core.errors import Conflict, IllegalTransition, LeaseLost
 from reflow.core.states import RunOrigin, RunState, TIState, TryState
 from reflow.store import history, repo
 from reflow.store.db import Database
@@ -237,14 +237,43 @@ def test_queued_runs_come_scheduled_first_then_manual_then_backfill(
     assert order == [scheduled, manual, backfill, older_backfill]
 
 
-def test_orphaned_tries_are_claimed_once(migrated: Database) -> None:
+def test_tries_are_claimed_once_and_only_from_schedulers_declared_dead(
+    migrated: Database,
+) -> None:
     run_pk = _run(migrated, 1)
-    _queue(migrated, run_pk)
+    _queue(migrated, run_pk)  # owned by scheduler 1, heartbeat at NOW
+    with migrated.read() as conn:
+        (owner,) = [t.owner for t in repo.live_tries(conn)]
     me = migrated.write(lambda c: repo.register_scheduler(c, "host", 2, NOW))
-    claimed = migrated.write(lambda c: repo.claim_orphans(c, me, []))
+    assert migrated.write(lambda c: repo.claim_orphans(c, me)) == []  # its owner lives
+
+    def declare(since: datetime) -> list[int]:
+        return migrated.write(
+            lambda c: repo.mark_schedulers_dead(
+                c, silent=[owner], silent_since=since, exited=[], now=NOW
+            )
+        )
+
+    assert declare(NOW - DAY) == []  # it was heard from since: still alive
+    assert declare(NOW + DAY) == [owner]
+    assert migrated.write(lambda c: repo.claim_orphans(c, me, ["elsewhere"])) == []
+    claimed = migrated.write(lambda c: repo.claim_orphans(c, me, ["p"]))
     assert len(claimed) == 1 and claimed[0].owner == me
     other = migrated.write(lambda c: repo.register_scheduler(c, "host", 3, NOW))
-    assert migrated.write(lambda c: repo.claim_orphans(c, other, [me])) == []
+    assert migrated.write(lambda c: repo.claim_orphans(c, other)) == []
+
+
+def test_a_scheduler_declared_dead_holds_no_lease(migrated: Database) -> None:
+    me = migrated.write(lambda c: repo.register_scheduler(c, "host", 2, NOW))
+    migrated.write(lambda c: repo.hold_lease(c, me))
+    migrated.write(lambda c: repo.heartbeat(c, me, [], NOW))
+    migrated.write(
+        lambda c: repo.mark_schedulers_dead(c, silent=[], silent_since=NOW, exited=[me], now=NOW)
+    )
+    with pytest.raises(LeaseLost):
+        migrated.write(lambda c: repo.hold_lease(c, me))
+    with pytest.raises(LeaseLost):
+        migrated.write(lambda c: repo.heartbeat(c, me, [], NOW))
 
 
 def test_finishing_a_run_closes_its_attempt(migrated: Database) -> None:

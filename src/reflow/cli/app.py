@@ -306,7 +306,10 @@ def _wait_and_report(project: Project, pipeline: str, run_pks: list[int]) -> Non
         task = bar.add_task(f"{pipeline}", total=len(run_pks), status="")
 
         def show(p: run_service.Progress) -> None:
-            bar.update(task, completed=p.done, status=f"running {p.running}, failed {p.failed}")
+            note = f" · {p.note}" if p.note else ""
+            bar.update(
+                task, completed=p.done, status=f"running {p.running}, failed {p.failed}{note}"
+            )
 
         result = run_service.wait(project, pipeline, run_pks, show)
     table = Table("run", "logical date", "state", "duration", "tasks", box=None)
@@ -496,6 +499,8 @@ def scheduler(
     )
     logging.getLogger("reflow").setLevel(logging.INFO)
     project = _project(home)
+    # A daemon rides out database outages however long they last (one log line each).
+    project.db.outage_timeout = None
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -504,7 +509,7 @@ def scheduler(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    sched = Scheduler(project.db, project.settings, project.launcher())
+    sched = Scheduler(project.db, project.settings, project.launcher(), relaunch=project.launcher)
     err_console.print(
         f"reflow scheduler: {project.settings.pipelines_path} -> "
         f"{project.db.engine.url.render_as_string(hide_password=True)}"
@@ -679,7 +684,8 @@ def _follow_backfill(project: Project, backfill_id: int) -> None:
                 task,
                 total=p.total,
                 completed=p.done,
-                status=f"running {p.running}, failed {p.failed}{eta}",
+                status=f"running {p.running}, failed {p.failed}{eta}"
+                + (f" · {p.note}" if p.note else ""),
             )
 
         result = backfill_service.wait(project, backfill_id, show)

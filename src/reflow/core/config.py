@@ -22,6 +22,8 @@ _ENV = {
     "scheduler_timeout": "REFLOW_SCHEDULER_TIMEOUT",
     "parse_interval": "REFLOW_PARSE_INTERVAL",
     "launcher": "REFLOW_LAUNCHER",
+    "lost_retry_delay": "REFLOW_LOST_RETRY_DELAY",
+    "lost_retry_limit": "REFLOW_LOST_RETRY_LIMIT",
 }
 _K8S_ENV = {
     "context": "REFLOW_K8S_CONTEXT",
@@ -86,6 +88,12 @@ class Settings(BaseModel):
     heartbeat_interval: float = Field(5.0, gt=0)
     scheduler_timeout: float = Field(30.0, gt=0, description="silence before a scheduler is dead")
     parse_interval: float = Field(10.0, gt=0, description="how often pipeline files are re-read")
+    lost_retry_delay: float = Field(
+        10.0, ge=0, description="wait before retrying a lost try; doubles with each loss"
+    )
+    lost_retry_limit: int = Field(
+        3, ge=0, description="lost tries of one task instance before it fails for good"
+    )
     launcher: LauncherName = Field("local", description="where tries run unless overridden")
     launchers: dict[str, LauncherName] = Field(
         default_factory=dict, description="launcher per pipeline or per 'pipeline.task'"

@@ -36,6 +36,12 @@ class StoreUnavailable(ReflowError):
     """The metadata database cannot be used (unreachable, read-only, half-created)."""
 
 
+class LeaseLost(ReflowError):
+    """This scheduler was declared dead by another one (its heartbeat stopped for longer
+    than ``scheduler_timeout``): it is fenced, and must register again before it starts,
+    adopts or records anything."""
+
+
 class ConfigError(ReflowError):
     """reflow's own configuration is invalid."""
 

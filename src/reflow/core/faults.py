@@ -31,20 +31,20 @@ CRASH_POINTS: dict[str, str] = {
     "migration.step": "one schema migration step ran; the schema is not at its head",
 }
 
-_armed: tuple[str, int] | None | bool = False
+_armed: tuple[str, int] | None = None
+_read = False
 _hits = 0
 
 
 def _arming() -> tuple[str, int] | None:
-    global _armed
-    if _armed is False:
+    """The armed point and on which hit it fires, read from the environment once."""
+    global _armed, _read
+    if not _read:
         value = os.environ.get(ARM_VAR, "").strip()
-        if not value:
-            _armed = None
-        else:
-            name, _, count = value.partition(":")
-            _armed = (name, int(count) if count.isdigit() else 1)
-    return _armed  # type: ignore[return-value]
+        name, _, count = value.partition(":")
+        _armed = (name, int(count) if count.isdigit() else 1) if name else None
+        _read = True
+    return _armed
 
 
 def crash_point(name: str) -> None:
@@ -64,5 +64,5 @@ def crash_point(name: str) -> None:
 
 def rearm_for_tests() -> None:
     """Read ``REFLOW_CRASH_AT`` again (in-process tests change it)."""
-    global _armed, _hits
-    _armed, _hits = False, 0
+    global _read, _hits
+    _read, _hits = False, 0

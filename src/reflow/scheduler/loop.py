@@ -17,16 +17,18 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 from sqlalchemy import Connection, Row
+from sqlalchemy.exc import SQLAlchemyError
 
 from reflow.core.config import Settings
 from reflow.core.context import RunInfo, build_context
 from reflow.core.discovery import Catalog
-from reflow.core.errors import Conflict, ReflowError
-from reflow.core.pipeline import Pipeline
+from reflow.core.errors import Conflict, Fenced, LeaseLost, StoreUnavailable
+from reflow.core.faults import crash_point
+from reflow.core.pipeline import Pipeline, Task
 from reflow.core.spec import Outcome, TryRef
 from reflow.core.states import (
     TI_FAILED_RESULTS,
@@ -46,15 +48,28 @@ from reflow.tasks.build import Remote, build_try
 
 log = logging.getLogger("reflow.scheduler")
 
+T = TypeVar("T")
 Clock = Callable[[], datetime]
 _ORIGIN_RANK = {RunOrigin.SCHEDULED: 0, RunOrigin.MANUAL: 1, RunOrigin.BACKFILL: 2}
 # Failures that a retry cannot fix: the run is over or a person stopped the try.
 _NO_RETRY = {FailureReason.RUN_TIMED_OUT.value, FailureReason.KILLED.value}
 _MAX_RUNS_PER_TICK = 1000
+# Longest wait between two lost tries of one task instance.
+_MAX_LOST_DELAY = 600.0
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _note(path: Path, line: str) -> None:
+    """Append a line of reflow's own to a try's log, if the log can be written at all."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as fh:
+            fh.write(line + "\n")
+    except OSError as exc:
+        log.warning("cannot write to %s: %s", path, exc)
 
 
 def run_id_for(origin: RunOrigin, logical_date: datetime) -> str:
@@ -88,8 +103,17 @@ class _Launch:
 class Scheduler:
     """Drives runs to completion. One instance per process; every method runs on its thread.
 
-    ``only`` restricts the pipelines it works on (``trigger --wait`` runs one in-process);
-    ``create_scheduled_runs=False`` stops it from creating runs for due intervals.
+    ``only`` restricts the pipelines it works on and ``runs`` the runs it admits and
+    schedules (``trigger --wait`` runs one in-process for its own runs; it still adopts
+    and records the orphaned tries of its pipelines). ``create_scheduled_runs=False``
+    stops it from creating runs for due intervals.
+    ``relaunch`` makes a fresh launcher for a scheduler that lost its lease and registers
+    again; without it, a lost lease ends :meth:`run` with LeaseLost.
+
+    Fencing: every transaction that starts, adopts or records anything first checks that
+    this scheduler still holds its lease (``repo.hold_lease``). One that was paused past
+    ``scheduler_timeout`` and declared dead by another finds out there, stops watching
+    the tries it had (they are the other's now) and registers again.
     """
 
     def __init__(
@@ -100,14 +124,17 @@ class Scheduler:
         *,
         catalog: Catalog | None = None,
         only: Iterable[str] | None = None,
+        runs: Iterable[int] | None = None,
         create_scheduled_runs: bool = True,
         clock: Clock = utcnow,
+        relaunch: Callable[[], Launcher] | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.launcher = launcher
         self.catalog = catalog or Catalog(settings.pipelines_path)
         self.only = set(only) if only is not None else None
+        self.runs = set(runs) if runs is not None else None
         self.create_scheduled_runs = create_scheduled_runs
         self.clock = clock
         self.id: int | None = None
@@ -117,6 +144,12 @@ class Scheduler:
         self._next_recovery = datetime.min.replace(tzinfo=UTC)
         self._next_due: dict[str, datetime] = {}
         self._signalled: set[int] = set()
+        self._relaunch = relaunch
+        # Outcomes polled but not yet committed, and started tries not yet recorded as
+        # started: kept across a failed transaction (a database outage), written next tick.
+        self._unrecorded: list[Outcome] = []
+        self._unmarked: list[tuple[int, int, Any, datetime]] = []
+        self._store_trouble: str | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -148,12 +181,15 @@ class Scheduler:
 
     def stop(self) -> None:
         """Stop cleanly. Running tries keep running; the next scheduler adopts them."""
-        if self.id is not None:
-            now = self.clock()
-            watched = sorted(self.launcher.watched())
-            self.db.write(lambda c: repo.heartbeat(c, self._id, watched, now))
-            self.db.write(lambda c: repo.stop_scheduler(c, self._id, now))
-        self.launcher.close()
+        try:
+            if self.id is not None:
+                now = self.clock()
+                self.db.write(lambda c: repo.stop_scheduler(c, self._id, now))
+        except (StoreUnavailable, SQLAlchemyError) as exc:
+            # The others find this scheduler silent and take its tries over.
+            log.warning("could not record the scheduler's stop: %s", exc)
+        finally:
+            self.launcher.close()
 
     def run(
         self,
@@ -167,13 +203,60 @@ class Scheduler:
             self.start()
         try:
             while not stop.is_set():
-                busy = self.tick()
+                try:
+                    busy = self.tick()
+                except LeaseLost as exc:
+                    self._fenced(exc)
+                    continue
+                except (StoreUnavailable, SQLAlchemyError) as exc:
+                    self._on_store_trouble(exc)
+                    self.launcher.wait(min(5.0, max(idle_wait, 1.0)))
+                    continue
+                self._on_store_ok()
                 if until is not None and until():
                     return
                 if not busy:
                     self.launcher.wait(idle_wait)
         finally:
             self.stop()
+
+    def _on_store_trouble(self, exc: Exception) -> None:
+        """A tick failed on the database: say so once, then retry the tick (nothing polled
+        is lost: unrecorded outcomes and starts are kept for the next one)."""
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if message != self._store_trouble:
+            log.warning("database trouble, the scheduler keeps retrying: %s", message)
+        self._store_trouble = message
+
+    def _on_store_ok(self) -> None:
+        if self._store_trouble is not None:
+            log.info("database writes succeed again")
+            self._store_trouble = None
+
+    def _fenced(self, exc: LeaseLost) -> None:
+        """Another scheduler declared this one dead and took its tries over: stop
+        watching them and register again (or give up without ``relaunch``)."""
+        watched = sorted(self.launcher.watched())
+        log.warning(
+            "%s: this scheduler stops watching its %d tries (another scheduler owns them "
+            "now) and registers again",
+            exc,
+            len(watched),
+        )
+        # Tries started but never recorded may not have been found by the new owner: stop
+        # them, so that they never run beside the retry it makes.
+        for try_id, *_ in self._unmarked:
+            self.launcher.cancel(try_id, 0)
+        self.launcher.poll()
+        self.launcher.close()
+        self._signalled.clear()
+        self._unrecorded.clear()
+        self._unmarked.clear()
+        self.id = None
+        if self._relaunch is None:
+            raise exc
+        self.launcher = self._relaunch()
+        self.start()
 
     def stop_tries(self, try_ids: Iterable[int], timeout: float) -> bool:
         """Carry out the stop requests of these tries and record how they ended, starting
@@ -200,10 +283,26 @@ class Scheduler:
         assert self.id is not None, "scheduler not started"
         return self.id
 
+    def _drives(self, run_pk: int) -> bool:
+        return self.runs is None or run_pk in self.runs
+
+    def _write(self, work: Callable[[Connection], T]) -> T:
+        """One transaction of this scheduler: first checks that it still holds its lease
+        (raises LeaseLost otherwise), so a fenced scheduler writes nothing."""
+        scheduler_id = self._id
+
+        def fenced(conn: Connection) -> T:
+            repo.hold_lease(conn, scheduler_id)
+            return work(conn)
+
+        return self.db.write(fenced)
+
     # -- the tick -------------------------------------------------------------------------
     def tick(self, now: datetime | None = None) -> bool:
         """One pass of the loop; returns True when it changed anything."""
         now = now or self.clock()
+        if self._unmarked:
+            self._mark_started()
         busy = self.record_outcomes(self.launcher.poll(), now)
         if now >= self._next_parse:
             self.refresh_pipelines(now)
@@ -241,7 +340,10 @@ class Scheduler:
         return created
 
     def _create_due_for(self, pipeline: Pipeline, now: datetime) -> bool:
-        return self.db.write(lambda c: self._create_due(c, pipeline, now))
+        created = self._write(lambda c: self._create_due(c, pipeline, now))
+        if created:
+            crash_point("run.created")
+        return created
 
     def _create_due(self, conn: Connection, pipeline: Pipeline, now: datetime) -> bool:
         schedule = pipeline.schedule
@@ -302,12 +404,16 @@ class Scheduler:
             return repo.cancel_requested(conn, self._id)
 
         if due:
-            requested = self.db.write(work)
+            requested = self._write(work)
         to_signal = [r for r in requested if r.id not in self._signalled]
+        if to_signal:
+            crash_point("try.cancel_requested")
         for row in to_signal:
             log.info("stopping try %s (%s)", row.id, row.cancel_reason)
             self.launcher.cancel(row.id, row.kill_grace)
             self._signalled.add(row.id)
+        if to_signal:
+            crash_point("try.cancel_sent")
         return bool(to_signal)
 
     def _time_out_run(self, conn: Connection, run_pk: int, now: datetime) -> None:
@@ -335,23 +441,38 @@ class Scheduler:
 
     # -- outcomes -------------------------------------------------------------------------
     def record_outcomes(self, outcomes: Sequence[Outcome], now: datetime) -> bool:
-        if not outcomes:
+        """Commit how tries ended, then let the launcher clean up after them.
+
+        Crash points: dying before the commit leaves the evidence (exit file, finished
+        pod) in place, so the next scheduler adopts the try and records the same outcome;
+        dying after it leaves only files for the sweep. Never the other way round.
+        """
+        pending = [*self._unrecorded, *outcomes]
+        if not pending:
             return False
+        self._unrecorded = pending
+        crash_point("outcome.seen")
 
-        def work(conn: Connection) -> None:
-            for outcome in outcomes:
-                # The launcher's time of the end, not the tick's: latencies stay honest.
-                self._record(conn, outcome, outcome.ended_at)
+        def work(conn: Connection) -> list[int]:
+            # The launcher's time of the end, not the tick's: latencies stay honest.
+            return [o.try_id for o in pending if self._record(conn, o, o.ended_at)]
 
-        self.db.write(work)
-        for outcome in outcomes:
+        settled = self._write(work)
+        self._unrecorded = []
+        for outcome in pending:
             self._signalled.discard(outcome.try_id)
+        crash_point("outcome.recorded")
+        self.launcher.release(settled)
         return True
 
-    def _record(self, conn: Connection, outcome: Outcome, now: datetime) -> None:
+    def _record(self, conn: Connection, outcome: Outcome, now: datetime) -> bool:
+        """Record one outcome. Returns whether its evidence may be cleaned up: False when
+        the try belongs to another scheduler (it adopted it and needs the evidence)."""
         row = repo.try_row(conn, outcome.try_id)
         if row is None:
-            return
+            return True  # deleted with its run
+        if row.owner != self._id:
+            return False
         pipeline = self.catalog.pipelines.get(row.pipeline)
         task = pipeline.tasks.get(row.task_id) if pipeline else None
         ok = outcome.ok or (row.cancel_reason is not None and outcome.exit_code == 0)
@@ -365,26 +486,35 @@ class Scheduler:
             reason=reason,
             detail=outcome.detail or None,
             now=now,
+            owner=self._id,
             app_id=app_id,
         ):
-            return
+            return True  # recorded before
         live = [TIState.QUEUED, TIState.RUNNING]
         if ok:
             repo.transition(
                 conn, "ti", [row.ti], TIState.SUCCESS, live, now, ended_at=now, failure_reason=None
             )
-            return
+            return True
         lost = reason == FailureReason.LOST.value
         retries = int(task.option("retries")) if task else 0
         used = row.ti_try_number - row.lost_tries - (1 if lost else 0)
+        # A try lost with its scheduler does not use up a retry, but losing it again and
+        # again (a try that kills its host) ends in failure, with growing waits between.
+        lost_again = lost and row.lost_tries >= self.settings.lost_retry_limit
         can_retry = (
             task is not None
             and row.run_state == RunState.RUNNING
             and reason not in _NO_RETRY
+            and not lost_again
             and (lost or used <= retries)
         )
         if can_retry:
-            delay = 0.0 if lost else task.retry_delay_for(used)  # type: ignore[union-attr]
+            if lost:
+                base = self.settings.lost_retry_delay
+                delay = min(_MAX_LOST_DELAY, base * 2.0**row.lost_tries)
+            else:
+                delay = task.retry_delay_for(used)  # type: ignore[union-attr]
             repo.transition(
                 conn,
                 "ti",
@@ -398,6 +528,13 @@ class Scheduler:
                 lost_tries=row.lost_tries + (1 if lost else 0),
             )
         else:
+            detail = reason
+            if lost_again:
+                detail = (
+                    f"lost {row.lost_tries + 1} times (its scheduler or host died while it "
+                    f"ran); not retried again (lost_retry_limit = "
+                    f"{self.settings.lost_retry_limit})"
+                )
             repo.transition(
                 conn,
                 "ti",
@@ -405,16 +542,17 @@ class Scheduler:
                 TIState.FAILED,
                 live,
                 now,
-                detail=reason,
+                detail=detail,
                 failure_reason=reason,
                 ended_at=now,
             )
+        return True
 
     def close_backfills(self, now: datetime) -> bool:
         with self.db.read() as conn:
             done = history.finished_backfills(conn)
         if done:
-            self.db.write(lambda c: history.close_backfills(c, done, now))
+            self._write(lambda c: history.close_backfills(c, done, now))
         return bool(done)
 
     # -- admission ------------------------------------------------------------------------
@@ -422,7 +560,7 @@ class Scheduler:
         pipelines = self.pipelines
 
         def work(conn: Connection) -> bool:
-            queued = repo.queued_runs(conn, pipelines)
+            queued = [r for r in repo.queued_runs(conn, pipelines) if self._drives(r.id)]
             if not queued:
                 return False
             mine = repo.lock_pipelines(conn, {r.pipeline for r in queued})
@@ -453,9 +591,12 @@ class Scheduler:
             return admitted
 
         with self.db.read() as conn:  # no write lock on ticks with nothing queued
-            if not repo.queued_runs(conn, pipelines):
+            if not any(self._drives(r.id) for r in repo.queued_runs(conn, pipelines)):
                 return False
-        return self.db.write(work)
+        admitted = self._write(work)
+        if admitted:
+            crash_point("run.admitted")
+        return admitted
 
     # -- task instances -----------------------------------------------------------------
     def schedule(self, now: datetime) -> bool:
@@ -463,14 +604,18 @@ class Scheduler:
         with self.db.read() as conn:  # no write lock on ticks with nothing running
             if not any(n for p, n in repo.count_running_runs(conn).items() if p in self.pipelines):
                 return False
-        launches, changed = self.db.write(lambda c: self._schedule(c, now))
+        launches, changed = self._write(lambda c: self._schedule(c, now))
         if launches:
             changed |= self._launch(launches, now)
         return changed
 
     def _schedule(self, conn: Connection, now: datetime) -> tuple[list[_Launch], bool]:
         pipelines = self.pipelines
-        active = [r for r in repo.active_runs(conn, pipelines) if r.state == RunState.RUNNING]
+        active = [
+            r
+            for r in repo.active_runs(conn, pipelines)
+            if r.state == RunState.RUNNING and self._drives(r.id)
+        ]
         if not active:
             return [], False
         tis_by_run: dict[int, list[Row[Any]]] = {}
@@ -489,23 +634,28 @@ class Scheduler:
             order = {t: i for i, t in enumerate(pipeline.topological())}
             to_scheduled: dict[TIState, list[int]] = {}
             to_upstream_failed: list[int] = []
+            no_ops: list[int] = []
             for task_id in sorted(state, key=lambda t: order.get(t, 0)):
                 ti = by_task[task_id]
                 current = state[task_id]
                 task = pipeline.tasks.get(task_id)
                 if task is None:
                     continue
+                ready = False
                 if current == TIState.PENDING:
                     ups = [state.get(u, TIState.REMOVED) for u in task.upstream_ids]
                     if any(u in TI_UPSTREAM_BAD for u in ups):
                         to_upstream_failed.append(ti.id)
                         state[task_id] = TIState.UPSTREAM_FAILED
-                    elif all(u in TI_UPSTREAM_OK for u in ups):
-                        to_scheduled.setdefault(current, []).append(ti.id)
-                        state[task_id] = TIState.SCHEDULED
-                elif current == TIState.UP_FOR_RETRY and (
-                    ti.next_try_at is None or ti.next_try_at <= now
-                ):
+                    else:
+                        ready = all(u in TI_UPSTREAM_OK for u in ups)
+                elif current == TIState.UP_FOR_RETRY:
+                    ready = ti.next_try_at is None or ti.next_try_at <= now
+                if ready and type(task) is Task:
+                    # A plain Task is a join point: it succeeds once its upstreams allow.
+                    no_ops.append(ti.id)
+                    state[task_id] = TIState.SUCCESS
+                elif ready:
                     to_scheduled.setdefault(current, []).append(ti.id)
                     state[task_id] = TIState.SCHEDULED
                 if state[task_id] == TIState.SCHEDULED:
@@ -518,6 +668,19 @@ class Scheduler:
                     candidates.append(_Launch(ti.id, run, task_id, rank))
             for source, ids in to_scheduled.items():
                 repo.transition(conn, "ti", ids, TIState.SCHEDULED, [source], now)
+                changed = True
+            if no_ops:
+                repo.transition(
+                    conn,
+                    "ti",
+                    no_ops,
+                    TIState.SUCCESS,
+                    [TIState.PENDING, TIState.UP_FOR_RETRY],
+                    now,
+                    detail="no-op task",
+                    started_at=now,
+                    ended_at=now,
+                )
                 changed = True
             if to_upstream_failed:
                 repo.transition(
@@ -593,7 +756,10 @@ class Scheduler:
                     taken.append((cand, *got))
             return taken
 
-        taken = self.db.write(take)
+        taken = self._write(take)
+        if not taken:
+            return False
+        crash_point("try.queued")
         started: list[tuple[int, int, Any, datetime]] = []
         failed: list[Outcome] = []
         for cand, try_id, number in taken:
@@ -614,31 +780,47 @@ class Scheduler:
                     **target(self.settings, cand.run.pipeline, cand.task_id),
                 )
                 handle = self.launcher.start(spec)
-            except (ReflowError, OSError) as exc:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with path.open("a") as fh:
-                    fh.write(f"reflow: could not start the try: {exc}\n")
-                failed.append(Outcome(try_id, None, FailureReason.ERROR, now, str(exc)))
+            except Fenced as exc:
+                # Another scheduler declared this try lost while this one was paused.
+                log.warning("try %s not started: %s", try_id, exc)
+                continue
+            except Exception as exc:  # one try's error never stops the scheduler
+                log.warning("try %s could not start: %s", try_id, exc, exc_info=True)
+                detail = str(exc) or type(exc).__name__
+                _note(path, f"reflow: could not start the try: {detail}")
+                failed.append(Outcome(try_id, None, FailureReason.ERROR, now, detail))
                 continue
             started.append((try_id, cand.ti_id, handle, self.clock()))
+        if started:
+            crash_point("try.launched")
+            self._unmarked += started
+            self._mark_started()
+            crash_point("try.running")
+        if failed:
+            self.record_outcomes(failed, now)
+        return True
+
+    def _mark_started(self) -> None:
+        """Record where the started tries run. A try that is no longer queued has ended
+        already (its outcome was recorded first); nothing else can have happened to it
+        while this scheduler holds its lease."""
+        pending = self._unmarked
 
         def mark(conn: Connection) -> None:
-            for try_id, ti_id, handle, at in started:
+            for try_id, ti_id, handle, at in pending:
                 repo.mark_try_started(
                     conn,
                     try_id,
                     ti_id,
+                    owner=self._id,
                     pid=handle.pid,
                     host=handle.host,
                     external_id=handle.external_id,
                     now=at,
                 )
 
-        if started:
-            self.db.write(mark)
-        if failed:
-            self.record_outcomes(failed, now)
-        return bool(taken)
+        self._write(mark)
+        self._unmarked = []
 
     # -- crash recovery -----------------------------------------------------------------
     def _partition_others(self, now: datetime) -> tuple[list[Row[Any]], list[Row[Any]]]:
@@ -659,15 +841,23 @@ class Scheduler:
             return {t.id for t in repo.live_tries(conn)}
 
     def recover(self, now: datetime) -> bool:
-        """Adopt the live tries of dead schedulers; the launcher reports the lost ones."""
+        """Declare silent schedulers dead and adopt the live tries of dead ones (of this
+        scheduler's pipelines); the launcher reports those that are gone as lost."""
         self._next_recovery = now + timedelta(seconds=self.settings.scheduler_timeout / 3)
-        dead, alive = self._partition_others(now)
+        dead, _alive_ones = self._partition_others(now)
+        limit = now - timedelta(seconds=self.settings.scheduler_timeout)
+        exited = [r.id for r in dead if r.host == self.host and not _alive(r)]
+        silent = [r.id for r in dead if r.id not in exited]
 
         def work(conn: Connection) -> list[Row[Any]]:
-            repo.mark_schedulers_dead(conn, [r.id for r in dead], now)
-            return repo.claim_orphans(conn, self._id, [r.id for r in alive])
+            # A silent scheduler's heartbeat is checked again under its row's lock: one
+            # that resumed meanwhile keeps its tries, and its next transaction goes on.
+            repo.mark_schedulers_dead(
+                conn, silent=silent, silent_since=limit, exited=exited, now=now
+            )
+            return repo.claim_orphans(conn, self._id, self.only)
 
-        orphans = self.db.write(work)
+        orphans = self._write(work)
         self.launcher.sweep(self._live_try_ids)
         for row in orphans:
             ref = TryRef(

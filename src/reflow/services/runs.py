@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Row
 
-from reflow.core.errors import InvalidInput, NotFound
+from reflow.core.errors import Conflict, InvalidInput, NotFound
 from reflow.core.masking import Secrets
 from reflow.core.pipeline import Pipeline
 from reflow.core.schedule import to_datetime
@@ -107,6 +107,8 @@ class Progress:
     done: int
     failed: int
     running: int
+    # Who drives the runs: a scheduler watched, or the one running in this process.
+    note: str = ""
 
 
 def progress(project: Project, run_pks: Sequence[int]) -> Progress:
@@ -122,9 +124,25 @@ def progress(project: Project, run_pks: Sequence[int]) -> Progress:
 
 def scheduler_is_running(project: Project, pipeline: str | None = None) -> bool:
     """Is a live scheduler working on ``pipeline`` (or on every pipeline)?"""
+    return _driver(project, pipeline, any_scope=True) is not None
+
+
+def _driver(project: Project, pipeline: str | None, *, any_scope: bool) -> Row[Any] | None:
+    """A live scheduler that drives ``pipeline``'s runs: a daemon (which drives every
+    run), or with ``any_scope`` any scheduler covering the pipeline."""
     with project.db.read() as conn:
         live = repo.live_schedulers(conn, utcnow(), project.settings.scheduler_timeout)
-    return any(covers(r.scope, None if pipeline is None else [pipeline]) for r in live)
+    wanted = None if pipeline is None else [pipeline]
+    for row in live:
+        if row.scope is None or (any_scope and covers(row.scope, wanted)):
+            return row
+    return None
+
+
+def _describe(row: Row[Any], now: datetime, heartbeat_interval: float) -> str:
+    silent = (now - row.heartbeat_at).total_seconds()
+    quiet = f", silent for {silent:.0f}s" if silent >= 2 * heartbeat_interval else ""
+    return f"waiting for scheduler {row.id} (pid {row.pid} on {row.host}{quiet})"
 
 
 def wait(
@@ -133,31 +151,50 @@ def wait(
     run_pks: Sequence[int],
     on_progress: Callable[[Progress], None] = lambda p: None,
 ) -> Progress:
-    """Wait until the runs finish. Without a running scheduler, run one in-process for
-    this pipeline (every limit holds as usual); with one, watch the database."""
+    """Wait until the runs finish, making sure that something drives them.
+
+    Who drives them is looked at again all along: while a scheduler daemon runs (or, on
+    SQLite, which allows one scheduler at a time, any scheduler of this pipeline), its
+    progress is watched; when there is none, or the one watched stops or falls silent
+    for ``scheduler_timeout``, a scheduler runs in this process for these runs (every
+    limit holds as usual) until they are done. Progress says which is the case.
+    """
     last: list[Progress] = []
+    note = [""]
 
     def finished() -> bool:
         p = progress(project, run_pks)
+        p.note = note[0]
         if not last or p != last[-1]:
             on_progress(p)
         last[:] = [p]
         return p.done == p.total
 
-    if scheduler_is_running(project, pipeline):
-        while not finished():
+    # Waiting rides out database outages like a daemon does (Ctrl-C still stops it).
+    project.db.outage_timeout = None
+    sqlite = project.db.is_sqlite
+    while not finished():
+        driver = _driver(project, pipeline, any_scope=sqlite)
+        if driver is not None:
+            note[0] = _describe(driver, utcnow(), project.settings.heartbeat_interval)
             time.sleep(0.2)
-    else:
+            continue
+        note[0] = "running the scheduler in this process"
         scheduler = Scheduler(
             project.db,
             project.settings,
             project.launcher(),
             catalog=project.catalog,
             only=[pipeline],
+            runs=run_pks,
             create_scheduled_runs=False,
+            relaunch=project.launcher,
         )
-        if not finished():
+        try:
             scheduler.run(until=finished, idle_wait=0.2)
+        except Conflict:
+            # Another scheduler registered at the same moment (SQLite allows one): watch it.
+            continue
     return last[-1]
 
 
@@ -261,20 +298,26 @@ def stop_tries(project: Project, pipeline: str, try_ids: Sequence[int], timeout:
     if not try_ids:
         return True
     wanted = set(try_ids)
-    if scheduler_is_running(project, pipeline):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with project.db.read() as conn:
-                if not {t.id for t in repo.live_tries(conn)} & wanted:
-                    return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with project.db.read() as conn:
+            if not {t.id for t in repo.live_tries(conn)} & wanted:
+                return True
+        if _driver(project, pipeline, any_scope=True) is not None:
             time.sleep(0.2)
-        return False
-    scheduler = Scheduler(
-        project.db,
-        project.settings,
-        project.launcher(),
-        catalog=project.catalog,
-        only=[pipeline],
-        create_scheduled_runs=False,
-    )
-    return scheduler.stop_tries(wanted, timeout)
+            continue
+        scheduler = Scheduler(
+            project.db,
+            project.settings,
+            project.launcher(),
+            catalog=project.catalog,
+            only=[pipeline],
+            runs=(),
+            create_scheduled_runs=False,
+            relaunch=project.launcher,
+        )
+        try:
+            return scheduler.stop_tries(wanted, max(0.0, deadline - time.monotonic()))
+        except Conflict:
+            continue
+    return False

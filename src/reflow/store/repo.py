@@ -11,10 +11,22 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeAlias
 
-from sqlalchemy import Connection, Row, Table, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    Table,
+    and_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
-from reflow.core.errors import Conflict
+from reflow.core.errors import Conflict, LeaseLost
 from reflow.core.states import (
     BACKFILL_TRANSITIONS,
     RUN_ACTIVE,
@@ -69,11 +81,13 @@ def transition(
     now: datetime,
     *,
     detail: str | None = None,
+    guard: ColumnElement[bool] | None = None,
     **values: Any,
 ) -> list[int]:
     """Move rows ``ids`` of ``entity`` from one of ``from_`` to ``to``; return the ids moved.
 
-    Rows in another state are left alone (a lost race, for the caller to judge). Raises
+    Rows in another state, or failing ``guard`` (an extra condition on the row, such as
+    the try's owner), are left alone (a lost race, for the caller to judge). Raises
     IllegalTransition when the table forbids ``from_ -> to``: that is a bug.
     """
     table, rules, enum = _TABLES[entity]
@@ -83,6 +97,7 @@ def transition(
     if not wanted:
         return []
     extra = {"updated_at": now} if entity in ("ti", "backfill") else {}
+    guards = [guard] if guard is not None else []
     moved: list[tuple[int, str, int | None]] = []
     for chunk in _chunks(wanted):
         # Events name the run they concern; a backfill's concern several.
@@ -91,7 +106,7 @@ def transition(
             (old,) = sources
             stmt = (
                 update(table)
-                .where(table.c.id.in_(chunk), table.c.state == old.value)
+                .where(table.c.id.in_(chunk), table.c.state == old.value, *guards)
                 .values(state=enum(to).value, **extra, **values)
                 .returning(table.c.id, run_col)
             )
@@ -99,7 +114,7 @@ def transition(
         else:
             current = conn.execute(
                 select(table.c.id, table.c.state, run_col).where(
-                    table.c.id.in_(chunk), table.c.state.in_([s.value for s in sources])
+                    table.c.id.in_(chunk), table.c.state.in_([s.value for s in sources]), *guards
                 )
             ).all()
             by_old: dict[str, list[int]] = {}
@@ -109,7 +124,7 @@ def transition(
             for old_state, old_ids in by_old.items():
                 stmt = (
                     update(table)
-                    .where(table.c.id.in_(old_ids), table.c.state == old_state)
+                    .where(table.c.id.in_(old_ids), table.c.state == old_state, *guards)
                     .values(state=enum(to).value, **extra, **values)
                     .returning(table.c.id)
                 )
@@ -513,27 +528,33 @@ def mark_try_started(
     try_id: int,
     ti_id: int,
     *,
+    owner: int,
     pid: int | None,
     host: str,
     external_id: str,
     now: datetime,
-) -> None:
-    transition(
+) -> bool:
+    """Record where a queued try of ``owner`` runs. False when it is no longer queued or no
+    longer ``owner``'s (another scheduler declared it lost meanwhile)."""
+    if not transition(
         conn,
         "try",
         [try_id],
         TryState.RUNNING,
         [TryState.QUEUED],
         now,
+        guard=tries.c.owner == owner,
         pid=pid,
         host=host,
         external_id=external_id,
         started_at=now,
         heartbeat_at=now,
-    )
+    ):
+        return False
     transition(
         conn, "ti", [ti_id], TIState.RUNNING, [TIState.QUEUED], now, started_at=now, ended_at=None
     )
+    return True
 
 
 def end_try(
@@ -545,24 +566,29 @@ def end_try(
     reason: str | None,
     detail: str | None,
     now: datetime,
+    owner: int | None = None,
     app_id: str | None = None,
 ) -> bool:
+    """End a live try (of ``owner`` when given); False when it was not live (or not his)."""
     to = TryState.SUCCESS if ok else TryState.FAILED
-    return bool(
-        transition(
-            conn,
-            "try",
-            [try_id],
-            to,
-            [TryState.QUEUED, TryState.RUNNING],
-            now,
-            detail=detail,
-            ended_at=now,
-            exit_code=exit_code,
-            failure_reason=reason,
-            app_id=app_id,
-        )
+    moved = transition(
+        conn,
+        "try",
+        [try_id],
+        to,
+        [TryState.QUEUED, TryState.RUNNING],
+        now,
+        guard=None if owner is None else tries.c.owner == owner,
+        detail=detail,
+        ended_at=now,
+        exit_code=exit_code,
+        failure_reason=reason,
+        app_id=app_id,
     )
+    if moved and detail:
+        # The event holds it too; on the try it is shown with the try.
+        conn.execute(update(tries).where(tries.c.id == try_id).values(detail=detail))
+    return bool(moved)
 
 
 def try_row(conn: Connection, try_id: int) -> Rec | None:
@@ -681,8 +707,37 @@ def lock_pipelines(conn: Connection, names: Iterable[str]) -> set[str]:
     return {r[0] for r in rows}
 
 
+def hold_lease(conn: Connection, scheduler_id: int) -> None:
+    """Raise LeaseLost unless ``scheduler_id`` is still a registered, live scheduler.
+
+    Called first in every transaction of a scheduler that starts, adopts or records
+    anything (fencing). On PostgreSQL it also locks the scheduler's row until the
+    transaction ends, so no other scheduler can declare it dead in the meantime; on SQLite
+    the transaction holds the database's write lock already.
+    """
+    held = conn.execute(
+        update(schedulers)
+        .where(schedulers.c.id == scheduler_id, schedulers.c.stopped_at.is_(None))
+        .values(heartbeat_at=schedulers.c.heartbeat_at)
+        .returning(schedulers.c.id)
+    ).first()
+    if held is None:
+        raise LeaseLost(
+            f"scheduler {scheduler_id} was declared dead by another scheduler "
+            "(no heartbeat within scheduler_timeout)"
+        )
+
+
 def heartbeat(conn: Connection, scheduler_id: int, try_ids: Sequence[int], now: datetime) -> None:
-    conn.execute(update(schedulers).where(schedulers.c.id == scheduler_id).values(heartbeat_at=now))
+    """Extend the lease of a live scheduler; raise LeaseLost if it was declared dead."""
+    held = conn.execute(
+        update(schedulers)
+        .where(schedulers.c.id == scheduler_id, schedulers.c.stopped_at.is_(None))
+        .values(heartbeat_at=now)
+        .returning(schedulers.c.id)
+    ).first()
+    if held is None:
+        hold_lease(conn, scheduler_id)  # raises
     for chunk in _chunks(list(try_ids)):
         conn.execute(update(tries).where(tries.c.id.in_(chunk), _LIVE_TRY).values(heartbeat_at=now))
 
@@ -717,23 +772,44 @@ def live_schedulers(conn: Connection, now: datetime, timeout: float) -> list[Rec
     )
 
 
-def mark_schedulers_dead(conn: Connection, ids: Sequence[int], now: datetime) -> None:
-    if ids:
-        conn.execute(
-            update(schedulers)
-            .where(schedulers.c.id.in_(list(ids)), schedulers.c.stopped_at.is_(None))
-            .values(stopped_at=now)
-        )
+def mark_schedulers_dead(
+    conn: Connection,
+    *,
+    silent: Sequence[int],
+    silent_since: datetime,
+    exited: Sequence[int],
+    now: datetime,
+) -> list[int]:
+    """Declare schedulers dead: those of ``silent`` whose last heartbeat is still older
+    than ``silent_since`` (checked again here, under the row lock: one that came back
+    meanwhile stays alive), and those of ``exited`` (their process is known to be gone).
+    Returns the ids declared dead; their tries become orphans."""
+    dead: list[int] = []
+    for ids, extra in ((silent, [schedulers.c.heartbeat_at < silent_since]), (exited, [])):
+        for chunk in _chunks(list(ids)):
+            dead += conn.execute(
+                update(schedulers)
+                .where(schedulers.c.id.in_(chunk), schedulers.c.stopped_at.is_(None), *extra)
+                .values(stopped_at=now)
+                .returning(schedulers.c.id)
+            ).scalars()
+    return dead
 
 
-def claim_orphans(conn: Connection, me: int, live_owner_ids: Iterable[int]) -> list[Rec]:
-    """Take over every live try whose owner is not a live scheduler; return them."""
-    live = set(live_owner_ids) | {me}
-    candidates = conn.execute(
-        select(tries.c.id, tries.c.owner).where(
-            _LIVE_TRY, or_(tries.c.owner.is_(None), tries.c.owner.not_in(live))
+def claim_orphans(
+    conn: Connection, me: int, pipeline_names: Iterable[str] | None = None
+) -> list[Rec]:
+    """Take over every live try whose owner is not a live scheduler (it stopped or was
+    declared dead; or it is unknown), of ``pipeline_names`` when given; return them."""
+    live_owners = select(schedulers.c.id).where(schedulers.c.stopped_at.is_(None))
+    stmt = select(tries.c.id, tries.c.owner).where(
+        _LIVE_TRY, or_(tries.c.owner.is_(None), tries.c.owner.not_in(live_owners))
+    )
+    if pipeline_names is not None:
+        stmt = stmt.join(runs, runs.c.id == tries.c.run).where(
+            runs.c.pipeline.in_(list(pipeline_names))
         )
-    ).all()
+    candidates = conn.execute(stmt).all()
     claimed: list[int] = []
     for row in candidates:
         cond = tries.c.owner.is_(None) if row.owner is None else tries.c.owner == row.owner
@@ -742,9 +818,10 @@ def claim_orphans(conn: Connection, me: int, live_owner_ids: Iterable[int]) -> l
         )
         if res.rowcount:
             claimed.append(row.id)
-    if not claimed:
-        return []
-    return list(conn.execute(select(tries).where(tries.c.id.in_(claimed))).all())
+    out: list[Rec] = []
+    for chunk in _chunks(claimed):
+        out += conn.execute(select(tries).where(tries.c.id.in_(chunk))).all()
+    return out
 
 
 # -- reads for the CLI and services ----------------------------------------------------------

@@ -8,6 +8,7 @@ scheduler that was killed, and the one that replaced it, would each have.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 import time
@@ -142,9 +143,25 @@ def wait_for(check: Callable[[], bool], timeout: float = 15.0, what: str = "cond
         time.sleep(0.05)
 
 
+_TOKENS: list[str] = []
+
+
 def unique_sleep() -> str:
     """A sleep duration no other process uses: its processes are found by their argv."""
-    return f"{1000 + random.randrange(10**6) / 10**7:.7f}"
+    token = f"{1000 + random.randrange(10**6) / 10**7:.7f}"
+    _TOKENS.append(token)
+    return token
+
+
+@pytest.fixture(autouse=True)
+def no_sleep_survives() -> Iterator[None]:
+    """Whatever runs `sleep <token>` after a (failed) test is killed: a process that wiped
+    its environment carries no marker that the clean-up of the runtime folder would find."""
+    yield
+    while _TOKENS:
+        for proc in sleeping(_TOKENS.pop()):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
 
 
 def sleeping(token: str) -> list[psutil.Process]:

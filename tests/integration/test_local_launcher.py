@@ -3,6 +3,7 @@ clean-up after the outcome is recorded, fencing, and cgroups."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -635,9 +636,25 @@ def test_adopt_of_a_try_never_recorded_waits_for_its_wrapper_to_write_its_pid(
 
 
 # -- every process of a try -------------------------------------------------------------
+_TOKENS: list[str] = []
+
+
 def unique_sleep() -> str:
     """A sleep duration no other process uses: its processes are found by their argv."""
-    return f"{1000 + random.randrange(10**6) / 10**7:.7f}"
+    token = f"{1000 + random.randrange(10**6) / 10**7:.7f}"
+    _TOKENS.append(token)
+    return token
+
+
+@pytest.fixture(autouse=True)
+def no_sleep_survives() -> Iterator[None]:
+    """Whatever runs `sleep <token>` after a (failed) test is killed: a process that wiped
+    its environment carries no marker that the clean-up of the runtime folder would find."""
+    yield
+    while _TOKENS:
+        for proc in sleeping(_TOKENS.pop()):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
 
 
 def sleeping(token: str) -> list[psutil.Process]:

@@ -82,10 +82,11 @@ _LIVE_TRIES_BY_OWNER = text(
 
 def _pause_one_holding_tries(
     inst: Installation, procs: list[subprocess.Popen[bytes]], timeout: float = 60
-) -> tuple[subprocess.Popen[bytes], int, str]:
+) -> tuple[subprocess.Popen[bytes], int, dict[int, str]]:
     """SIGSTOP one of ``procs`` while it owns live tries, preferably one it queued but has
     not recorded as started (the window in which a paused scheduler may later start a try
-    that is no longer its own). Returns (process, its scheduler id, what it held)."""
+    that is no longer its own). Returns (process, its scheduler id, {try id: state} of the
+    live tries it held)."""
     by_pid = {p.pid: p for p in procs}
     start = time.monotonic()
     with _watching(inst.db_url) as conn:
@@ -103,13 +104,14 @@ def _pause_one_holding_tries(
                 continue
             pid, scheduler_id = pick[0], pick[1]
             os.kill(pid, signal.SIGSTOP)
-            held = conn.execute(
-                text("SELECT id, state FROM tries WHERE owner = :o AND ended_at IS NULL"),
-                {"o": scheduler_id},
-            ).all()
-            states = sorted(s for _, s in held)
-            if "queued" in states or (held and time.monotonic() - start > 8):
-                return by_pid[pid], scheduler_id, f"tries {[i for i, _ in held]} ({states})"
+            held: dict[int, str] = dict(
+                conn.execute(
+                    text("SELECT id, state FROM tries WHERE owner = :o AND ended_at IS NULL"),
+                    {"o": scheduler_id},
+                ).all()
+            )
+            if "queued" in held.values() or (held and time.monotonic() - start > 8):
+                return by_pid[pid], scheduler_id, held
             os.kill(pid, signal.SIGCONT)
     raise AssertionError(f"no scheduler was seen holding a live try within {timeout} s")
 
@@ -156,20 +158,35 @@ def test_a_paused_scheduler_never_starts_a_try_it_no_longer_owns(
     inst = make_installation("postgres")
     step = evidence_step(inst.evidence, 1.0)
     inst.write_pipeline("shared", SHARED.format(a=step, b=step))
-    procs = [inst.scheduler() for _ in range(count)]
+    # One after the other: several schedulers starting at once on a new database is the
+    # first-use trial's subject, not this one's.
+    procs: list[subprocess.Popen[bytes]] = []
+    for _ in range(count):
+        proc = inst.scheduler()
+        procs.append(proc)
+        wait_for(
+            lambda p=proc: p.poll() is not None or inst.registered(p),  # type: ignore[misc]
+            timeout=60,
+            what="a scheduler to register",
+        )
+        assert proc.poll() is None, f"a scheduler died at start\n{inst.output(proc)}"
 
     paused, paused_id, held = _pause_one_holding_tries(inst, procs)
     print(f"paused scheduler {paused_id} (pid {paused.pid}) holding {held}")
+    others = [p for p in procs if p is not paused]
     try:
         wait_for(
-            lambda: _taken_over(inst, paused_id),
+            lambda: _taken_over(inst, paused_id) or all(p.poll() is not None for p in others),
             timeout=30 + 3 * SCHEDULER_TIMEOUT,
             what="the other schedulers to declare the paused one dead and take its tries",
         )
     finally:
         os.kill(paused.pid, signal.SIGCONT)
+    for proc in others:
+        assert proc.poll() is None, (
+            f"scheduler pid {proc.pid} died while another was paused\n{inst.output(proc)}"
+        )
 
-    others = [p for p in procs if p is not paused]
     killed, what = _kill_one_holding_tries(inst, others)
     print(f"killed pid {killed.pid} {what}")
     survivors = [p for p in procs if p is not killed]
@@ -181,7 +198,33 @@ def test_a_paused_scheduler_never_starts_a_try_it_no_longer_owns(
     for proc in survivors:
         _clean_exit(inst, proc, f"scheduler pid {proc.pid}")
     violations = check_invariants(inst.db_url, inst.evidence, SHARED_RUNS)
+    violations += _fenced_tries_never_ran(inst, [t for t, s in held.items() if s == "queued"])
     assert not violations, summary(violations)
+
+
+def _fenced_tries_never_ran(inst: Installation, try_ids: list[int]) -> list[str]:
+    """The tries a scheduler had queued when it was paused, and that were declared lost
+    meanwhile, never ran (their retries did)."""
+    out = []
+    executions = read_evidence(inst.evidence).executions
+    for try_id in try_ids:
+        ((pipeline, run_id, task, number, state, reason),) = inst.query(
+            "SELECT r.pipeline, r.run_id, ti.task_id, t.try_number, t.state, t.failure_reason "
+            "FROM tries t JOIN task_instances ti ON ti.id = t.ti JOIN runs r ON r.id = t.run "
+            f"WHERE t.id = {try_id}"
+        )
+        ran = [
+            e
+            for e in executions
+            if (e.pipeline, e.run_id, e.task, e.try_number) == (pipeline, run_id, task, number)
+        ]
+        print(f"try {try_id} queued when paused: {state} ({reason}), executions {len(ran)}")
+        if reason == "lost" and ran:
+            out.append(
+                f"the paused scheduler started try {number} of {pipeline} {run_id} {task} "
+                f"after it was declared lost: {ran[0].describe()}"
+            )
+    return out
 
 
 # -- (b) database outage -------------------------------------------------------------------

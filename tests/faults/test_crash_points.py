@@ -69,7 +69,7 @@ def _cases() -> list[Any]:
 def _workload(inst: Installation) -> None:
     inst.write_pipeline(
         "faulty",
-        FAULTY.format(a=evidence_step(inst.evidence, 0.3), b=evidence_step(inst.evidence, 0.3)),
+        FAULTY.format(a=evidence_step(inst.evidence, 0.2), b=evidence_step(inst.evidence, 0.2)),
     )
     inst.write_pipeline("stubborn", STUBBORN.format(hang=stubborn_step(inst.evidence, 30)))
 

@@ -1,6 +1,6 @@
 """A fake one-node Kubernetes cluster for tests: the core/v1 REST API (pods, pod logs,
-persistent volume claims, events) over plain HTTP on 127.0.0.1, and a "kubelet" that runs
-the first container of each pod as a local process group.
+persistent volume claims, secrets, config maps, events) over plain HTTP on 127.0.0.1, and
+a "kubelet" that runs the first container of each pod as a local process group.
 
     with FakeCluster(tmp_path / "cluster") as cluster:
         kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig")  # context "fake"
@@ -18,6 +18,7 @@ a launcher cares:
 - PATCH takes a strategic-merge or merge patch of metadata (labels, annotations,
   ownerReferences) of pods and secrets; a patch that changes nothing changes no version;
 - errors are Status objects (NotFound, AlreadyExists, Invalid with causes, ...);
+- config maps are created, read, listed (label selectors), watched and deleted as stored;
 - argv is command + args after Kubernetes' $(VAR) expansion ("$$" becomes "$"); each
   volume is a local folder workdir/pods/{pod}/{volume} (for a claim, a link to
   workdir/claims/{namespace}/{claim}, which outlives pods) and its mount path is rewritten
@@ -93,6 +94,7 @@ _KINDS = {
     "persistentvolumeclaims": "PersistentVolumeClaim",
     "events": "Event",
     "secrets": "Secret",
+    "configmaps": "ConfigMap",
 }
 _DEFAULT_AFTER = 0.3
 _BACKOFF_AFTER = 0.5  # ErrImagePull turns into ImagePullBackOff
@@ -311,6 +313,7 @@ _FIELDS = {
     },
     "persistentvolumeclaims": {"metadata.name", "metadata.namespace"},
     "secrets": {"metadata.name", "metadata.namespace", "type"},
+    "configmaps": {"metadata.name", "metadata.namespace"},
     "events": {
         "metadata.name", "metadata.namespace", "involvedObject.kind",
         "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
@@ -626,6 +629,20 @@ def _secret_causes(secret: Obj) -> list[Cause]:
                     base64.b64decode(value, validate=True)
                 except binascii.Error:
                     causes.append(_bad_value(path, "<value>", "must be base64"))
+    return causes
+
+
+def _config_map_causes(config_map: Obj) -> list[Cause]:
+    causes = []
+    values = config_map.get("data") or {}
+    if not isinstance(values, dict):
+        return [_bad_value("data", values, "must be an object")]
+    for key, value in values.items():
+        if len(key) > 253 or not _SECRET_KEY.fullmatch(key):
+            rule = "a valid config key must consist of alphanumeric characters, '-', '_' or '.'"
+            causes.append(_bad_value(f"data[{key}]", key, rule))
+        if not isinstance(value, str):
+            causes.append(_bad_value(f"data[{key}]", value, "must be a string"))
     return causes
 
 
@@ -977,11 +994,10 @@ def _event_line(kind: str, obj: Obj) -> bytes:
 
 # --- the cluster ---------------------------------------------------------------------------
 
-_ITEM = re.compile(
-    r"/api/v1/namespaces/([^/]+)/(pods|persistentvolumeclaims|events|secrets)/([^/]+)"
-)
-_COLLECTION = re.compile(r"/api/v1/namespaces/([^/]+)/(pods|persistentvolumeclaims|events|secrets)")
-_ALL_NAMESPACES = re.compile(r"/api/v1/(pods|persistentvolumeclaims|events|secrets)")
+_RESOURCES = "(pods|persistentvolumeclaims|events|secrets|configmaps)"
+_ITEM = re.compile(rf"/api/v1/namespaces/([^/]+)/{_RESOURCES}/([^/]+)")
+_COLLECTION = re.compile(rf"/api/v1/namespaces/([^/]+)/{_RESOURCES}")
+_ALL_NAMESPACES = re.compile(rf"/api/v1/{_RESOURCES}")
 _LOG = re.compile(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)/log")
 
 
@@ -1003,6 +1019,7 @@ class FakeCluster:
         self._kubelets: list[threading.Thread] = []
         self._streams: set[_Stream] = set()
         self._faults: list[_Fault] = []
+        self._hooks: list[tuple[str, str, Callable[[], None]]] = []
         self._requests: list[tuple[str, str]] = []
         self._deleted_pods: list[str] = []
         self._event_stamp = 0
@@ -1103,6 +1120,9 @@ class FakeCluster:
     def secrets(self, namespace: str | None = None) -> list[Obj]:
         return self._copies("secrets", namespace)
 
+    def config_maps(self, namespace: str | None = None) -> list[Obj]:
+        return self._copies("configmaps", namespace)
+
     def events(self, namespace: str | None = None) -> list[Obj]:
         return self._copies("events", namespace)
 
@@ -1148,6 +1168,22 @@ class FakeCluster:
             method = method.upper() if method else None
             self._faults.append(_Fault(count, status, method, path_contains, after_apply))
 
+    def after_next(self, method: str, path_contains: str, action: Callable[[], None]) -> None:
+        """Runs `action` once, in the server, right after the next matching request took
+        effect and before it is answered: what another client did at that very moment."""
+        with self._lock:
+            self._hooks.append((method.upper(), path_contains, action))
+
+    def backdate(self, resource: str, namespace: str, name: str, seconds: float) -> None:
+        """Moves an object's creationTimestamp `seconds` into the past, as if it had been
+        created then (a new resourceVersion, a MODIFIED event)."""
+        with self._lock:
+            obj = copy.deepcopy(self._objects[resource][(namespace, name)])
+            created = datetime.fromisoformat(obj["metadata"]["creationTimestamp"])
+            earlier = time.gmtime(created.timestamp() - seconds)
+            obj["metadata"]["creationTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", earlier)
+            self._publish_locked(resource, obj, "MODIFIED")
+
     def expire_watches(self) -> None:
         """Every open watch gets a 410 Expired ERROR event and ends; watching from any
         resourceVersion seen so far gets the same at once (a fresh list gives a good one)."""
@@ -1191,7 +1227,14 @@ class FakeCluster:
                 with contextlib.suppress(ApiError):
                     self._route(method, path.rstrip("/") or "/", query, body, content_type)
             raise fault.error()
-        return self._route(method, path.rstrip("/") or "/", query, body, content_type)
+        reply = self._route(method, path.rstrip("/") or "/", query, body, content_type)
+        with self._lock:
+            hook = next((h for h in self._hooks if h[0] == method and h[1] in path), None)
+            if hook is not None:
+                self._hooks.remove(hook)
+        if hook is not None:
+            hook[2]()
+        return reply
 
     def _take_fault_locked(self, method: str, path: str) -> _Fault | None:
         for fault in self._faults:
@@ -1265,6 +1308,7 @@ class FakeCluster:
             resource("pods", "pod", "Pod", [*crud, "patch"]),
             resource("pods/log", "", "Pod", ["get"]),
             resource("secrets", "secret", "Secret", [*crud, "patch", "update"]),
+            resource("configmaps", "configmap", "ConfigMap", crud),
         ]
         return _json_reply(
             200, {"kind": "APIResourceList", "groupVersion": "v1", "resources": resources}
@@ -1448,6 +1492,8 @@ class FakeCluster:
                 causes = _pod_causes(obj)
             elif resource == "secrets":
                 causes = _metadata_causes(obj["metadata"]) + _secret_causes(obj)
+            elif resource == "configmaps":
+                causes = _metadata_causes(obj["metadata"]) + _config_map_causes(obj)
             else:
                 causes = _metadata_causes(obj["metadata"])
                 causes += _claim_spec_causes(obj.get("spec") or {}, "spec")
@@ -1475,10 +1521,11 @@ class FakeCluster:
                 )
             if resource == "pods":
                 return _json_reply(201, self._create_pod_locked(obj, dry_run))
-            if resource == "secrets":
+            if resource in ("secrets", "configmaps"):
                 meta = obj["metadata"]
                 meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now())
-                _fold_string_data(obj)
+                if resource == "secrets":
+                    _fold_string_data(obj)
                 return _json_reply(
                     201, obj if dry_run else self._publish_locked(resource, obj, "ADDED")
                 )

@@ -38,6 +38,7 @@ ALLOWED_RULES = {
         ("", "pods/log"): {"get"},
         ("", "persistentvolumeclaims"): {"create", "get", "list", "delete"},
         ("", "secrets"): {"create", "update", "patch", "list", "delete"},
+        ("", "configmaps"): {"get", "create", "delete", "list"},
         ("", "events"): {"get", "list", "watch"},
     },
     "reflow-spark": {

@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 
-from reflow.core.errors import TaskError
+from reflow.core.errors import Fenced, TaskError
 from reflow.core.spec import Outcome, TryRef, TrySpec
 from reflow.core.states import FailureReason, RunState, TIState
 from reflow.launchers.kubernetes.launcher import KubernetesLauncher
+from reflow.launchers.kubernetes.manifest import fence_manifest, fence_name, pod_name
 from reflow.services import backfill as backfill_service
 from reflow.store import repo
 
@@ -664,6 +665,104 @@ def test_a_try_with_no_pod_and_no_recorded_start_is_lost_as_never_started(
     outcome = outcome_of(launcher, spec.try_id)
     assert outcome.reason == FailureReason.LOST
     assert "never started" in outcome.detail
+
+
+def fences(k8s: K8sEnv) -> dict[str, str]:
+    """reflow's fences in the namespace: name -> the try id they fence."""
+    items = k8s.cluster.core.list_namespaced_config_map(
+        k8s.cluster.settings.namespace, label_selector="reflow.io/fence"
+    ).items
+    return {c.metadata.name: c.metadata.labels["reflow.io/try-id"] for c in items}
+
+
+def test_a_start_fenced_while_its_pod_is_created_deletes_the_pod_and_raises_fenced(
+    k8s: K8sEnv, launchers: Any
+) -> None:
+    if k8s.cluster.real:
+        pytest.skip("the fence is laid at that very moment by the fake API server")
+    fake, namespace = k8s.cluster.fake, k8s.cluster.settings.namespace
+    launcher = launchers()
+    spec = try_spec(k8s, "sleep 30")
+    fence = fence_manifest(spec.try_id, k8s.settings.kubernetes)
+    # The start passed its first look at the fence; another scheduler declares the try lost
+    # (it lists no pod of it yet) once the pod is created, before start() looks again.
+    fake.after_next(
+        "POST",
+        f"/namespaces/{namespace}/pods",
+        lambda: k8s.cluster.core.create_namespaced_config_map(namespace, fence),
+    )
+    with pytest.raises(Fenced, match="just created, was deleted"):
+        launcher.start(spec)
+
+    name = pod_name(spec)
+    assert fake.deleted_pods() == [f"{namespace}/{name}"]
+    assert pod_named(k8s, name) is None, "deleted with no grace period: gone at once"
+    assert launcher.watched() == set()
+    fence_path = f"/api/v1/namespaces/{namespace}/configmaps/{fence['metadata']['name']}"
+    pods_path = f"/api/v1/namespaces/{namespace}/pods"
+    steps = [
+        (method, path)
+        for method, path in fake.requests()
+        if "/configmaps" in path or (method != "GET" and path.startswith(pods_path))
+    ]
+    assert steps == [
+        ("GET", fence_path),  # before: no fence
+        ("POST", pods_path),
+        ("POST", f"/api/v1/namespaces/{namespace}/configmaps"),  # the other scheduler
+        ("GET", fence_path),  # after: fenced
+        ("DELETE", f"{pods_path}/{name}"),
+    ]
+
+
+def test_an_unrecorded_try_whose_pod_exists_is_adopted_despite_its_fence(
+    k8s: K8sEnv, launchers: Any
+) -> None:
+    # Its scheduler created the pod and died before recording it. Each adopter fences the
+    # try before looking its pod up; the second finds the fence there already.
+    first = launchers()
+    spec = try_spec(k8s, "echo before; sleep 1; echo after")
+    name = first.start(spec).external_id.split("/")[1]
+    wait_until(lambda: running(k8s, name), timeout=30)
+    first.close()
+    ref = TryRef(spec.try_id, spec.log_path, launcher="kubernetes")
+
+    second = launchers()
+    assert second.adopt(ref)
+    fence = fence_name(spec.try_id, k8s.settings.kubernetes)
+    assert fences(k8s) == {fence: str(spec.try_id)}
+    second.close()  # dies too, before recording anything
+    third = launchers()
+    assert third.adopt(ref)
+    outcome = outcome_of(third, spec.try_id)
+    assert (outcome.exit_code, outcome.reason) == (0, None), outcome
+    assert [p["metadata"]["name"] for p in k8s.cluster.pods()] == [name]
+    assert fences(k8s) == {fence: str(spec.try_id)}
+    lines = Path(spec.log_path).read_text().splitlines()
+    assert lines.count("before") == 1 and lines.count("after") == 1
+
+
+def test_the_sweep_removes_old_fences_and_keeps_young_ones(k8s: K8sEnv, launchers: Any) -> None:
+    if k8s.cluster.real:
+        pytest.skip("fences are aged by the fake API server")
+    fake, namespace = k8s.cluster.fake, k8s.cluster.settings.namespace
+    ours, theirs = launchers(), launchers(instance="neighbour")
+    old, young, neighbours = (try_spec(k8s, "true") for _ in range(3))
+    for launcher, spec in ((ours, old), (ours, young), (theirs, neighbours)):
+        assert not launcher.adopt(TryRef(spec.try_id, spec.log_path, launcher="kubernetes"))
+        assert "fenced" in outcome_of(launcher, spec.try_id).detail
+    names = {
+        "old": fence_name(old.try_id, ours.settings),
+        "young": fence_name(young.try_id, ours.settings),
+        "neighbour's": fence_name(neighbours.try_id, theirs.settings),
+    }
+    assert set(fences(k8s)) == set(names.values())
+    day = 24 * 3600
+    fake.backdate("configmaps", namespace, names["old"], day + 60)
+    fake.backdate("configmaps", namespace, names["young"], day - 3600)
+    fake.backdate("configmaps", namespace, names["neighbour's"], 2 * day)  # not ours to sweep
+
+    assert launchers().sweep(lambda: set()) == 1
+    assert set(fences(k8s)) == {names["young"], names["neighbour's"]}
 
 
 def test_cancel_right_after_start_deletes_the_pod(k8s: K8sEnv, launchers: Any) -> None:

@@ -4,6 +4,10 @@ A watch thread keeps the latest state of every reflow pod of the namespace; one 
 try follows its container log into the try's log file (so no volume is shared between the
 scheduler, the web server and the pods). The scheduler's thread creates and deletes pods
 and turns pod states into outcomes in :meth:`poll`.
+
+A try never recorded as started is fenced by a ConfigMap when it is adopted (see
+:meth:`KubernetesLauncher.adopt`): the API server decides, and no pod of it runs after the
+try was declared lost.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from reflow.core.config import KubernetesSettings
-from reflow.core.errors import ConfigError, TaskError
+from reflow.core.errors import ConfigError, Fenced, TaskError
 from reflow.core.pod import label_value
 from reflow.core.spec import Handle, Outcome, TryRef, TrySpec
 from reflow.core.states import FailureReason
@@ -31,6 +35,9 @@ from reflow.launchers.kubernetes.manifest import (
     INSTANCE,
     TRY_ID,
     claim_manifests,
+    fence_manifest,
+    fence_name,
+    fence_selector,
     identity,
     name_of_try,
     pod_manifest,
@@ -50,6 +57,11 @@ _WATCH_SECONDS = 30
 # How often a pod that the watch does not see (outside this instance's selector) is read.
 _LOOKUP_EVERY = 2.0
 _REQUEST_TIMEOUT = (5, 30)
+_FENCE_RIGHTS = (
+    " (the scheduler's Role needs get, create, delete and list on configmaps: see "
+    "deploy/kubernetes/rbac-scheduler.yaml)"
+)
+_NEVER_STARTED = "never started: no pod of this try exists; fenced, so that none ever runs"
 
 
 @dataclass
@@ -73,6 +85,7 @@ class _Pod:
     failure: tuple[FailureReason, str] | None = None  # decided by reflow (never started)
     follower: _LogFollower | None = None
     last_lookup: float = 0.0
+    fenced: bool = False  # its fence was laid (a try looked up by its labels)
 
 
 def load_client(settings: KubernetesSettings) -> Any:
@@ -113,6 +126,8 @@ class KubernetesLauncher(Launcher):
     # Seconds a deleted pod may take beyond its grace period before the try is reported
     # ended anyway and the pod force-deleted (a lost node never confirms a deletion).
     terminating_margin = 15.0
+    # Seconds a fence is kept: longer than any pause a scheduler may resume from.
+    fence_keep = 24 * 3600.0
 
     def __init__(
         self,
@@ -146,14 +161,20 @@ class KubernetesLauncher(Launcher):
     def start(self, spec: TrySpec) -> Handle:
         """Create the try's claims (when missing), its Secret (when it has secret env) and
         its pod. Raises TaskError when Kubernetes refuses them; transient API errors are
-        retried a few times first."""
+        retried a few times first. Raises Fenced when the try was fenced (see
+        :meth:`adopt`), before or while its pod was created: no pod of it is left."""
         manifest = pod_manifest(spec, self.settings)
+        name = manifest["metadata"]["name"]
+        # A try fenced while its scheduler was paused is mostly fenced by now: nothing is
+        # created for it. This only saves work; the check once the pod exists is the one
+        # that makes the fence safe (see _check_fence_after_create).
+        if self._fence_stands(spec.try_id):
+            raise Fenced(_fenced_message(spec.try_id))
         for claim in claim_manifests(spec, self.settings):
             self._ensure_claim(claim)
         secret = secret_manifest(spec, self.settings)
         if secret is not None:
             self._create_secret(secret)
-        name = manifest["metadata"]["name"]
         log_path = Path(spec.log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -181,6 +202,7 @@ class KubernetesLauncher(Launcher):
                 != label_value(self.settings.instance)
             ):
                 raise TaskError(f"kubernetes: pod {name} already exists and is not this try's")
+        self._check_fence_after_create(spec.try_id, name, secret is not None)
         if secret is not None:
             self._own_secret(name, created)
         t = _Pod(spec.try_id, name, log_path, raw=created)
@@ -230,7 +252,12 @@ class KubernetesLauncher(Launcher):
         The pod is found by name when the store has it, else by the try's labels; either
         way it must carry the try's id and the name reflow gives that try. A pod of this
         installation labelled with another ``instance`` (the setting changed) is
-        relabelled, so the watch and the sweep see it. No pod: the try is lost."""
+        relabelled, so the watch and the sweep see it. No pod: the try is lost.
+
+        A try never recorded as started is fenced before its pod is looked up: its fence
+        is created first, then its pods are listed by its labels. A pod found is adopted
+        (the fence stays, harmless); none found, the try is reported lost, and a scheduler
+        that starts it later deletes the pod it creates (see :meth:`start`)."""
         known = self._tries.get(ref.try_id)
         if known is not None:
             return not known.gone
@@ -251,7 +278,7 @@ class KubernetesLauncher(Launcher):
         if pod is None:
             t.gone = True
             if not t.known:
-                t.failure = (FailureReason.LOST, "never started: no pod of this try exists")
+                t.failure = (FailureReason.LOST, _NEVER_STARTED)
             self._register(t)
             return False
         self._take_over(t, pod)
@@ -269,22 +296,54 @@ class KubernetesLauncher(Launcher):
     def sweep(self, live: Callable[[], set[int]]) -> int:
         """Delete reflow pods of this installation whose try is not live: running ones
         (orphans of a lost record) and finished ones the cleanup policy removes; and the
-        Secrets of such tries that no pod owns."""
+        Secrets of such tries that no pod owns; and fences older than ``fence_keep``."""
         now = time.monotonic()
         if now < self._next_sweep:
             return 0
         self._next_sweep = now + self.settings.sweep_interval
+        fences = self._sweep_fences()
         try:
             pods = self._list_pods()[0]
             secrets = self._list_secrets()
         except _ApiError as exc:
             log.warning("orphan sweep skipped: %s", exc)
-            return 0
+            return fences
         alive = live() | set(self._tries)
         # Reported tries recorded by another scheduler (that adopted them) are its to release.
         for try_id in set(self._unreleased) - alive:
             del self._unreleased[try_id]
-        return self._sweep_pods(pods, alive) + self._sweep_secrets(secrets, alive)
+        return fences + self._sweep_pods(pods, alive) + self._sweep_secrets(secrets, alive)
+
+    def _sweep_fences(self) -> int:
+        """Delete this instance's fences older than ``fence_keep``: a scheduler paused
+        longer than that is not expected to resume (its lease was taken long ago)."""
+        try:
+            body = self._request(
+                lambda: self.core.list_namespaced_config_map(
+                    self.namespace,
+                    label_selector=fence_selector(self.settings),
+                    _preload_content=False,
+                )
+            )
+        except _ApiError as exc:
+            log.warning("fence sweep skipped: %s", exc)
+            return 0
+        limit = self._clock() - timedelta(seconds=self.fence_keep)
+        removed = 0
+        for fence in body.get("items") or ():
+            meta = fence.get("metadata") or {}
+            try:
+                created = datetime.fromisoformat(
+                    str(meta.get("creationTimestamp")).replace("Z", "+00:00")
+                )
+            except ValueError:
+                continue
+            if created >= limit:
+                continue
+            with contextlib.suppress(_ApiError):
+                self._delete_fence(meta["name"])
+                removed += 1
+        return removed
 
     def _sweep_pods(self, pods: list[dict[str, Any]], alive: set[int]) -> int:
         removed = 0
@@ -484,6 +543,10 @@ class KubernetesLauncher(Launcher):
                 t.failure = (FailureReason.LOST, f"pod {t.name} now runs another try")
                 return None
             return pod
+        if not t.fenced:  # first: see _check_fence_after_create
+            self._lay_fence(t.try_id)
+            t.fenced = True
+        # Not from a cache: a list without resourceVersion reads the latest state.
         body = self._request(
             lambda: self.core.list_namespaced_pod(
                 self.namespace, label_selector=try_selector(t.try_id), _preload_content=False
@@ -573,7 +636,7 @@ class KubernetesLauncher(Launcher):
             with self._lock:
                 t.gone = True
             if not t.known:
-                t.failure = (FailureReason.LOST, "never started: no pod of this try exists")
+                t.failure = (FailureReason.LOST, _NEVER_STARTED)
             return
         self._take_over(t, pod)
         if t.follower is None:
@@ -669,6 +732,88 @@ class KubernetesLauncher(Launcher):
         try:
             self._request(
                 lambda: self.core.delete_namespaced_secret(
+                    name, self.namespace, _preload_content=False
+                )
+            )
+        except _ApiError as exc:
+            if exc.status != 404:
+                raise
+
+    # -- fences ------------------------------------------------------------------------------
+    def _lay_fence(self, try_id: int) -> None:
+        """Create the try's fence; one that exists already (409) is as good."""
+        fence = fence_manifest(try_id, self.settings)
+        try:
+            self._request(
+                lambda: self.core.create_namespaced_config_map(
+                    self.namespace, fence, _preload_content=False
+                )
+            )
+        except _ApiError as exc:
+            if exc.status != 409:
+                log.warning(
+                    "cannot fence try %s (config map %s): %s; it is looked up again later",
+                    try_id,
+                    fence["metadata"]["name"],
+                    exc,
+                )
+                raise
+        log.info("try %s, never recorded as started, is fenced", try_id)
+
+    def _fence_stands(self, try_id: int) -> bool:
+        """Is the try fenced? A GET by name: the API server's latest state, not a cache."""
+        name = fence_name(try_id, self.settings)
+        try:
+            self._request(
+                lambda: self.core.read_namespaced_config_map(
+                    name, self.namespace, _preload_content=False
+                )
+            )
+        except _ApiError as exc:
+            if exc.status == 404:
+                return False
+            hint = _FENCE_RIGHTS if exc.status == 403 else ""
+            raise TaskError(
+                f"kubernetes: cannot read the fence {name} of try {try_id}: {exc}{hint}"
+            ) from None
+        return True
+
+    def _check_fence_after_create(self, try_id: int, name: str, secret: bool) -> None:
+        """Delete the pod just created, and raise Fenced, if the try is fenced now.
+
+        The API server orders every write and un-cached read. The adopter creates the fence,
+        then lists the try's pods; this created the pod, and reads the fence now:
+        - pod created before the adopter's list: the list finds it, and the try is adopted;
+        - pod created after it: so was this read, which comes after the fence's creation
+          and finds it; the pod goes before the try is reported started anywhere.
+        Both can hold at once (pod before the list, fence before this read): the adopter
+        then sees its pod deleted and reports the try lost. No interleaving leaves a pod
+        that its try's owner does not know of. The check before the create cannot give
+        this: a fence may come right after it."""
+        try:
+            fenced = self._fence_stands(try_id)
+        except TaskError as exc:  # unknown: the pod may not stay
+            self._withdraw(name, secret)
+            raise TaskError(f"{exc}; pod {name} deleted") from None
+        if fenced:
+            self._withdraw(name, secret)
+            raise Fenced(f"{_fenced_message(try_id)}; its pod {name}, just created, was deleted")
+
+    def _withdraw(self, name: str, secret: bool) -> None:
+        """Delete a pod that must not run, at once, and its Secret (not owned by it yet).
+        What cannot be deleted now is the sweep's: its try is not live."""
+        try:
+            self._delete(name, 0)
+        except _ApiError as exc:
+            log.warning("cannot delete pod %s of a fenced try: %s", name, exc)
+        if secret:
+            with contextlib.suppress(_ApiError):
+                self._delete_secret(name)
+
+    def _delete_fence(self, name: str) -> None:
+        try:
+            self._request(
+                lambda: self.core.delete_namespaced_config_map(
                     name, self.namespace, _preload_content=False
                 )
             )
@@ -929,6 +1074,10 @@ class _ApiError(TaskError):
 
 
 # -- helpers -------------------------------------------------------------------------------------
+def _fenced_message(try_id: int) -> str:
+    return f"try {try_id} was declared lost by another scheduler (and retried): it must not start"
+
+
 def _try_id(pod: Mapping[str, Any] | None) -> int | None:
     value = ((pod or {}).get("metadata") or {}).get("labels", {}).get(TRY_ID)
     try:

@@ -6,6 +6,7 @@ Pure functions of a rendered :class:`TrySpec` and the launcher's settings: what
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Mapping
@@ -21,6 +22,8 @@ SCRATCH_VOLUME = "reflow-scratch"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 INSTANCE = "reflow.io/instance"
 TRY_ID = "reflow.io/try-id"
+# Marks the ConfigMap that fences a try (see fence_manifest).
+FENCE = "reflow.io/fence"
 # The try's identity, verbatim (labels hold sanitized values).
 PIPELINE_NOTE = "reflow.io/pipeline"
 RUN_ID_NOTE = "reflow.io/run-id"
@@ -44,6 +47,45 @@ def selector(settings: KubernetesSettings) -> str:
 def try_selector(try_id: int) -> str:
     """The label selector of a try's pod, whichever installation instance created it."""
     return f"{MANAGED_BY}=reflow,{TRY_ID}={try_id}"
+
+
+def fence_selector(settings: KubernetesSettings) -> str:
+    """The label selector of the fences this installation lays."""
+    return f"{selector(settings)},{FENCE}"
+
+
+def fence_name(try_id: int, settings: KubernetesSettings) -> str:
+    """The name of the ConfigMap that fences a try of this installation. Both the scheduler
+    that fences the try and the one that starts it know the try's id and the instance, not
+    always its pod's name (a try never recorded as started has none in the store); the
+    instance goes in as a hash, so that any value of it gives a valid, distinct name."""
+    digest = hashlib.sha256(label_value(settings.instance).encode()).hexdigest()[:10]
+    return f"reflow-fence-{try_id}-{digest}"
+
+
+def fence_manifest(try_id: int, settings: KubernetesSettings) -> dict[str, Any]:
+    """The ConfigMap whose existence fences a try: a scheduler that declares lost a try
+    never recorded as started creates it first, and a pod of that try must never run."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": fence_name(try_id, settings),
+            "namespace": settings.namespace,
+            "labels": {
+                MANAGED_BY: "reflow",
+                INSTANCE: label_value(settings.instance),
+                TRY_ID: str(try_id),
+                FENCE: "true",
+            },
+        },
+        "data": {
+            "reason": (
+                f"try {try_id} was declared lost by another scheduler before it was recorded "
+                "as started: no pod of it may run"
+            )
+        },
+    }
 
 
 def pod_name(spec: TrySpec) -> str:

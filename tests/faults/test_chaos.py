@@ -116,6 +116,15 @@ def _pause_one_holding_tries(
     raise AssertionError(f"no scheduler was seen holding a live try within {timeout} s")
 
 
+def _sessions(inst: Installation) -> str:
+    """What every session of the database is doing (who waits for a lock)."""
+    rows = inst.query(
+        "SELECT pid, state, wait_event_type, wait_event, left(query, 100) "
+        "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    return "\n".join(f"  {r}" for r in rows)
+
+
 def _taken_over(inst: Installation, scheduler_id: int) -> bool:
     """Was the paused scheduler declared dead, and none of the live tries left its own?"""
     (stopped, held) = inst.query(
@@ -180,6 +189,8 @@ def test_a_paused_scheduler_never_starts_a_try_it_no_longer_owns(
             timeout=30 + 3 * SCHEDULER_TIMEOUT,
             what="the other schedulers to declare the paused one dead and take its tries",
         )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nsessions of the database:\n{_sessions(inst)}") from None
     finally:
         os.kill(paused.pid, signal.SIGCONT)
     for proc in others:

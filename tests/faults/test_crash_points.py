@@ -7,8 +7,10 @@ proves nothing (and names a point still missing from the code).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -157,3 +159,23 @@ def test_a_migration_killed_midway_leaves_a_database_the_next_command_completes(
 def test_every_crash_point_has_a_trial() -> None:
     covered = {c.values[0] for c in _cases()} | {"migration.step"}
     assert covered == set(CRASH_POINTS)
+
+
+def test_the_checker_sees_executions_that_overlap_or_that_the_store_never_recorded(
+    tmp_path: Path, sqlite_template: Path
+) -> None:
+    db = tmp_path / "empty.db"
+    shutil.copy(sqlite_template, db)
+    evidence = tmp_path / "evidence.txt"
+    evidence.write_text(
+        "start p manual__1 a 1 101 10.0\n"
+        "start p manual__1 a 2 102 10.5\n"
+        "end p manual__1 a 1 101 11.0 ok\n"
+        "end p manual__1 a 2 102 11.5 ok\n"
+        "garbage\n"
+    )
+    violations = check_invariants(f"sqlite:///{db}", evidence, {"p": Expect(("a",), 1, 1)})
+    assert any("ran twice at once" in v for v in violations), violations
+    assert any("the store has no record of" in v for v in violations), violations
+    assert any("malformed" in v for v in violations), violations
+    assert any("has 0 runs, expected 1" in v for v in violations), violations

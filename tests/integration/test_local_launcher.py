@@ -262,6 +262,20 @@ def test_cancel_kills_the_whole_process_group(
     assert marked(runtime, 1) == []
 
 
+def test_cancel_sends_each_process_of_the_try_one_sigterm(
+    tmp_path: Path, runtime: Path, launcher: LocalLauncher
+) -> None:
+    """A task's cleanup handler runs once: the group's signal is not repeated per process."""
+    traps = tmp_path / "traps.txt"
+    handler = f"trap 'echo term >> {traps}; sleep 0.3; exit 3' TERM; sleep 100 & wait; wait"
+    launcher.start(sh(tmp_path, 1, handler))
+    wait_for(lambda: any(p.name() == "sleep" for p in marked(runtime, 1)))
+    launcher.cancel(1, grace=10.0)
+    [outcome] = outcomes(launcher, timeout=10.0)
+    assert outcome.exit_code == 3
+    assert traps.read_text().split() == ["term"]
+
+
 @pytest.mark.slow
 def test_cancel_escalates_to_sigkill_for_a_child_ignoring_sigterm(
     tmp_path: Path, runtime: Path, launcher: LocalLauncher

@@ -443,10 +443,14 @@ class LocalLauncher(Launcher):
                 for proc in self._orphans_of([t]).get(try_id, []):
                     t.doomed[proc.pid] = proc
         t.command_termed = t.cmdline is None or self._command(t) is not None
+        # Each process gets one SIGTERM: the group's signal reaches its members, the
+        # others (those that left the group) are signalled one by one; a task's TERM
+        # handler runs once.
+        group = t.pid if self._group_is_ours(t) else None
         self._signal_group(t, signal.SIGTERM)
-        _send(t.doomed.values(), signal.SIGTERM)
+        _send([p for p in t.doomed.values() if not _in_group(p.pid, group)], signal.SIGTERM)
         if t.cgroup is not None and self._cgroups is not None:
-            self._cgroups.send_all(t.cgroup, signal.SIGTERM)
+            self._cgroups.send_all(t.cgroup, signal.SIGTERM, except_group=group)
 
     def adopt(self, ref: TryRef) -> bool:
         """Watch a try started by another scheduler; True if its process is still alive.
@@ -1033,11 +1037,15 @@ class _Cgroups:
         except (OSError, ValueError):
             return []
 
-    def send_all(self, path: Path, sig: signal.Signals) -> None:
-        """Send ``sig`` to every process in the cgroup."""
+    def send_all(
+        self, path: Path, sig: signal.Signals, except_group: int | None = None
+    ) -> None:
+        """Send ``sig`` to every process in the cgroup (but those of the process group
+        ``except_group``, signalled as a group already)."""
         suffix = "/" + str(path.relative_to(self.mount))
         for pid in self.members(path):
-            self._send(pid, suffix, sig)
+            if not _in_group(pid, except_group):
+                self._send(pid, suffix, sig)
 
     def kill(self, path: Path, wait: float) -> bool:
         """SIGKILL everything in the cgroup, forks blocked first (v2: ``cgroup.kill``; v1:
@@ -1163,6 +1171,16 @@ def _become_subreaper() -> bool:
         except (OSError, AttributeError):
             _subreaper = False
     return _subreaper
+
+
+def _in_group(pid: int, group: int | None) -> bool:
+    """Is process ``pid`` a member of process group ``group``?"""
+    if group is None:
+        return False
+    try:
+        return os.getpgid(pid) == group
+    except OSError:
+        return False
 
 
 def _seconds(value: float) -> timedelta:

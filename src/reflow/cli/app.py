@@ -19,7 +19,7 @@ from typer.core import TyperGroup
 from reflow.cli.web import register as register_web
 from reflow.core.errors import InvalidInput
 from reflow.core.masking import scrub
-from reflow.core.states import RunState
+from reflow.core.states import RUN_ACTIVE, RunState
 from reflow.services import pipelines as pipeline_service
 from reflow.services import runs as run_service
 from reflow.services.project import Project
@@ -619,6 +619,17 @@ def backfill_create(
     )
     if dry_run:
         _print_plan(plan)
+        return
+    busy = [d.run for d in plan.dates if d.run is not None and d.existing in RUN_ACTIVE]
+    if wait and busy and not plan.count("create") and not plan.count("reset"):
+        # The same backfill again, after its `--wait` was stopped: see its runs through.
+        owners = sorted({r.backfill_id for r in busy if r.backfill_id is not None})
+        where = f" (backfill {', '.join(map(str, owners))})" if owners else ""
+        console.print(
+            f"Nothing new to backfill: {len(busy)} of {len(plan.dates)} dates are already "
+            f"queued or running{where}; waiting for them."
+        )
+        _wait_and_report(project, pipeline, [r.id for r in busy])
         return
     backfill_id = backfill_service.create(project, plan)
     counts = plan.planned

@@ -348,6 +348,8 @@ class Scheduler:
     def _create_due(self, conn: Connection, pipeline: Pipeline, now: datetime) -> bool:
         schedule = pipeline.schedule
         assert pipeline.start_date is not None
+        if not repo.lock_pipelines(conn, [pipeline.name]):
+            return False  # another scheduler is creating or admitting its runs right now
         (row,) = repo.pipeline_rows(conn, [pipeline.name])
         first = schedule.ceil(pipeline.start_date)
         nxt = max(row.next_logical_date or first, first)
@@ -369,18 +371,21 @@ class Scheduler:
             for logical_date in dates:
                 if repo.dated_run_exists(conn, pipeline.name, logical_date):
                     continue
-                repo.create_run(
-                    conn,
-                    pipeline=pipeline.name,
-                    run_id=run_id_for(RunOrigin.SCHEDULED, logical_date),
-                    logical_date=logical_date,
-                    interval=schedule.interval(logical_date),
-                    origin=RunOrigin.SCHEDULED,
-                    conf=conf,
-                    version=pipeline.version,
-                    task_ids=pipeline.topological(),
-                    now=now,
-                )
+                try:
+                    repo.create_run(
+                        conn,
+                        pipeline=pipeline.name,
+                        run_id=run_id_for(RunOrigin.SCHEDULED, logical_date),
+                        logical_date=logical_date,
+                        interval=schedule.interval(logical_date),
+                        origin=RunOrigin.SCHEDULED,
+                        conf=conf,
+                        version=pipeline.version,
+                        task_ids=pipeline.topological(),
+                        now=now,
+                    )
+                except Conflict:
+                    continue  # a backfill created that date's run a moment ago
                 created = True
             nxt = schedule.next_after(dates[-1])
             repo.set_next_logical_date(conn, pipeline.name, nxt)

@@ -25,7 +25,11 @@ class Project:
     def open(cls, home: Path | None = None, **overrides: Any) -> Project:
         """Load settings and bring the database schema up to date (created on first use)."""
         settings = load_settings(home, **overrides)
-        db = Database(settings.database)
+        # A process frozen inside a transaction must not hold the locks others need to
+        # declare it dead: well within scheduler_timeout, the server ends its session.
+        db = Database(
+            settings.database, idle_transaction_timeout=max(5.0, settings.scheduler_timeout / 2)
+        )
         db.migrate()
         return cls(settings, db)
 

@@ -101,7 +101,11 @@ class Database:
         *,
         echo: bool = False,
         outage_timeout: float | None = DEFAULT_OUTAGE_TIMEOUT,
+        idle_transaction_timeout: float | None = None,
     ) -> None:
+        """``idle_transaction_timeout`` (PostgreSQL): the server ends a session that sits
+        that long inside a transaction, so a process frozen mid-transaction (SIGSTOP, a VM
+        pause) releases its row locks instead of stalling every other scheduler."""
         self.url = normalize_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         self.outage_timeout = outage_timeout
@@ -127,9 +131,12 @@ class Database:
             _sqlite_pragmas(self.engine)
         else:
             self.where = parsed.render_as_string(hide_password=True)
-            connect_args = {"connect_timeout": _CONNECT_TIMEOUT_S}
+            connect_args: dict[str, Any] = {"connect_timeout": _CONNECT_TIMEOUT_S}
             if "connect_timeout" in parsed.query:
                 connect_args = {}
+            if idle_transaction_timeout is not None and "options" not in parsed.query:
+                ms = max(1000, round(idle_transaction_timeout * 1000))
+                connect_args["options"] = f"-c idle_in_transaction_session_timeout={ms}"
             try:
                 self.engine = create_engine(
                     self.url, echo=echo, pool_pre_ping=True, connect_args=connect_args

@@ -61,6 +61,8 @@ _TABLES: dict[str, tuple[Table, dict[Any, frozenset[Any]], type]] = {
     "try": (tries, TRY_TRANSITIONS, TryState),
 }
 _CHUNK = 500
+# PostgreSQL advisory lock key of sync_pipelines.
+_SYNC_LOCK = 0x7265666C6F7701
 # A result row of any shape.
 Rec: TypeAlias = Row[*tuple[Any, ...]]
 _LIVE_TRY = tries.c.state.in_([TryState.QUEUED.value, TryState.RUNNING.value])
@@ -161,6 +163,11 @@ def sync_pipelines(
 
     Returns the names whose version changed.
     """
+    if conn.dialect.name == "postgresql":
+        # Processes that parse the files at the same moment (schedulers starting together
+        # on a new database, a command beside them) sync one after another, not into each
+        # other's inserts; SQLite's write lock serializes them already.
+        conn.execute(select(func.pg_advisory_xact_lock(_SYNC_LOCK)))
     existing = {r.name: r for r in conn.execute(select(pipelines)).all()}
     changed: list[str] = []
     for name, (version, fileloc, structure) in found.items():

@@ -22,8 +22,7 @@ import pytest
 from reflow.core.errors import Fenced, InvalidInput, TaskError
 from reflow.core.spec import Outcome, TryRef, TrySpec
 from reflow.core.states import FailureReason
-from reflow.launchers import local
-from reflow.launchers.local import TRY_ID_VAR, TRY_SCOPE_VAR, LocalLauncher
+from reflow.launchers.local import TRY_ID_VAR, TRY_SCOPE_VAR, LocalLauncher, cgroups
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="pidfds and /proc are Linux")
 
@@ -689,8 +688,8 @@ def any_isolation(
     """A launcher in each way of finding a try's processes that this machine allows: its
     best cgroup hierarchy, a cgroup v2 one (on a hybrid set-up, not the best), none."""
     if request.param == "cgroup-v2":
-        v2_only = [m for m in local._cgroup_mounts() if m[0] == 2]
-        monkeypatch.setattr(local, "_cgroup_mounts", lambda: v2_only)
+        v2_only = [m for m in cgroups._cgroup_mounts() if m[0] == 2]
+        monkeypatch.setattr(cgroups, "_cgroup_mounts", lambda: v2_only)
     launcher = LocalLauncher(runtime, cgroups=request.param != "marker")
     if request.param != "marker" and launcher.isolation == "marker":
         launcher.close()

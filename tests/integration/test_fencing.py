@@ -20,6 +20,7 @@ from reflow.core.states import FailureReason, RunState, TIState, TryState
 from reflow.launchers.base import Launcher
 from reflow.launchers.local import LocalLauncher
 from reflow.scheduler import Scheduler, utcnow
+from reflow.services import history
 from reflow.services import runs as run_service
 from reflow.store import repo
 from reflow.store.models import events
@@ -187,7 +188,13 @@ def test_lost_tries_back_off_and_fail_after_the_limit(env: Env) -> None:
     assert gaps[0] >= 0.3 and gaps[1] >= 0.6, gaps
     with env.db.read() as conn:
         details = [e.detail for e in conn.execute(events.select()).all() if e.detail]
-    assert any("lost 3 times" in d for d in details), details
+    assert any("lost 3 times in a row" in d for d in details), details
+
+    # A clear gives the task instance a fresh start: lost again, it is retried again.
+    history.clear(env.project, "doomed", run=str(run_pk))
+    again = Scheduler(env.db, settings, LosingLauncher(), create_scheduled_runs=False)
+    env.drive(env.runs_done([run_pk]), scheduler=again)
+    assert [t.failure_reason for t in env.tries(run_pk)] == [FailureReason.LOST] * 6
 
 
 def test_an_error_while_starting_a_try_fails_that_try_and_not_the_scheduler(

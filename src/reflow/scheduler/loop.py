@@ -498,7 +498,15 @@ class Scheduler:
         live = [TIState.QUEUED, TIState.RUNNING]
         if ok:
             repo.transition(
-                conn, "ti", [row.ti], TIState.SUCCESS, live, now, ended_at=now, failure_reason=None
+                conn,
+                "ti",
+                [row.ti],
+                TIState.SUCCESS,
+                live,
+                now,
+                ended_at=now,
+                failure_reason=None,
+                lost_streak=0,
             )
             return True
         lost = reason == FailureReason.LOST.value
@@ -506,7 +514,7 @@ class Scheduler:
         used = row.ti_try_number - row.lost_tries - (1 if lost else 0)
         # A try lost with its scheduler does not use up a retry, but losing it again and
         # again (a try that kills its host) ends in failure, with growing waits between.
-        lost_again = lost and row.lost_tries >= self.settings.lost_retry_limit
+        lost_again = lost and row.lost_streak >= self.settings.lost_retry_limit
         can_retry = (
             task is not None
             and row.run_state == RunState.RUNNING
@@ -517,7 +525,7 @@ class Scheduler:
         if can_retry:
             if lost:
                 base = self.settings.lost_retry_delay
-                delay = min(_MAX_LOST_DELAY, base * 2.0**row.lost_tries)
+                delay = min(_MAX_LOST_DELAY, base * 2.0**row.lost_streak)
             else:
                 delay = task.retry_delay_for(used)  # type: ignore[union-attr]
             repo.transition(
@@ -531,13 +539,14 @@ class Scheduler:
                 failure_reason=reason,
                 next_try_at=now + timedelta(seconds=delay),
                 lost_tries=row.lost_tries + (1 if lost else 0),
+                lost_streak=row.lost_streak + 1 if lost else 0,
             )
         else:
             detail = reason
             if lost_again:
                 detail = (
-                    f"lost {row.lost_tries + 1} times (its scheduler or host died while it "
-                    f"ran); not retried again (lost_retry_limit = "
+                    f"lost {row.lost_streak + 1} times in a row (its scheduler or host died "
+                    f"while it ran); not retried again (lost_retry_limit = "
                     f"{self.settings.lost_retry_limit})"
                 )
             repo.transition(
@@ -550,6 +559,7 @@ class Scheduler:
                 detail=detail,
                 failure_reason=reason,
                 ended_at=now,
+                lost_streak=0,
             )
         return True
 

@@ -348,6 +348,7 @@ def reset_run(
         ended_at=None,
         # A cleared task instance gets its full retries again: earlier tries do not count.
         lost_tries=task_instances.c.try_number,
+        lost_streak=0,
     )
     return Reset(len(cleared), live)
 

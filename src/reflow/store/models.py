@@ -193,6 +193,9 @@ task_instances = Table(
     # Tries that do not use up a retry: those lost with their scheduler, and every try
     # made before the task instance was last cleared.
     Column("lost_tries", Integer, nullable=False, default=0),
+    # Tries lost one after another since the last clear or other outcome: past
+    # lost_retry_limit the task instance fails instead of being retried again.
+    Column("lost_streak", Integer, nullable=False, default=0, server_default="0"),
     Column("next_try_at", UTCDateTime, nullable=True),
     Column("failure_reason", String(16), nullable=True),
     Column("started_at", UTCDateTime, nullable=True),

@@ -325,6 +325,7 @@ def add_task_instances(
             "state": TIState.PENDING.value,
             "try_number": 0,
             "lost_tries": 0,
+            "lost_streak": 0,
             "updated_at": now,
         }
         for t in task_ids
@@ -606,6 +607,7 @@ def try_row(conn: Connection, try_id: int) -> Rec | None:
             task_instances.c.task_id,
             task_instances.c.try_number.label("ti_try_number"),
             task_instances.c.lost_tries,
+            task_instances.c.lost_streak,
             runs.c.pipeline,
             runs.c.state.label("run_state"),
         )

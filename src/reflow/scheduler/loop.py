@@ -796,8 +796,10 @@ class Scheduler:
                 )
                 handle = self.launcher.start(spec)
             except Fenced as exc:
-                # Another scheduler declared this try lost while this one was paused.
+                # Declared lost by another scheduler while this one was paused: recorded
+                # only if this scheduler still owns it (never, unless the fence is stale).
                 log.warning("try %s not started: %s", try_id, exc)
+                failed.append(Outcome(try_id, None, FailureReason.LOST, now, str(exc)))
                 continue
             except Exception as exc:  # one try's error never stops the scheduler
                 log.warning("try %s could not start: %s", try_id, exc, exc_info=True)
@@ -859,7 +861,7 @@ class Scheduler:
         """Declare silent schedulers dead and adopt the live tries of dead ones (of this
         scheduler's pipelines); the launcher reports those that are gone as lost."""
         self._next_recovery = now + timedelta(seconds=self.settings.scheduler_timeout / 3)
-        dead, _alive_ones = self._partition_others(now)
+        dead, _ = self._partition_others(now)
         limit = now - timedelta(seconds=self.settings.scheduler_timeout)
         exited = [r.id for r in dead if r.host == self.host and not _alive(r)]
         silent = [r.id for r in dead if r.id not in exited]

@@ -847,7 +847,7 @@ class Scheduler:
         limit = now - timedelta(seconds=self.settings.scheduler_timeout)
         dead, alive = [], []
         for row in others:
-            if row.heartbeat_at < limit or (row.host == self.host and not _alive(row)):
+            if row.heartbeat_at < limit or exited(row, self.host):
                 dead.append(row)
             else:
                 alive.append(row)
@@ -863,15 +863,13 @@ class Scheduler:
         self._next_recovery = now + timedelta(seconds=self.settings.scheduler_timeout / 3)
         dead, _ = self._partition_others(now)
         limit = now - timedelta(seconds=self.settings.scheduler_timeout)
-        exited = [r.id for r in dead if r.host == self.host and not _alive(r)]
-        silent = [r.id for r in dead if r.id not in exited]
+        gone = [r.id for r in dead if exited(r, self.host)]
+        silent = [r.id for r in dead if r.id not in gone]
 
         def work(conn: Connection) -> list[Row[Any]]:
             # A silent scheduler's heartbeat is checked again under its row's lock: one
             # that resumed meanwhile keeps its tries, and its next transaction goes on.
-            repo.mark_schedulers_dead(
-                conn, silent=silent, silent_since=limit, exited=exited, now=now
-            )
+            repo.mark_schedulers_dead(conn, silent=silent, silent_since=limit, exited=gone, now=now)
             return repo.claim_orphans(conn, self._id, self.only)
 
         orphans = self._write(work)
@@ -909,6 +907,12 @@ def covers(scope: Sequence[str] | None, pipelines: Iterable[str] | None) -> bool
     if scope is None or pipelines is None:
         return True
     return bool(set(scope) & set(pipelines))
+
+
+def exited(row: Row[Any], host: str) -> bool:
+    """Is the scheduler of ``row`` known to be gone: registered on ``host`` (this machine)
+    and its process no longer there? (Elsewhere only silence tells.)"""
+    return row.host == host and not _alive(row)
 
 
 def _alive(row: Row[Any]) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -18,7 +19,7 @@ from reflow.core.pipeline import Pipeline
 from reflow.core.schedule import to_datetime
 from reflow.core.states import RUN_FINISHED, RunOrigin, RunState
 from reflow.scheduler import Scheduler, utcnow
-from reflow.scheduler.loop import covers
+from reflow.scheduler.loop import covers, exited
 from reflow.services.project import Project
 from reflow.store import repo
 
@@ -133,7 +134,10 @@ def _driver(project: Project, pipeline: str | None, *, any_scope: bool) -> Row[A
     with project.db.read() as conn:
         live = repo.live_schedulers(conn, utcnow(), project.settings.scheduler_timeout)
     wanted = None if pipeline is None else [pipeline]
+    host = socket.gethostname()
     for row in live:
+        if exited(row, host):
+            continue  # killed on this machine: no need to wait for its silence
         if row.scope is None or (any_scope and covers(row.scope, wanted)):
             return row
     return None

@@ -149,6 +149,21 @@ def _describe(row: Row[Any], now: datetime, heartbeat_interval: float) -> str:
     return f"waiting for scheduler {row.id} (pid {row.pid} on {row.host}{quiet})"
 
 
+def _in_process(project: Project, pipeline: str, run_pks: Sequence[int]) -> Scheduler:
+    """A scheduler for a command: it drives ``run_pks`` of ``pipeline`` (and adopts the
+    pipeline's orphaned tries), creating no scheduled runs."""
+    return Scheduler(
+        project.db,
+        project.settings,
+        project.launcher(),
+        catalog=project.catalog,
+        only=[pipeline],
+        runs=run_pks,
+        create_scheduled_runs=False,
+        relaunch=project.launcher,
+    )
+
+
 def wait(
     project: Project,
     pipeline: str,
@@ -184,16 +199,7 @@ def wait(
             time.sleep(0.2)
             continue
         note[0] = "running the scheduler in this process"
-        scheduler = Scheduler(
-            project.db,
-            project.settings,
-            project.launcher(),
-            catalog=project.catalog,
-            only=[pipeline],
-            runs=run_pks,
-            create_scheduled_runs=False,
-            relaunch=project.launcher,
-        )
+        scheduler = _in_process(project, pipeline, run_pks)
         try:
             scheduler.run(until=finished, idle_wait=0.2)
         except Conflict:
@@ -310,16 +316,7 @@ def stop_tries(project: Project, pipeline: str, try_ids: Sequence[int], timeout:
         if _driver(project, pipeline, any_scope=True) is not None:
             time.sleep(0.2)
             continue
-        scheduler = Scheduler(
-            project.db,
-            project.settings,
-            project.launcher(),
-            catalog=project.catalog,
-            only=[pipeline],
-            runs=(),
-            create_scheduled_runs=False,
-            relaunch=project.launcher,
-        )
+        scheduler = _in_process(project, pipeline, ())
         try:
             return scheduler.stop_tries(wanted, max(0.0, deadline - time.monotonic()))
         except Conflict:

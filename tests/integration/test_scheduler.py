@@ -10,7 +10,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from reflow.core.spec import Handle, TrySpec
 from reflow.core.states import FailureReason, RunState, TIState
+from reflow.launchers.local import LocalLauncher
+from reflow.scheduler import Scheduler
 from reflow.store import repo
 
 from .conftest import Env
@@ -410,7 +413,7 @@ def test_deadline_is_computed_from_the_task_timeout(env: Env) -> None:
     (run_pk,) = env.trigger("dl", ["2024-01-01"])
     env.drive(env.runs_done([run_pk]))
     (attempt,) = env.tries(run_pk)
-    assert attempt.deadline - attempt.queued_at == timedelta(minutes=45)
+    assert attempt.deadline - attempt.started_at == timedelta(minutes=45)
 
 
 def test_scratch_space_is_a_folder_of_the_try_removed_after_it(env: Env, tmp_path: Path) -> None:
@@ -437,3 +440,34 @@ def test_scratch_space_is_a_folder_of_the_try_removed_after_it(env: Env, tmp_pat
     folder = Path(seen.read_text().strip())
     assert folder.is_relative_to(env.settings.runtime_path)
     assert not folder.exists()
+
+
+class _SlowStart(LocalLauncher):
+    """Takes 1.5 s to start each try, as an image pull or a loaded machine would."""
+
+    def start(self, spec: TrySpec) -> Handle:
+        time.sleep(1.5)
+        return super().start(spec)
+
+
+def test_a_task_timeout_counts_from_the_start_of_its_process(env: Env, tmp_path: Path) -> None:
+    began = tmp_path / "began"
+    env.write(
+        "slowstart",
+        f"""
+        from reflow import Pipeline, Shell
+
+        with Pipeline("slowstart", schedule=None, defaults={{"retries": 0}}):
+            Shell("work", "date +%s.%N > {began}; sleep 30", timeout=2, kill_grace=1)
+        """,
+    )
+    (run_pk,) = env.trigger("slowstart")
+    sched = Scheduler(
+        env.db, env.settings, _SlowStart(env.settings.runtime_path), create_scheduled_runs=False
+    )
+    env.drive(env.runs_done([run_pk]), scheduler=sched)
+    (attempt,) = env.tries(run_pk)
+    assert attempt.failure_reason == FailureReason.TIMED_OUT
+    ran_for = attempt.ended_at.timestamp() - float(began.read_text())
+    # Never stopped before its 2 s, however long the start took (it may run longer).
+    assert ran_for >= 2.0 - 0.1, ran_for

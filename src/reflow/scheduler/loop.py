@@ -148,7 +148,7 @@ class Scheduler:
         # Outcomes polled but not yet committed, and started tries not yet recorded as
         # started: kept across a failed transaction (a database outage), written next tick.
         self._unrecorded: list[Outcome] = []
-        self._unmarked: list[tuple[int, int, Any, datetime]] = []
+        self._unmarked: list[tuple[int, int, Any, datetime, float | None]] = []
         self._store_trouble: str | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -762,7 +762,6 @@ class Scheduler:
                             self.settings.logs_path, c.run.pipeline, c.run.run_id, c.task_id, n
                         )
                     ),
-                    timeout=task.option("timeout"),
                     kill_grace=float(task.option("kill_grace")),
                     now=now,
                 )
@@ -775,7 +774,7 @@ class Scheduler:
         if not taken:
             return False
         crash_point("try.queued")
-        started: list[tuple[int, int, Any, datetime]] = []
+        started: list[tuple[int, int, Any, datetime, float | None]] = []
         failed: list[Outcome] = []
         for cand, try_id, number in taken:
             pipeline = pipelines[cand.run.pipeline]
@@ -807,7 +806,8 @@ class Scheduler:
                 _note(path, f"reflow: could not start the try: {detail}")
                 failed.append(Outcome(try_id, None, FailureReason.ERROR, now, detail))
                 continue
-            started.append((try_id, cand.ti_id, handle, self.clock()))
+            # The task timeout counts from here, the start of its process or pod.
+            started.append((try_id, cand.ti_id, handle, self.clock(), task.option("timeout")))
         if started:
             crash_point("try.launched")
             self._unmarked += started
@@ -824,7 +824,7 @@ class Scheduler:
         pending = self._unmarked
 
         def mark(conn: Connection) -> None:
-            for try_id, ti_id, handle, at in pending:
+            for try_id, ti_id, handle, at, timeout in pending:
                 repo.mark_try_started(
                     conn,
                     try_id,
@@ -834,6 +834,7 @@ class Scheduler:
                     host=handle.host,
                     external_id=handle.external_id,
                     now=at,
+                    timeout=timeout,
                 )
 
         self._write(mark)

@@ -485,7 +485,6 @@ def queue_try(
     launcher: str,
     owner: int,
     log_path_for: Any,
-    timeout: float | None,
     kill_grace: float,
     now: datetime,
 ) -> tuple[int, int] | None:
@@ -517,7 +516,8 @@ def queue_try(
                 log_path=log_path_for(number),
                 queued_at=now,
                 heartbeat_at=now,
-                deadline=now + timedelta(seconds=timeout) if timeout else None,
+                # The task timeout counts from the start: set by mark_try_started.
+                deadline=None,
                 kill_grace=kill_grace,
             )
             .returning(tries.c.id)
@@ -541,9 +541,11 @@ def mark_try_started(
     host: str,
     external_id: str,
     now: datetime,
+    timeout: float | None = None,
 ) -> bool:
-    """Record where a queued try of ``owner`` runs. False when it is no longer queued or no
-    longer ``owner``'s (another scheduler declared it lost meanwhile)."""
+    """Record where a queued try of ``owner`` runs, started at ``now``: its ``timeout``
+    counts from then. False when it is no longer queued or no longer ``owner``'s (another
+    scheduler declared it lost meanwhile)."""
     if not transition(
         conn,
         "try",
@@ -557,6 +559,7 @@ def mark_try_started(
         external_id=external_id,
         started_at=now,
         heartbeat_at=now,
+        deadline=now + timedelta(seconds=timeout) if timeout else None,
     ):
         return False
     transition(

@@ -336,3 +336,30 @@ def test_logs_follow_masks_a_secret_written_in_two_parts(project: Path, tmp_path
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_a_second_file_declaring_a_pipeline_breaks_both_and_runs_neither(project: Path) -> None:
+    folder = project / "pipelines"
+    assert reflow(project, "pipelines", "list").returncode == 0  # 'example' is recorded
+    original, intruder = folder / "example.py", folder / "a_copy.py"
+    intruder.write_text(original.read_text())
+
+    listing = reflow(project, "pipelines", "list")
+    assert listing.returncode == 0
+    # the listing wraps long lines: compare with the whitespace collapsed
+    errors = " ".join(listing.stderr.split()).split("import error: ")[1:]
+    assert len(errors) == 2
+    for line in errors:
+        assert str(original.resolve()) in line and str(intruder.resolve()) in line
+        assert "pipeline 'example' is also declared in" in line
+
+    before = _run_count(project)
+    result = reflow(project, "trigger", "example", "--date", "2024-01-02")
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "pipeline 'example' is also declared in" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert _run_count(project) == before
+
+    intruder.unlink()
+    assert reflow(project, "pipelines", "list").stderr == ""

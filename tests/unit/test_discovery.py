@@ -7,13 +7,19 @@ import re
 import sys
 import textwrap
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from reflow.core import pipeline as pipeline_module
-from reflow.core.discovery import Catalog, discover, load_file, pipeline_files
+from reflow.core.discovery import Catalog, ImportProblem, discover, load_file, pipeline_files
 from reflow.core.pipeline import Pipeline
+from reflow.scheduler.loop import sync_catalog
+from reflow.store import repo
+from reflow.store.db import Database
+
+NOW = datetime(2024, 1, 1, tzinfo=UTC)
 
 GOOD = """
     from reflow.core.pipeline import Pipeline
@@ -239,20 +245,115 @@ def test_a_pipeline_file_may_import_a_helper_from_a_skipped_module(folder: Path)
 # -- duplicate names ----------------------------------------------------------------------
 
 
-def test_two_files_defining_the_same_pipeline_name_is_a_problem(folder: Path) -> None:
-    write(folder, "a.py", good("events", "from a"))
-    write(folder, "b.py", good("events", "from b"))
+def clash(folder: Path, name: str, other: str, pipeline: str = "events") -> str:
+    return (
+        f"{folder / name}: pipeline {pipeline!r} is also declared in {folder / other}; rename one"
+    )
+
+
+@pytest.mark.parametrize("intruder", ["a.py", "z.py"])
+def test_two_files_declaring_one_pipeline_are_both_broken_and_neither_loads(
+    folder: Path, intruder: str
+) -> None:
+    write(folder, "m.py", good("events", "original"))
+    write(folder, intruder, good("events", "intruder"))
 
     found = discover(folder)
 
-    assert found.pipelines["events"].fileloc == str((folder / "a.py").resolve())
-    assert [(Path(p.path).name, p.message) for p in found.problems] == [
-        (
-            "b.py",
-            f"{(folder / 'b.py').resolve()}: pipeline 'events' is already defined in "
-            f"{(folder / 'a.py').resolve()}",
-        )
-    ]
+    assert "events" not in found.pipelines
+    assert sorted((Path(p.path).name, p.message) for p in found.problems) == sorted(
+        [("m.py", clash(folder, "m.py", intruder)), (intruder, clash(folder, intruder, "m.py"))]
+    )
+
+
+def test_a_clash_leaves_the_other_pipelines_of_both_files_loaded(folder: Path) -> None:
+    write(folder, "a.py", good("events") + good("orders"))
+    write(folder, "b.py", good("events") + good("users"))
+
+    found = discover(folder)
+
+    assert sorted(found.pipelines) == ["orders", "users"]
+    assert sorted(Path(p.path).name for p in found.problems) == ["a.py", "b.py"]
+
+
+def test_three_files_declaring_one_pipeline_each_name_the_other_two(folder: Path) -> None:
+    for name in ("a.py", "b.py", "c.py"):
+        write(folder, name, good("events"))
+
+    found = discover(folder)
+
+    assert "events" not in found.pipelines
+    assert messages_of(found.problems)["b.py"] == (
+        f"{folder / 'b.py'}: pipeline 'events' is also declared in "
+        f"{folder / 'a.py'}, {folder / 'c.py'}; rename one"
+    )
+    assert len(found.problems) == 3
+
+
+def test_a_file_declaring_one_pipeline_twice_is_broken(folder: Path) -> None:
+    write(folder, "a.py", good("events") + good("events"))
+
+    found = discover(folder)
+
+    assert found.pipelines == {}
+    assert messages_of(found.problems) == {
+        "a.py": f"{folder / 'a.py'}: pipeline 'events' is declared more than once in this "
+        "file; rename one"
+    }
+
+
+@pytest.mark.parametrize("intruder", ["a.py", "z.py"])
+@pytest.mark.parametrize("fix", ["delete", "rename"])
+def test_removing_the_clash_brings_the_original_back(folder: Path, intruder: str, fix: str) -> None:
+    write(folder, "m.py", good("events", "original"))
+    catalog = Catalog(folder)
+    catalog.refresh()
+    path = write(folder, intruder, good("events", "intruder"))
+    assert catalog.refresh()
+    assert "events" not in catalog.pipelines and len(catalog.problems) == 2
+
+    if fix == "delete":
+        path.unlink()
+    else:
+        write(folder, intruder, good("intruders", "intruder"))
+        bump_mtime(path)
+    assert catalog.refresh()
+
+    assert catalog.problems == []
+    events = catalog.pipelines["events"]
+    assert events.fileloc == str(folder / "m.py")
+    assert events.tasks["extract"].command == "original"  # type: ignore[attr-defined]
+
+
+def test_the_stored_pipeline_stays_active_while_its_name_clashes(
+    folder: Path, db: Database
+) -> None:
+    original = write(folder, "m.py", good("events", "original"))
+    catalog = Catalog(folder)
+    catalog.refresh()
+    sync_catalog(db, catalog, NOW)
+    version = catalog.pipelines["events"].version
+    intruder = write(folder, "a.py", good("events", "intruder"))
+    catalog.refresh()
+    sync_catalog(db, catalog, NOW)
+
+    with db.read() as conn:
+        (row,) = repo.pipeline_rows(conn, ["events"])
+        errors = {e.path for e in repo.list_import_errors(conn)}
+    assert (row.active, row.version, row.fileloc) == (True, version, str(original))
+    assert errors == {str(original), str(intruder)}
+
+    intruder.unlink()
+    catalog.refresh()
+    sync_catalog(db, catalog, NOW)
+    with db.read() as conn:
+        (row,) = repo.pipeline_rows(conn, ["events"])
+        assert repo.list_import_errors(conn) == []
+    assert (row.active, row.version, row.fileloc) == (True, version, str(original))
+
+
+def messages_of(problems: list[ImportProblem]) -> dict[str, str]:
+    return {Path(p.path).name: p.message for p in problems}
 
 
 # -- refreshing ---------------------------------------------------------------------------

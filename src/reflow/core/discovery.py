@@ -123,21 +123,36 @@ class Catalog:
         return changed
 
     def _rebuild(self) -> None:
+        """Rebuild pipelines and problems from the files. A pipeline name declared in more
+        than one file is an import problem of each of those files and is loaded from none of
+        them: which file sorts first must never decide which code runs."""
         self.pipelines, self.problems = {}, []
-        seen: dict[str, str] = {}
-        for path, (_, loaded) in sorted(self._files.items()):
+        files = sorted(self._files.items())
+        declared: dict[str, list[str]] = {}
+        for path, (_, loaded) in files:
+            if not isinstance(loaded, ImportProblem):
+                for pipeline in loaded:
+                    declared.setdefault(pipeline.name, []).append(str(path))
+        for path, (_, loaded) in files:
             if isinstance(loaded, ImportProblem):
                 self.problems.append(loaded)
                 continue
+            clashes: list[str] = []
             for pipeline in loaded:
-                if pipeline.name in seen:
-                    self.problems.append(
-                        ImportProblem(
-                            str(path),
-                            f"{path}: pipeline {pipeline.name!r} is already defined in "
-                            f"{seen[pipeline.name]}",
-                        )
-                    )
+                where = declared[pipeline.name]
+                if len(where) == 1:
+                    self.pipelines[pipeline.name] = pipeline
                     continue
-                seen[pipeline.name] = str(path)
-                self.pipelines[pipeline.name] = pipeline
+                others = sorted({w for w in where if w != str(path)})
+                text = (
+                    f"pipeline {pipeline.name!r} is also declared in {', '.join(others)}"
+                    if others
+                    else f"pipeline {pipeline.name!r} is declared more than once in this file"
+                )
+                if text not in clashes:
+                    clashes.append(text)
+            if clashes:
+                # One problem per file: the store keeps one import error per path.
+                self.problems.append(
+                    ImportProblem(str(path), f"{path}: {'; '.join(clashes)}; rename one")
+                )

@@ -363,3 +363,27 @@ def test_a_second_file_declaring_a_pipeline_breaks_both_and_runs_neither(project
 
     intruder.unlink()
     assert reflow(project, "pipelines", "list").stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["trigger", "example", "--date", "2023-06-01"],
+            "--date 2023-06-01 00:00 is before the pipeline's start_date 2024-01-01 00:00",
+        ),
+        (
+            ["trigger", "example", "--date", "2024-01-02", "--conf", '{"min_events": "5"}'],
+            "param 'min_events': Input should be a valid integer (expected int, given '5')",
+        ),
+    ],
+)
+def test_trigger_refuses_a_date_before_start_date_and_a_mistyped_conf(
+    project: Path, args: list[str], message: str
+) -> None:
+    reflow(project, "pipelines", "list")  # creates the database
+    result = reflow(project, *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert _run_count(project) == 0

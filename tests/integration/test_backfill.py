@@ -453,3 +453,60 @@ def _waiting_on_a_lock(env: Env) -> int:
                 )
             ).scalar_one()
         )
+
+
+# -- one date range rule for trigger and backfill -----------------------------------------
+
+RANGED = """
+from reflow import Pipeline, Shell
+with Pipeline("ranged", schedule="@daily", start_date="2024-01-10", end_date="2024-01-20"):
+    Shell("a", "true")
+"""
+
+
+@pytest.mark.parametrize(
+    ("date", "message"),
+    [
+        ("2024-01-09", "2024-01-09 00:00 is before the pipeline's start_date 2024-01-10 00:00"),
+        ("2024-01-21", "2024-01-21 00:00 is after the pipeline's end_date 2024-01-20 00:00"),
+    ],
+)
+def test_trigger_and_backfill_refuse_a_date_outside_the_pipeline_range_alike(
+    env: Env, date: str, message: str
+) -> None:
+    env.write("ranged", RANGED)
+    span = "(its dates run from 2024-01-10 00:00 to 2024-01-20 00:00)"
+    with pytest.raises(InvalidInput, match=rf"^--date {message} \({span[1:-1]}\)$"):
+        env.trigger("ranged", [date])
+    with pytest.raises(InvalidInput, match=rf"^--(start|end) {message} \({span[1:-1]}\)$"):
+        backfill_service.plan(env.project, "ranged", start=date, end=date)
+    with env.db.read() as conn:
+        assert conn.execute(select(func.count()).select_from(runs)).scalar_one() == 0
+
+
+def test_trigger_accepts_the_first_and_last_dates_of_the_range(env: Env) -> None:
+    env.write("ranged", RANGED)
+    assert len(env.trigger("ranged", ["2024-01-10", "2024-01-20"])) == 2
+
+
+def test_a_pipeline_without_start_date_may_be_triggered_for_any_date(env: Env) -> None:
+    env.write(
+        "free",
+        """
+        from reflow import Pipeline, Shell
+        with Pipeline("free"):
+            Shell("a", "true")
+        """,
+    )
+    assert len(env.trigger("free", ["1999-01-01", "2999-01-01"])) == 2
+
+
+def test_trigger_and_backfill_refuse_a_conf_value_of_the_wrong_type(env: Env) -> None:
+    _daily(env)
+    message = r"^param 'fail': Input should be a valid boolean \(expected bool, given 'true'\)$"
+    with pytest.raises(ConfError, match=message):
+        env.trigger("daily", ["2024-01-02"], {"fail": "true"})
+    with pytest.raises(ConfError, match=message):
+        backfill_service.plan(
+            env.project, "daily", start="2024-01-01", end="2024-01-02", conf={"fail": "true"}
+        )

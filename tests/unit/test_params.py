@@ -1,4 +1,4 @@
-"""Run params: defaults, inferred types, coercion, constraints and the conf's JSON schema."""
+"""Run params: defaults, inferred types, strict types, constraints and the conf's JSON schema."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_the_type_of_a_param_is_inferred_from_its_default(default: Any, expected
 
 def test_an_explicit_type_wins_over_the_default() -> None:
     assert Param(5, type=float).resolved_type is float
-    assert resolve({"ratio": Param(5, type=float)}, {"ratio": "2"}) == {"ratio": 2.0}
+    assert resolve({"ratio": Param(5, type=float)}, {"ratio": 2}) == {"ratio": 2.0}
 
 
 def test_a_param_with_a_none_default_accepts_any_value_or_none() -> None:
@@ -68,17 +68,75 @@ def test_a_date_param_resolves_to_an_iso_string() -> None:
 # -- coercion -----------------------------------------------------------------------------
 
 
-def test_a_numeric_string_is_coerced_to_an_int_param() -> None:
-    assert resolve({"days": 1}, {"days": "5"}) == {"days": 5}
+def test_a_numeric_string_for_an_int_param_is_refused_naming_type_and_value() -> None:
+    with pytest.raises(
+        ConfError,
+        match=r"^param 'days': Input should be a valid integer \(expected int, given '5'\)$",
+    ):
+        resolve({"days": 1}, {"days": "5"})
 
 
-def test_an_int_is_coerced_to_a_float_param() -> None:
+def test_an_int_is_accepted_for_a_float_param() -> None:
     assert resolve({"ratio": 0.5}, {"ratio": 2}) == {"ratio": 2.0}
 
 
-@pytest.mark.parametrize(("given", "expected"), [("true", True), ("false", False), (1, True)])
-def test_boolean_words_are_coerced_to_a_bool_param(given: Any, expected: bool) -> None:
-    assert resolve({"force": False}, {"force": given}) == {"force": expected}
+@pytest.mark.parametrize("given", ["true", "false", 1, 0])
+def test_only_true_and_false_are_accepted_for_a_bool_param(given: Any) -> None:
+    assert resolve({"force": False}, {"force": True}) == {"force": True}
+    with pytest.raises(ConfError, match=r"^param 'force': .*\(expected bool, given "):
+        resolve({"force": False}, {"force": given})
+
+
+@pytest.mark.parametrize(
+    ("default", "given"),
+    [
+        (0.5, "2.5"),
+        (1, True),
+        ("x", 3),
+        ("x", ["x"]),
+        ([1], {"a": 1}),
+        ([1], "[1]"),
+        ({"a": 1}, [1]),
+        ({"a": 1}, '{"a": 1}'),
+    ],
+)
+def test_a_value_of_another_type_is_refused_not_coerced(default: Any, given: Any) -> None:
+    expected = type(default).__name__
+    with pytest.raises(ConfError, match=rf"^param 'p': .*\(expected {expected}, given "):
+        resolve({"p": default}, {"p": given})
+
+
+def test_lists_and_dicts_of_the_declared_type_are_accepted() -> None:
+    assert resolve({"l": [1], "d": {"a": 1}}, {"l": ["x", 2], "d": {"b": [1]}}) == {
+        "l": ["x", 2],
+        "d": {"b": [1]},
+    }
+
+
+def test_defaults_of_every_type_still_resolve() -> None:
+    params = {
+        "i": 1,
+        "f": Param(1, type=float),
+        "b": False,
+        "s": "x",
+        "l": [1],
+        "d": {"a": 1},
+        "day": date(2024, 1, 1),
+        "n": None,
+        "c": Param("a", choices=("a", "b")),
+    }
+    ParamSet(params).check_defaults()
+    assert resolve(params) == {
+        "i": 1,
+        "f": 1.0,
+        "b": False,
+        "s": "x",
+        "l": [1],
+        "d": {"a": 1},
+        "day": "2024-01-01",
+        "n": None,
+        "c": "a",
+    }
 
 
 def test_a_non_numeric_string_for_an_int_param_is_rejected_naming_the_param() -> None:
@@ -87,7 +145,7 @@ def test_a_non_numeric_string_for_an_int_param_is_rejected_naming_the_param() ->
 
 
 def test_a_fractional_number_for_an_int_param_is_rejected() -> None:
-    with pytest.raises(ConfError, match=r"^param 'days': .*fractional part"):
+    with pytest.raises(ConfError, match=r"^param 'days': Input should be a valid integer"):
         resolve({"days": 1}, {"days": 5.5})
 
 

@@ -1,7 +1,9 @@
 """Typed run parameters: defaults, validation and the JSON schema of a pipeline's conf.
 
 A run's conf is the params' defaults overlaid with the conf given at trigger/backfill time,
-validated here (with pydantic) before anything is written.
+validated here (with pydantic) before anything is written. Validation is strict: a value of
+the wrong type is refused, never coerced (``"5"`` is not an int), except that an int is a
+valid float. A conf is JSON, so dates and date-times are given as ISO 8601 strings.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import builtins
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, time
 from typing import Any
 
 from reflow.core.errors import ConfError
@@ -96,10 +98,10 @@ class ParamSet:
             if param.required:
                 continue
             try:
-                _build_model({name: param}).model_validate({name: param.default})
+                _validate(_build_model({name: param}), {name: param.default})
             except Exception as exc:  # pydantic ValidationError, re-worded below
                 raise ConfError(
-                    f"default of param {name!r}: {_first_error(exc, with_loc=False)}"
+                    f"default of param {name!r}: {_first_error(exc, self.params, with_loc=False)}"
                 ) from None
 
     def resolve(self, conf: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -109,10 +111,11 @@ class ParamSet:
         if unknown:
             known = ", ".join(sorted(self.params)) or "none"
             raise ConfError(f"unknown param {', '.join(unknown)} (known params: {known})")
+        defaults = {name: p.default for name, p in self.params.items() if not p.required}
         try:
-            model = self._compiled().model_validate(conf)
+            model = _validate(self._compiled(), {**defaults, **conf})
         except Exception as exc:
-            raise ConfError(_first_error(exc)) from None
+            raise ConfError(_first_error(exc, self.params)) from None
         return dict(model.model_dump(mode="json", by_alias=True))
 
     def json_schema(self) -> dict[str, Any]:
@@ -156,18 +159,44 @@ def _build_model(params: Mapping[str, Param]) -> Any:
             ],
             default,
         )
-    config = ConfigDict(extra="forbid", strict=False, validate_default=True)
+    config = ConfigDict(extra="forbid", strict=True, validate_default=True)
     return create_model("Conf", __config__=config, **fields)
 
 
-def _first_error(exc: Exception, with_loc: bool = True) -> str:
+def _json_default(value: Any) -> Any:
+    if isinstance(value, date | datetime | time):
+        return value.isoformat()
+    if isinstance(value, tuple | set | frozenset):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} value {value!r} is not JSON")
+
+
+def _validate(model: Any, conf: Mapping[str, Any]) -> Any:
+    """Validate ``conf`` as the JSON it is stored as, in strict mode: no value is coerced
+    from another type (``"5"`` is no int, ``1`` no bool), an int is a valid float, and
+    dates and date-times are ISO 8601 strings."""
+    try:
+        text = json.dumps(dict(conf), default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise ConfError(f"conf is not JSON: {exc}") from None
+    return model.model_validate_json(text)
+
+
+def _first_error(
+    exc: Exception, params: Mapping[str, Param] | None = None, with_loc: bool = True
+) -> str:
     errors = getattr(exc, "errors", None)
     if not callable(errors):
         return str(exc)
     parts = []
     for err in errors():
-        where = ".".join(str(x) for x in err.get("loc", ())) or "conf"
+        loc = err.get("loc", ())
+        where = ".".join(str(x) for x in loc) or "conf"
         msg = err.get("msg", "invalid")
+        if "input" in err and str(err.get("type", "")).endswith(("_type", "_parsing")):
+            param = (params or {}).get(str(loc[0])) if loc else None
+            expected = f"expected {param.resolved_type.__name__}, " if param is not None else ""
+            msg = f"{msg} ({expected}given {_jsonable(err['input'])!r})"
         parts.append(f"param {where!r}: {msg}" if with_loc else msg)
     return "; ".join(parts)
 

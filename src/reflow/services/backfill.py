@@ -155,16 +155,7 @@ def plan(
 
 def _check_in_range(pipeline: Pipeline, first: datetime, last: datetime) -> None:
     fmt = "%Y-%m-%d %H:%M"
-    if pipeline.start_date and first < pipeline.schedule.ceil(pipeline.start_date):
-        raise InvalidInput(
-            f"--start {first.strftime(fmt)} is before the pipeline's start_date "
-            f"{pipeline.start_date.strftime(fmt)}"
-        )
-    if pipeline.end_date and last > pipeline.end_date:
-        raise InvalidInput(
-            f"--end {last.strftime(fmt)} is after the pipeline's end_date "
-            f"{pipeline.end_date.strftime(fmt)}"
-        )
+    run_service.check_in_range(pipeline, first, last, labels=("--start", "--end"))
     now = utcnow()
     latest = pipeline.schedule.latest_complete(now)
     if latest is None or last > latest:

@@ -63,6 +63,37 @@ def logical_date_for(pipeline: Pipeline, when: datetime | None, now: datetime) -
     return schedule.floor(local)
 
 
+def check_in_range(
+    pipeline: Pipeline,
+    first: datetime,
+    last: datetime | None = None,
+    *,
+    labels: tuple[str, str] = ("--date", "--date"),
+) -> None:
+    """Refuse logical dates before the pipeline's first one (its start_date) or after its
+    end_date: the one rule for manual triggers and backfills. ``labels`` name the options
+    ``first`` and ``last`` came from; without a start_date any date is accepted."""
+    last = first if last is None else last
+    fmt = "%Y-%m-%d %H:%M"
+    start, end = pipeline.start_date, pipeline.end_date
+    span = (
+        f"its dates run from {start.strftime(fmt) if start else 'any date'} "
+        f"to {end.strftime(fmt) if end else 'no end'}"
+    )
+    if start:
+        first_date = start if pipeline.schedule.is_manual else pipeline.schedule.ceil(start)
+        if first < first_date:
+            raise InvalidInput(
+                f"{labels[0]} {first.strftime(fmt)} is before the pipeline's start_date "
+                f"{start.strftime(fmt)} ({span})"
+            )
+    if end and last > end:
+        raise InvalidInput(
+            f"{labels[1]} {last.strftime(fmt)} is after the pipeline's end_date "
+            f"{end.strftime(fmt)} ({span})"
+        )
+
+
 def trigger(
     project: Project,
     name: str,
@@ -76,6 +107,8 @@ def trigger(
     logical = [logical_date_for(pipeline, parse_date(d), now) for d in dates] or [
         logical_date_for(pipeline, None, now)
     ]
+    for logical_date in logical:
+        check_in_range(pipeline, logical_date)
 
     def work(conn: Any) -> list[int]:
         pks = []

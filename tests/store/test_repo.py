@@ -147,6 +147,7 @@ def _queue(db: Database, run_pk: int, task: str = "a") -> int:
             launcher="local",
             owner=sched,
             log_path_for=lambda n: f"/tmp/{n}.log",
+            timeout=None,
             kill_grace=1.0,
             now=NOW,
         )
@@ -206,6 +207,7 @@ def test_a_task_instance_is_queued_by_one_claimer_only(migrated: Database) -> No
                     launcher="local",
                     owner=None,  # type: ignore[arg-type]
                     log_path_for=lambda n: f"/tmp/{n}.log",
+                    timeout=None,
                     kill_grace=1.0,
                     now=NOW,
                 )

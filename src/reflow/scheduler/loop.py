@@ -757,6 +757,7 @@ class Scheduler:
                     run_attempt=cand.run.attempt,
                     launcher=self.settings.launcher_for(cand.run.pipeline, cand.task_id),
                     owner=self._id,
+                    timeout=task.option("timeout"),
                     log_path_for=lambda n, c=cand: str(
                         log_path(
                             self.settings.logs_path, c.run.pipeline, c.run.run_id, c.task_id, n

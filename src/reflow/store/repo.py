@@ -485,6 +485,7 @@ def queue_try(
     launcher: str,
     owner: int,
     log_path_for: Any,
+    timeout: float | None,
     kill_grace: float,
     now: datetime,
 ) -> tuple[int, int] | None:
@@ -516,8 +517,9 @@ def queue_try(
                 log_path=log_path_for(number),
                 queued_at=now,
                 heartbeat_at=now,
-                # The task timeout counts from the start: set by mark_try_started.
-                deadline=None,
+                # The task timeout counts from the start (mark_try_started moves it there);
+                # a try adopted before its start was recorded keeps this earlier one.
+                deadline=now + timedelta(seconds=timeout) if timeout else None,
                 kill_grace=kill_grace,
             )
             .returning(tries.c.id)

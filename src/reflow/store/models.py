@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -66,6 +67,10 @@ pipelines = Table(
     Column("fileloc", Text, nullable=True),
     Column("active", Boolean, nullable=False, default=True),
     Column("structure", JSON, nullable=False),
+    # How many times the current version moved forward (see repo.sync_pipelines).
+    Column("generation", Integer, nullable=False, default=1, server_default="1"),
+    # Modification time (ns) of the file the current version was read from.
+    Column("source_stamp", BigInteger, nullable=True),
     # The next scheduled interval to create a run for (None: start from start_date).
     Column("next_logical_date", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),

@@ -24,7 +24,10 @@ def migrated(db: Database) -> Database:
     db.migrate()
     db.write(
         lambda c: repo.sync_pipelines(
-            c, {"p": ("v1", "p.py", {"tasks": {}}), "q": ("v1", "q.py", {"tasks": {}})}, {}, NOW
+            c,
+            {"p": ("v1", "p.py", {"tasks": {}}, None), "q": ("v1", "q.py", {"tasks": {}}, None)},
+            {},
+            NOW,
         )
     )
     return db
@@ -294,7 +297,7 @@ def test_import_errors_are_replaced_at_each_sync(migrated: Database) -> None:
         assert [e.message for e in repo.list_import_errors(conn)] == ["bad.py: boom"]
         rows = {r.name: r.active for r in repo.pipeline_rows(conn)}
     assert rows == {"p": False, "q": False}
-    migrated.write(lambda c: repo.sync_pipelines(c, {"p": ("v2", "p.py", {})}, {}, NOW))
+    migrated.write(lambda c: repo.sync_pipelines(c, {"p": ("v2", "p.py", {}, None)}, {}, NOW))
     with migrated.read() as conn:
         assert repo.list_import_errors(conn) == []
         (p,) = repo.pipeline_rows(conn, ["p"])

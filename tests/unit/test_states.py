@@ -73,6 +73,7 @@ def test_the_documented_state_values() -> None:
         "run_timed_out",
         "killed",
         "lost",
+        "task_removed",
         "oom_killed",
         "evicted",
         "image_pull",

@@ -93,6 +93,7 @@ class Catalog:
         self._files: dict[Path, tuple[tuple[int, int], list[Pipeline] | ImportProblem]] = {}
         self.pipelines: dict[str, Pipeline] = {}
         self.problems: list[ImportProblem] = []
+        self._stamps: dict[str, int] = {}
 
     def refresh(self) -> bool:
         """Re-import new and changed files; return True when anything changed."""
@@ -122,18 +123,29 @@ class Catalog:
             self._rebuild()
         return changed
 
+    def snapshot(self) -> Catalog:
+        """A copy of what was read, which later refreshes of this catalog leave alone."""
+        copy = Catalog(self.folder)
+        copy.pipelines, copy.problems = dict(self.pipelines), list(self.problems)
+        copy._stamps = dict(self._stamps)
+        return copy
+
+    def stamp(self, name: str) -> int | None:
+        """Modification time (ns) of the file pipeline ``name`` was read from."""
+        return self._stamps.get(name)
+
     def _rebuild(self) -> None:
         """Rebuild pipelines and problems from the files. A pipeline name declared in more
         than one file is an import problem of each of those files and is loaded from none of
         them: which file sorts first must never decide which code runs."""
-        self.pipelines, self.problems = {}, []
+        self.pipelines, self.problems, self._stamps = {}, [], {}
         files = sorted(self._files.items())
         declared: dict[str, list[str]] = {}
         for path, (_, loaded) in files:
             if not isinstance(loaded, ImportProblem):
                 for pipeline in loaded:
                     declared.setdefault(pipeline.name, []).append(str(path))
-        for path, (_, loaded) in files:
+        for path, (stamp, loaded) in files:
             if isinstance(loaded, ImportProblem):
                 self.problems.append(loaded)
                 continue
@@ -142,6 +154,7 @@ class Catalog:
                 where = declared[pipeline.name]
                 if len(where) == 1:
                     self.pipelines[pipeline.name] = pipeline
+                    self._stamps[pipeline.name] = stamp[0]
                     continue
                 others = sorted({w for w in where if w != str(path)})
                 text = (

@@ -118,6 +118,20 @@ class ParamSet:
             raise ConfError(_first_error(exc, self.params)) from None
         return dict(model.model_dump(mode="json", by_alias=True))
 
+    def render(self, conf: Mapping[str, Any]) -> dict[str, Any]:
+        """The params a try sees when its run was created with ``conf`` under an earlier
+        version of these params (core.edits): the run's values of the params still
+        declared, the defaults of those added since; params removed since are left out
+        (the run keeps them in its history). Raises ConfError saying which param no longer
+        validates, and why."""
+        kept = {name: value for name, value in conf.items() if name in self.params}
+        try:
+            return self.resolve(kept)
+        except ConfError as exc:
+            raise ConfError(
+                f"the run's conf no longer matches the pipeline's params: {exc}"
+            ) from None
+
     def json_schema(self) -> dict[str, Any]:
         return dict(self._compiled().model_json_schema())
 

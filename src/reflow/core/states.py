@@ -46,6 +46,8 @@ class FailureReason(StrEnum):
     RUN_TIMED_OUT = "run_timed_out"
     KILLED = "killed"
     LOST = "lost"
+    # Stopped because its task left the pipeline (an edit of the pipeline file).
+    TASK_REMOVED = "task_removed"
     # Reported by the kubernetes launcher
     OOM_KILLED = "oom_killed"
     EVICTED = "evicted"

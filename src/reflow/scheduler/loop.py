@@ -26,10 +26,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from reflow.core.config import Settings
 from reflow.core.context import RunInfo, build_context
 from reflow.core.discovery import Catalog
-from reflow.core.errors import Conflict, Fenced, LeaseLost, StoreUnavailable
+from reflow.core.edits import Instance, being_removed
+from reflow.core.errors import Conflict, Fenced, LeaseLost, ReflowError, StoreUnavailable
 from reflow.core.faults import crash_point
 from reflow.core.pipeline import Pipeline, Task
-from reflow.core.spec import Outcome, TryRef
+from reflow.core.spec import Outcome, TryRef, TrySpec
 from reflow.core.states import (
     TI_FAILED_RESULTS,
     TI_FINISHED,
@@ -42,6 +43,7 @@ from reflow.core.states import (
     TIState,
 )
 from reflow.launchers.base import Launcher
+from reflow.scheduler import trylog
 from reflow.store import history, repo
 from reflow.store.db import Database
 from reflow.tasks.build import Remote, build_try
@@ -52,7 +54,11 @@ T = TypeVar("T")
 Clock = Callable[[], datetime]
 _ORIGIN_RANK = {RunOrigin.SCHEDULED: 0, RunOrigin.MANUAL: 1, RunOrigin.BACKFILL: 2}
 # Failures that a retry cannot fix: the run is over or a person stopped the try.
-_NO_RETRY = {FailureReason.RUN_TIMED_OUT.value, FailureReason.KILLED.value}
+_NO_RETRY = {
+    FailureReason.RUN_TIMED_OUT.value,
+    FailureReason.KILLED.value,
+    FailureReason.TASK_REMOVED.value,
+}
 _MAX_RUNS_PER_TICK = 1000
 # Longest wait between two lost tries of one task instance.
 _MAX_LOST_DELAY = 600.0
@@ -62,12 +68,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _note(path: Path, line: str) -> None:
-    """Append a line of reflow's own to a try's log, if the log can be written at all."""
+def _note(path: Path, lines: Sequence[str], at: datetime) -> None:
+    """Append lines of reflow's own (see ``trylog``) to a try's log, if it can be written."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as fh:
-            fh.write(line + "\n")
+        trylog.write(path, trylog.stamped(at, lines))
     except OSError as exc:
         log.warning("cannot write to %s: %s", path, exc)
 
@@ -83,7 +87,8 @@ def run_info(run: Row[Any], pipeline: Pipeline) -> RunInfo:
         logical_date=run.logical_date,
         data_interval_start=run.data_interval_start,
         data_interval_end=run.data_interval_end,
-        conf=run.conf,
+        # Frozen when the run was created, rendered under the current params (core.edits).
+        conf=pipeline.params.render(run.conf),
         timezone=pipeline.schedule.timezone,
     )
 
@@ -150,6 +155,10 @@ class Scheduler:
         self._unrecorded: list[Outcome] = []
         self._unmarked: list[tuple[int, int, Any, datetime, float | None]] = []
         self._store_trouble: str | None = None
+        # Pipelines whose current version (recorded by another process) differs from this
+        # scheduler's copy: name -> that version. Not run until the files are read again.
+        self._stale: dict[str, str] = {}
+        self._said_stale: set[tuple[str, str]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -327,14 +336,33 @@ class Scheduler:
             return
         for problem in self.catalog.problems:
             log.warning("%s", problem.message)
-        sync_catalog(self.db, self.catalog, now)
+        self._stale = dict(sync_catalog(self.db, self.catalog, now).stale)
+        self._say_stale()
         self._next_due.clear()
+
+    def _say_stale(self) -> None:
+        for name, version in sorted(self._stale.items()):
+            if (name, version) in self._said_stale:
+                continue
+            self._said_stale.add((name, version))
+            mine = self.catalog.pipelines.get(name)
+            log.warning(
+                "pipeline %r: this scheduler's copy (version %s) is not its current version "
+                "%s, recorded by another process; its runs wait until this scheduler reads "
+                "the same file (if the file did not change, a module it imports did: touch "
+                "the pipeline file)",
+                name,
+                mine.version if mine else "?",
+                version,
+            )
 
     # -- scheduled runs -------------------------------------------------------------------
     def create_due_runs(self, now: datetime) -> bool:
         created = False
         for name, pipeline in self.pipelines.items():
             if pipeline.schedule.is_manual or self._next_due.get(name, now) > now:
+                continue
+            if name in self._stale:
                 continue
             created |= self._create_due_for(pipeline, now)
         return created
@@ -495,7 +523,12 @@ class Scheduler:
             app_id=app_id,
         ):
             return True  # recorded before
+        # Before the commit: whoever follows the log until the try has ended sees it too.
+        _note(Path(row.log_path), [trylog.ended(row, outcome, ok, reason)], self.clock())
         live = [TIState.QUEUED, TIState.RUNNING]
+        if not ok and (reason == FailureReason.TASK_REMOVED or (pipeline and task is None)):
+            self._end_for_edit(conn, row, task, now)
+            return True
         if ok:
             repo.transition(
                 conn,
@@ -562,6 +595,37 @@ class Scheduler:
                 lost_streak=0,
             )
         return True
+
+    def _end_for_edit(self, conn: Connection, row: Row[Any], task: Any, now: datetime) -> None:
+        """A try stopped because its task left the pipeline (core.edits): its instance is
+        ``removed``, or pending again when the task came back meanwhile (the stop does
+        not use up a retry)."""
+        live = [TIState.QUEUED, TIState.RUNNING]
+        if task is None:
+            repo.transition(
+                conn,
+                "ti",
+                [row.ti],
+                TIState.REMOVED,
+                live,
+                now,
+                detail="task removed from the pipeline; its try was stopped",
+                failure_reason=FailureReason.TASK_REMOVED.value,
+                ended_at=now,
+            )
+            return
+        repo.transition(
+            conn,
+            "ti",
+            [row.ti],
+            TIState.UP_FOR_RETRY,
+            live,
+            now,
+            detail="task back in the pipeline; its stopped try is tried again",
+            failure_reason=FailureReason.TASK_REMOVED.value,
+            next_try_at=now,
+            lost_tries=row.lost_tries + 1,
+        )
 
     def close_backfills(self, now: datetime) -> bool:
         with self.db.read() as conn:
@@ -633,17 +697,33 @@ class Scheduler:
         ]
         if not active:
             return [], False
+        # Runs follow their pipeline's current version, which the store owns: a run is
+        # reconciled to it only when this scheduler's copy is that version.
+        versions = repo.current_versions(conn, {r.pipeline for r in active})
+        stale = {
+            name: version
+            for name, version in versions.items()
+            if version != pipelines[name].version
+        }
+        if stale.keys() - self._stale.keys():
+            self._next_parse = now  # read the files again on the next tick
+        self._stale = {**{n: v for n, v in self._stale.items() if n not in versions}, **stale}
+        self._say_stale()
         tis_by_run: dict[int, list[Row[Any]]] = {}
-        for ti in repo.run_task_instances(conn, [r.id for r in active]):
+        for ti in repo.run_task_instances(conn, [r.id for r in active if r.pipeline not in stale]):
             tis_by_run.setdefault(ti.run, []).append(ti)
         changed = False
         candidates: list[_Launch] = []
         for run in active:
+            if run.pipeline in stale:
+                continue
             pipeline = pipelines[run.pipeline]
             tis = tis_by_run.get(run.id, [])
             if run.version != pipeline.version:
                 tis = self._reconcile(conn, run, pipeline, tis, now)
                 changed = True
+            if being_removed(_instances(tis), pipeline.tasks):
+                continue  # a removed task's try is being stopped: nothing else starts
             state = {ti.task_id: TIState(ti.state) for ti in tis}
             by_task = {ti.task_id: ti for ti in tis}
             order = {t: i for i, t in enumerate(pipeline.topological())}
@@ -658,7 +738,7 @@ class Scheduler:
                     continue
                 ready = False
                 if current == TIState.PENDING:
-                    ups = [state.get(u, TIState.REMOVED) for u in task.upstream_ids]
+                    ups = [state.get(u, TIState.PENDING) for u in task.upstream_ids]
                     if any(u in TI_UPSTREAM_BAD for u in ups):
                         to_upstream_failed.append(ti.id)
                         state[task_id] = TIState.UPSTREAM_FAILED
@@ -723,10 +803,15 @@ class Scheduler:
         tis: list[Row[Any]],
         now: datetime,
     ) -> list[Row[Any]]:
-        """Bring a live run to the pipeline's current structure: new tasks get a pending
-        TI, unfinished TIs of removed tasks become ``removed``."""
+        """Bring a live run to the pipeline's current version, as ``core.edits`` states."""
         repo.reconcile_task_instances(
-            conn, run.id, tis, pipeline.topological(), now, finished_too=False
+            conn,
+            run.id,
+            tis,
+            pipeline.topological(),
+            now,
+            finished_too=False,
+            version=pipeline.version,
         )
         repo.set_run_version(conn, run.id, pipeline.version)
         return repo.run_task_instances(conn, [run.id])
@@ -783,6 +868,7 @@ class Scheduler:
             path = log_path(
                 self.settings.logs_path, cand.run.pipeline, cand.run.run_id, cand.task_id, number
             )
+            spec: TrySpec | None = None
             try:
                 context = build_context(run_info(cand.run, pipeline), cand.task_id, number)
                 spec = build_try(
@@ -794,17 +880,31 @@ class Scheduler:
                     cwd=str(self.settings.home),
                     **target(self.settings, cand.run.pipeline, cand.task_id),
                 )
+                opening = trylog.opening(
+                    self.settings, self.host, cand.run, pipeline, task, number, spec
+                )
+                _note(path, opening, self.clock())
                 handle = self.launcher.start(spec)
             except Fenced as exc:
                 # Declared lost by another scheduler while this one was paused: recorded
                 # only if this scheduler still owns it (never, unless the fence is stale).
                 log.warning("try %s not started: %s", try_id, exc)
+                _note(path, [trylog.fenced(str(exc))], self.clock())
                 failed.append(Outcome(try_id, None, FailureReason.LOST, now, str(exc)))
                 continue
             except Exception as exc:  # one try's error never stops the scheduler
-                log.warning("try %s could not start: %s", try_id, exc, exc_info=True)
+                log.warning(
+                    "try %s could not start: %s",
+                    try_id,
+                    exc,
+                    exc_info=not isinstance(exc, ReflowError),
+                )
                 detail = str(exc) or type(exc).__name__
-                _note(path, f"reflow: could not start the try: {detail}")
+                if spec is None:  # not rendered: its log says which try failed (how: _record)
+                    opening = trylog.opening(
+                        self.settings, self.host, cand.run, pipeline, task, number, None
+                    )
+                    _note(path, opening, self.clock())
                 failed.append(Outcome(try_id, None, FailureReason.ERROR, now, detail))
                 continue
             # The task timeout counts from here, the start of its process or pod.
@@ -882,6 +982,7 @@ class Scheduler:
             )
             alive_now = self.launcher.adopt(ref)
             log.info("adopted try %s (%s)", row.id, "alive" if alive_now else "gone")
+            _note(Path(row.log_path), [trylog.taken_over(self._id, self.host, alive_now)], now)
         return bool(orphans)
 
 
@@ -893,6 +994,10 @@ def target(settings: Settings, pipeline: str, task_id: str) -> dict[str, Any]:
         k8s = settings.kubernetes
         remote = Remote(k8s.pipelines_folder, k8s.python)
     return {"launcher": launcher, "remote": remote}
+
+
+def _instances(tis: Iterable[Row[Any]]) -> list[Instance]:
+    return [Instance(ti.id, ti.task_id, TIState(ti.state)) for ti in tis]
 
 
 def _admission_rank(run: Row[Any], backfill: Row[Any] | None) -> tuple[Any, ...]:
@@ -927,8 +1032,12 @@ def _alive(row: Row[Any]) -> bool:
     return started <= row.started_at + timedelta(seconds=1) and proc.status() != "zombie"
 
 
-def sync_catalog(db: Database, catalog: Catalog, now: datetime) -> None:
-    """Record the catalog's pipelines, versions and import problems in the store."""
-    found = {name: (p.version, p.fileloc, p.structure()) for name, p in catalog.pipelines.items()}
+def sync_catalog(db: Database, catalog: Catalog, now: datetime) -> repo.Synced:
+    """Record the catalog's pipelines, versions and import problems in the store; the
+    versions only move forward (see ``repo.sync_pipelines``)."""
+    found = {
+        name: (p.version, p.fileloc, p.structure(), catalog.stamp(name))
+        for name, p in catalog.pipelines.items()
+    }
     problems = {p.path: (p.message, p.detail) for p in catalog.problems}
-    db.write(lambda c: repo.sync_pipelines(c, found, problems, now))
+    return db.write(lambda c: repo.sync_pipelines(c, found, problems, now))

@@ -8,7 +8,7 @@ from typing import Any
 
 from reflow.core.config import Settings, load_settings
 from reflow.core.discovery import Catalog
-from reflow.core.errors import NotFound
+from reflow.core.errors import Conflict, NotFound
 from reflow.core.pipeline import Pipeline
 from reflow.launchers.base import Launcher
 from reflow.scheduler import sync_catalog, utcnow
@@ -20,6 +20,9 @@ class Project:
     settings: Settings
     db: Database
     _catalog: Catalog | None = field(default=None, repr=False)
+    # Pipelines this process read from an older file than their current version (recorded
+    # by another process): name -> current version. Never run from this copy.
+    stale: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, home: Path | None = None, **overrides: Any) -> Project:
@@ -39,11 +42,20 @@ class Project:
         if self._catalog is None:
             self._catalog = Catalog(self.settings.pipelines_path)
             self._catalog.refresh()
-            sync_catalog(self.db, self._catalog, utcnow())
+            self.stale = sync_catalog(self.db, self._catalog, utcnow()).stale
         return self._catalog
 
     def pipeline(self, name: str) -> Pipeline:
+        """The pipeline as this process read it; Conflict when another process recorded a
+        newer version of it since (this copy must not create or re-run anything)."""
         pipeline = self.catalog.pipelines.get(name)
+        if pipeline is not None and name in self.stale:
+            raise Conflict(
+                f"pipeline {name!r}: {pipeline.fileloc} as read by this process (version "
+                f"{pipeline.version}) is older than its current version {self.stale[name]}, "
+                "recorded by another process; run the command again (if the file did not "
+                "change, a module it imports did: touch the pipeline file)"
+            )
         if pipeline is not None:
             return pipeline
         broken = [p.message for p in self.catalog.problems if f"pipeline {name!r}" in p.message]

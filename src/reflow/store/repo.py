@@ -8,8 +8,9 @@ writes one event per row, in the caller's transaction.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -26,15 +27,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from reflow.core.edits import Edit, Instance, edit_for
 from reflow.core.errors import Conflict, LeaseLost
 from reflow.core.states import (
     BACKFILL_TRANSITIONS,
     RUN_ACTIVE,
     RUN_TRANSITIONS,
-    TI_FINISHED,
     TI_TRANSITIONS,
     TRY_TRANSITIONS,
     BackfillState,
+    FailureReason,
     RunOrigin,
     RunState,
     TIState,
@@ -65,10 +67,11 @@ _CHUNK = 500
 _SYNC_LOCK = 0x7265666C6F7701
 # A result row of any shape.
 Rec: TypeAlias = Row[*tuple[Any, ...]]
+_K = TypeVar("_K", int, str)
 _LIVE_TRY = tries.c.state.in_([TryState.QUEUED.value, TryState.RUNNING.value])
 
 
-def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
+def _chunks(ids: Sequence[_K]) -> Iterable[Sequence[_K]]:
     for i in range(0, len(ids), _CHUNK):
         yield ids[i : i + _CHUNK]
 
@@ -151,17 +154,32 @@ def transition(
 
 
 # -- pipelines ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Synced:
+    """What a process's sync did: ``changed`` pipelines moved to the version it read;
+    ``stale`` ones were read from an older file than their current version (recorded by
+    another process), so this process must not run them until it reads the file again."""
+
+    changed: list[str]
+    stale: dict[str, str]  # name -> the current version
+
+
 def sync_pipelines(
     conn: Connection,
-    found: Mapping[str, tuple[str, str | None, dict[str, Any]]],
+    found: Mapping[str, tuple[str, str | None, dict[str, Any], int | None]],
     problems: Mapping[str, tuple[str, str]],
     now: datetime,
-) -> list[str]:
-    """Record the pipelines found (name -> version, file, structure) and the import
-    problems (path -> message, detail). Pipelines no longer found become inactive, except
-    those whose file failed to import (their last good version stays active).
+) -> Synced:
+    """Record the pipelines found (name -> version, file, structure, file stamp) and the
+    import problems (path -> message, detail). Pipelines no longer found become inactive,
+    except those whose file failed to import (their last good version stays active).
 
-    Returns the names whose version changed.
+    The store owns each pipeline's current version, and it only moves forward: to a
+    version read from a file modified later (``stamp``, ns) than the one the current
+    version came from (or at the same time). Schedulers, commands and the web process
+    parse the files at different moments; one that read an older file (or parsed before
+    an edit and synced after another process recorded it) changes nothing and learns it
+    is stale.
     """
     if conn.dialect.name == "postgresql":
         # Processes that parse the files at the same moment (schedulers starting together
@@ -170,7 +188,8 @@ def sync_pipelines(
         conn.execute(select(func.pg_advisory_xact_lock(_SYNC_LOCK)))
     existing = {r.name: r for r in conn.execute(select(pipelines)).all()}
     changed: list[str] = []
-    for name, (version, fileloc, structure) in found.items():
+    stale: dict[str, str] = {}
+    for name, (version, fileloc, structure, stamp) in found.items():
         row = existing.get(name)
         if row is None:
             conn.execute(
@@ -180,11 +199,19 @@ def sync_pipelines(
                     fileloc=fileloc,
                     active=True,
                     structure=structure,
+                    generation=1,
+                    source_stamp=stamp,
                     created_at=now,
                     updated_at=now,
                 )
             )
-        elif row.version != version or not row.active or row.fileloc != fileloc:
+        elif row.version != version:
+            # Same stamp, other version: both read the same file (a module it imports
+            # changed, or two writes within the clock's resolution): the later sync wins.
+            forward = row.source_stamp is None or (stamp is not None and stamp >= row.source_stamp)
+            if not forward:
+                stale[name] = row.version
+                continue
             conn.execute(
                 update(pipelines)
                 .where(pipelines.c.name == name)
@@ -193,6 +220,23 @@ def sync_pipelines(
                     fileloc=fileloc,
                     active=True,
                     structure=structure,
+                    generation=row.generation + 1,
+                    source_stamp=stamp,
+                    updated_at=now,
+                )
+            )
+        elif (
+            not row.active
+            or row.fileloc != fileloc
+            or (stamp is not None and stamp > (row.source_stamp or 0))
+        ):
+            conn.execute(
+                update(pipelines)
+                .where(pipelines.c.name == name)
+                .values(
+                    fileloc=fileloc,
+                    active=True,
+                    source_stamp=max(stamp or 0, row.source_stamp or 0) or None,
                     updated_at=now,
                 )
             )
@@ -226,7 +270,18 @@ def sync_pipelines(
                 for path, (msg, detail) in problems.items()
             ],
         )
-    return changed
+    return Synced(changed, stale)
+
+
+def current_versions(conn: Connection, names: Iterable[str]) -> dict[str, str]:
+    """The current version of each pipeline named (the one its runs follow)."""
+    out: dict[str, str] = {}
+    for chunk in _chunks(sorted(set(names))):
+        rows = conn.execute(
+            select(pipelines.c.name, pipelines.c.version).where(pipelines.c.name.in_(chunk))
+        ).all()
+        out.update({r[0]: r[1] for r in rows})
+    return out
 
 
 def pipeline_rows(conn: Connection, names: Iterable[str] | None = None) -> list[Rec]:
@@ -317,7 +372,7 @@ def create_run(
 
 def add_task_instances(
     conn: Connection, run_pk: int, task_ids: Iterable[str], now: datetime
-) -> None:
+) -> list[int]:
     rows = [
         {
             "run": run_pk,
@@ -330,8 +385,9 @@ def add_task_instances(
         }
         for t in task_ids
     ]
-    if rows:
-        conn.execute(insert(task_instances), rows)
+    if not rows:
+        return []
+    return list(conn.execute(insert(task_instances).returning(task_instances.c.id), rows).scalars())
 
 
 def reconcile_task_instances(
@@ -342,30 +398,72 @@ def reconcile_task_instances(
     now: datetime,
     *,
     finished_too: bool,
-) -> None:
-    """Bring a run's task instances ``tis`` to the pipeline's current ``task_ids``: new
-    tasks get a pending instance; instances of removed tasks become ``removed`` (only the
-    unfinished ones unless ``finished_too``, so a live run keeps what already happened)."""
-    have = {ti.task_id for ti in tis}
-    add_task_instances(conn, run_pk, [t for t in task_ids if t not in have], now)
-    keep = set(task_ids)
-    gone = [
-        ti
-        for ti in tis
-        if ti.task_id not in keep
-        and ti.state != TIState.REMOVED
-        and (finished_too or ti.state not in TI_FINISHED)
-    ]
+    version: str | None = None,
+) -> Edit:
+    """Bring a run's task instances ``tis`` to the pipeline's ``task_ids`` as
+    ``core.edits`` states: new tasks get a pending instance, restored ones are pending
+    again, live instances of removed tasks have their try stopped (they become ``removed``
+    when it has ended), the others of removed tasks become ``removed`` (finished ones
+    only when ``finished_too``: the run is being re-run). Every change is an event."""
+    edit = edit_for(
+        (Instance(ti.id, ti.task_id, TIState(ti.state)) for ti in tis),
+        task_ids,
+        rerun=finished_too,
+    )
+    if edit.empty:
+        return edit
+    which = f" (version {version})" if version else ""
+    added = add_task_instances(conn, run_pk, edit.add, now)
+    if added:
+        conn.execute(
+            insert(events),
+            [
+                {
+                    "at": now,
+                    "entity": "ti",
+                    "entity_id": ti_id,
+                    "run": run_pk,
+                    "old": None,
+                    "new": TIState.PENDING.value,
+                    "detail": f"task added to the pipeline{which}",
+                }
+                for ti_id in added
+            ],
+        )
     transition(
         conn,
         "ti",
-        [ti.id for ti in gone],
-        TIState.REMOVED,
-        {ti.state for ti in gone},
+        edit.restore,
+        TIState.PENDING,
+        [TIState.REMOVED],
         now,
-        detail="task removed from pipeline",
-        ended_at=now,
+        detail=f"task back in the pipeline{which}",
+        next_try_at=None,
+        failure_reason=None,
+        started_at=None,
+        ended_at=None,
+        lost_tries=task_instances.c.try_number,
+        lost_streak=0,
     )
+    if edit.stop:
+        stopping = [
+            t.id
+            for chunk in _chunks(list(edit.stop))
+            for t in conn.execute(select(tries.c.id).where(tries.c.ti.in_(chunk), _LIVE_TRY)).all()
+        ]
+        request_cancel(conn, stopping, FailureReason.TASK_REMOVED.value)
+    gone = {ti.id: TIState(ti.state) for ti in tis if ti.id in set(edit.remove)}
+    # Never started ones get no end time (no duration to show); finished ones keep theirs.
+    transition(
+        conn,
+        "ti",
+        list(gone),
+        TIState.REMOVED,
+        set(gone.values()),
+        now,
+        detail=f"task removed from the pipeline{which}",
+    )
+    return edit
 
 
 def dated_run_exists(conn: Connection, pipeline: str, logical_date: datetime) -> bool:

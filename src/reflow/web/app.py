@@ -72,11 +72,8 @@ class Projects:
             changed = self._work.refresh()
             if not changed and not force:
                 return False
-            sync_catalog(self._db, self._work, utcnow())
-            snapshot = Catalog(self._work.folder)
-            snapshot.pipelines = dict(self._work.pipelines)
-            snapshot.problems = list(self._work.problems)
-            self.current = Project(self._settings, self._db, snapshot)
+            synced = sync_catalog(self._db, self._work, utcnow())
+            self.current = Project(self._settings, self._db, self._work.snapshot(), synced.stale)
             return True
 
 

@@ -1,0 +1,229 @@
+"""reflow's own lines in a try's log: what the try runs and how it ended, next to the task's
+output, where whoever looks at a failed try looks first (a killed try has no output).
+
+Each line starts with ``[reflow] `` and a UTC timestamp, so readers and parsers can tell it
+from the task's output. Secrets are masked as the log reader masks them. Everything here
+is a pure function of its arguments but :func:`write`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from reflow.core.config import Settings
+from reflow.core.masking import Secrets, scrub
+from reflow.core.pipeline import Pipeline, Task
+from reflow.core.spec import Outcome, TrySpec
+from reflow.core.states import FailureReason, RunState
+from reflow.launchers.kubernetes.manifest import pod_name
+
+PREFIX = "[reflow] "
+# How much of the log's end write() reads to see whether it ends with the same lines.
+_TAIL = 64 * 1024
+_STAMPED = re.compile(r"^\[reflow\] \S+ ")
+
+
+def stamp(at: datetime) -> str:
+    """``2024-01-03T10:00:00.123Z``: UTC, to the millisecond."""
+    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def stamped(at: datetime, texts: Iterable[str]) -> list[str]:
+    """The texts as lines of reflow's own, stamped ``at``: one line per line of a text, so
+    that no part of a multi-line text (a shell script) passes for the task's output."""
+    head = f"{PREFIX}{stamp(at)} "
+    return [head + part for text in texts for part in (text.splitlines() or [""])]
+
+
+def seconds(value: float) -> str:
+    return f"{value:g} s"
+
+
+def where(
+    launcher: str,
+    host: str,
+    *,
+    namespace: str | None = None,
+    pod: str | None = None,
+    context: str | None = None,
+) -> str:
+    """Where a try runs: its launcher and host; for a pod, its namespace and name."""
+    if launcher != "kubernetes":
+        return f"launcher {launcher}, host {host}"
+    text = f"launcher kubernetes, namespace {namespace}, pod {pod or '(none yet)'}"
+    if context:
+        text += f", context {context}"
+    return f"{text} (scheduler on host {host})"
+
+
+def _mask(text: str, values: Sequence[str]) -> str:
+    # A secret also appears JSON-escaped (a conf or a run context passed as JSON).
+    escaped = [json.dumps(v)[1:-1] for v in values]
+    return scrub(text, sorted({*values, *escaped}, key=len, reverse=True))
+
+
+def header(
+    *,
+    pipeline: str,
+    run_id: str,
+    attempt: int,
+    task_id: str,
+    try_number: int,
+    conf: Mapping[str, Any] | None,
+    secrets: Secrets,
+    runs_on: str,
+    timeout: float | None,
+    kill_grace: float,
+    run_timeout: float | None,
+    argv: Sequence[str] | None,
+) -> list[str]:
+    """The lines that open a try's log: which try, where it runs, its timeout, the run
+    attempt's conf and the command (None when it could not be rendered), secrets masked."""
+    values = secrets.values([conf or {}])
+    limit = seconds(timeout) if timeout else "none"
+    limits = f"timeout: {limit} (kill grace {seconds(kill_grace)})"
+    if run_timeout:
+        limits += f"; run timeout: {seconds(run_timeout)}"
+    lines = [
+        f"try {try_number} of task {task_id}, run {run_id} (attempt {attempt}) of {pipeline}",
+        f"runs on: {runs_on}",
+        limits,
+        "conf: " + _mask(json.dumps(secrets.conf(conf), sort_keys=True, default=str), values),
+    ]
+    if argv is not None:
+        command = shlex.join(_mask(arg, values) for arg in argv)
+        lines += f"command: {command}".splitlines()
+    return lines
+
+
+def opening(
+    settings: Settings,
+    host: str,
+    run: Any,
+    pipeline: Pipeline,
+    task: Task,
+    try_number: int,
+    spec: TrySpec | None,
+) -> list[str]:
+    """:func:`header` of a try of ``task`` in ``run`` (a run row), started by a scheduler
+    on ``host``; ``spec`` is None when the try could not be rendered."""
+    if spec is not None:
+        launcher = spec.launcher
+    else:
+        launcher = settings.launcher_for(run.pipeline, task.task_id)
+    k8s = settings.kubernetes
+    pod = pod_name(spec) if spec is not None and launcher == "kubernetes" else None
+    return header(
+        pipeline=run.pipeline,
+        run_id=run.run_id,
+        attempt=run.attempt,
+        task_id=task.task_id,
+        try_number=try_number,
+        conf=run.conf,
+        secrets=Secrets.of(pipeline.structure(), pipeline.params.secret_names()),
+        runs_on=where(launcher, host, namespace=k8s.namespace, pod=pod, context=k8s.context),
+        timeout=task.option("timeout"),
+        kill_grace=float(task.option("kill_grace")),
+        run_timeout=pipeline.run_timeout,
+        argv=spec.argv if spec is not None else None,
+    )
+
+
+def fenced(detail: str) -> str:
+    return f"not started: {detail}"
+
+
+def taken_over(scheduler: int, host: str, alive: bool) -> str:
+    state = "still runs" if alive else "is no longer running"
+    return (
+        f"taken over by scheduler {scheduler} on host {host}: the scheduler that watched "
+        f"this try stopped or was declared dead; the try {state}"
+    )
+
+
+def ended(row: Any, outcome: Outcome, ok: bool, reason: str | None) -> str:
+    """How a try ended, from its row (``repo.try_row``) and its outcome as recorded:
+    ``ok`` and ``reason`` as the scheduler decided them."""
+    code = outcome.exit_code
+    status = f"exit code {code}" if code is not None else "no exit code"
+    detail = outcome.detail or ""
+    # The launcher's detail, when it says more than the exit code.
+    how = detail if detail.startswith(status) else f"{status}; {detail}" if detail else status
+    if ok:
+        if row.cancel_reason:
+            return f"ended: success, {status} (it had been asked to stop: {row.cancel_reason})"
+        return f"ended: success, {status}"
+    if reason == FailureReason.TIMED_OUT:
+        limit = _timeout_of(row)
+        after = f" after {seconds(limit)}" if limit is not None else ""
+        return f"ended: timed out{after} (the task's timeout) and was stopped: {how}"
+    if reason == FailureReason.RUN_TIMED_OUT:
+        return f"ended: stopped because its run timed out (run_timeout): {how}"
+    if reason == FailureReason.KILLED:
+        return f"ended: cancelled on request (reason: killed, {_why_killed(row.run_state)}): {how}"
+    if reason == FailureReason.LOST:
+        return (
+            f"ended: lost ({detail or 'it vanished without an exit status'}): its scheduler "
+            "or host died, or its process or pod disappeared"
+        )
+    if reason == FailureReason.ERROR and code is None and row.started_at is None:
+        return f"ended: could not start the try: {detail or 'unknown error'}"
+    kind = "" if reason in (None, FailureReason.ERROR) else f" ({reason})"
+    return f"ended: failed{kind}, {how}"
+
+
+def _why_killed(run_state: str) -> str:
+    """Why reflow stopped a try with reason ``killed``, from its run's state."""
+    if run_state == RunState.CANCELLED:
+        return "its run was cancelled"
+    if run_state in (RunState.SUCCESS, RunState.FAILED):
+        return f"its run was marked {run_state}"
+    return f"its run is {run_state}"
+
+
+def _timeout_of(row: Any) -> float | None:
+    """The task timeout the try had: its deadline counts from its start (from its queueing
+    when the start was never recorded)."""
+    since = row.started_at or row.queued_at
+    if row.deadline is None or since is None:
+        return None
+    return round(float((row.deadline - since).total_seconds()), 3)
+
+
+def write(path: Path, lines: Sequence[str]) -> None:
+    """Append stamped lines (:func:`stamped`) to the log at ``path``, in one write.
+
+    They begin a line of their own even when the task's output did not end its last line.
+    Lines the log already ends with (an outcome recorded again after its transaction failed)
+    are not written again. Raises OSError."""
+    if not lines:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Unbuffered append: one write(2), never interleaved with a follower's lines.
+    with path.open("a+b", buffering=0) as fh:
+        size = fh.seek(0, os.SEEK_END)
+        tail = b""
+        if size:
+            fh.seek(max(0, size - _TAIL))
+            tail = fh.read()
+        if _ends_with(tail, lines):
+            return
+        data = ("\n".join(lines) + "\n").encode()
+        if tail and not tail.endswith(b"\n"):
+            data = b"\n" + data
+        fh.write(data)
+
+
+def _ends_with(tail: bytes, lines: Sequence[str]) -> bool:
+    last = tail.decode("utf-8", "replace").splitlines()[-len(lines) :]
+    return len(last) == len(lines) and all(
+        _STAMPED.match(a) and _STAMPED.sub("", a) == _STAMPED.sub("", b)
+        for a, b in zip(last, lines, strict=True)
+    )

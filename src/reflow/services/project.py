@@ -12,6 +12,7 @@ from reflow.core.errors import Conflict, NotFound
 from reflow.core.pipeline import Pipeline
 from reflow.launchers.base import Launcher
 from reflow.scheduler import sync_catalog, utcnow
+from reflow.store import repo
 from reflow.store.db import Database
 
 
@@ -61,6 +62,15 @@ class Project:
         broken = [p.message for p in self.catalog.problems if f"pipeline {name!r}" in p.message]
         if broken:
             raise NotFound(broken[0])
+        # Known to the store, from a file that does not load now: say so, not "unknown".
+        with self.db.read() as conn:
+            rows = repo.pipeline_rows(conn, [name])
+        failing = {p.path: p.message for p in self.catalog.problems}
+        if rows and rows[0].fileloc in failing:
+            raise NotFound(
+                f"pipeline {name!r} cannot be used until its file loads again "
+                f"(its runs wait meanwhile): {failing[rows[0].fileloc]}"
+            )
         known = ", ".join(sorted(self.catalog.pipelines)) or "none"
         raise NotFound(
             f"unknown pipeline {name!r} (known: {known}; folder: {self.settings.pipelines_path})"

@@ -43,7 +43,8 @@ ALLOWED_RULES = {
     },
     "reflow-spark": {
         ("", "pods"): {"create", "get", "list", "watch", "delete", "deletecollection"},
-        ("", "services"): {"create", "get", "delete"},
+        # The driver's shutdown deletes its services by label (deletecollection).
+        ("", "services"): {"create", "get", "list", "delete", "deletecollection"},
         ("", "configmaps"): {"create", "get", "list", "delete", "deletecollection"},
         ("", "persistentvolumeclaims"): {"create", "get", "list", "delete", "deletecollection"},
     },
@@ -418,3 +419,55 @@ def test_the_image_holds_the_example_project_where_reflow_toml_says() -> None:
     assert pipelines == "/opt/reflow/pipelines"
     assert (ROOT / "examples" / "events" / "pipelines").is_dir()
     assert dockerfile_env()["REFLOW_HOME"] == "/opt/reflow"
+
+
+def test_the_entrypoint_starts_spark_executors_and_runs_any_other_command(
+    tmp_path: Path,
+) -> None:
+    """Spark starts executor pods with ``args: ["executor"]`` and no command: the image's
+    entrypoint turns Spark's environment into the executor's JVM command line."""
+    (ENTRYPOINT,) = [shlex.split(args) for word, args in dockerfile() if word == "ENTRYPOINT"]
+    copies = [shlex.split(args) for word, args in dockerfile() if word == "COPY"]
+    assert any(c[-1] == "/usr/local/bin/" + ENTRYPOINT[0].strip('[]",') for c in copies)
+    fake_java = tmp_path / "java"
+    fake_java.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    fake_java.chmod(0o755)
+    env = {
+        "PATH": f"{tmp_path}:/usr/bin:/bin",
+        "SPARK_HOME": "/opt/spark",
+        "SPARK_JAVA_OPT_1": "-Dspark.driver.port=7078",
+        "SPARK_JAVA_OPT_0": "--add-opens=java.base/java.lang=ALL-UNNAMED",
+        "SPARK_JAVA_OPT_10": "-Dwith space=yes",
+        "SPARK_EXECUTOR_MEMORY": "512m",
+        "SPARK_DRIVER_URL": "spark://CoarseGrainedScheduler@10.244.0.5:7078",
+        "SPARK_EXECUTOR_ID": "2",
+        "SPARK_EXECUTOR_CORES": "1",
+        "SPARK_APPLICATION_ID": "spark-abc",
+        "SPARK_EXECUTOR_POD_IP": "10.244.0.7",
+        "SPARK_RESOURCE_PROFILE_ID": "0",
+        "SPARK_EXECUTOR_POD_NAME": "etl-exec-2",
+    }
+    script = str(DEPLOY / "entrypoint.sh")
+    out = subprocess.run(
+        [script, "executor"], env=env, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out[:3] == [
+        "--add-opens=java.base/java.lang=ALL-UNNAMED",
+        "-Dspark.driver.port=7078",
+        "-Dwith space=yes",
+    ]
+    assert out[3:6] == ["-Xms512m", "-Xmx512m", "-cp"]
+    assert out[6] == "/opt/spark/jars/*"
+    assert out[7] == "org.apache.spark.scheduler.cluster.k8s.KubernetesExecutorBackend"
+    args = dict(zip(out[8::2], out[9::2], strict=True))
+    assert args == {
+        "--driver-url": env["SPARK_DRIVER_URL"],
+        "--executor-id": "2",
+        "--cores": "1",
+        "--app-id": "spark-abc",
+        "--hostname": "10.244.0.7",
+        "--resourceProfileId": "0",
+        "--podName": "etl-exec-2",
+    }
+    other = subprocess.run([script, "echo", "hello"], env=env, capture_output=True, text=True)
+    assert (other.returncode, other.stdout) == (0, "hello\n")

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from reflow.core.errors import ConfError, PipelineError, TaskError
+from reflow.launchers.kubernetes.manifest import BACKSTOP_MARGIN
 from reflow.services import kubernetes as k8s_service
 from reflow.services.project import Project
 
@@ -190,7 +191,8 @@ def test_every_option_of_a_shell_task_reaches_the_pod(tmp_path: Path) -> None:
     assert spec["serviceAccountName"] == "etl-runner"
     assert spec["restartPolicy"] == "Never"
     assert spec["terminationGracePeriodSeconds"] == 20
-    assert spec["activeDeadlineSeconds"] == 3600 + 20
+    # The server's backstop comes after reflow's own stop: start-up, timeout, grace, margin.
+    assert spec["activeDeadlineSeconds"] == 600 + 3600 + 20 + BACKSTOP_MARGIN
     # pod_override is deep-merged: the main container keeps everything and gains more.
     assert spec["priorityClassName"] == "batch-low"
     assert container["securityContext"] == {"runAsUser": 1000}
@@ -246,7 +248,7 @@ def test_a_python_task_runs_reflows_entry_point_in_the_image(tmp_path: Path) -> 
     assert container["command"] == ["python3", "-m", "reflow.tasks.pyrun"]
     assert env["REFLOW_TASK_FILE"] == "/opt/reflow/pipelines/events.py"
     assert env["REFLOW_TASK_ID"] == "quality"
-    assert pod["spec"]["activeDeadlineSeconds"] == 300 + 20
+    assert pod["spec"]["activeDeadlineSeconds"] == 600 + 300 + 20 + BACKSTOP_MARGIN
 
 
 SECRETS = (
@@ -403,6 +405,15 @@ with Pipeline("events", schedule="@daily", start_date="2024-01-01"):
         ('image_pull_policy="Sometimes"', "image_pull_policy must be one of"),
         ('secret_env={"A": "no-key"}', "expected 'name/key'"),
         ('env_from=["vault:x"]', "expected 'secret:NAME'"),
+        # The server refuses these at pod creation; refused at load instead.
+        ('labels={"team": "data eng"}', "not a valid label value"),
+        ('labels={"team": "x" * 64}', "not a valid label value"),
+        ('labels={"bad key!": "x"}', "not a valid label key"),
+        (
+            'requests={"ephemeral-storage": "30Gi"}, limits={"ephemeral-storage": "20Gi"}',
+            "requests 'ephemeral-storage' 30Gi exceed its limit 20Gi",
+        ),
+        ('requests={"cpu": "1500m"}, limits={"cpu": 1}', "exceed its limit"),
     ],
 )
 def test_bad_pod_options_are_refused_when_the_file_loads(
@@ -419,6 +430,50 @@ with Pipeline("events", schedule="@daily", start_date="2024-01-01"):
     problems = [p.message for p in proj.catalog.problems]
 
     assert len(problems) == 1 and message in problems[0] and "events.py" in problems[0]
+
+
+def test_requests_above_the_default_limits_are_refused_when_the_file_loads(
+    tmp_path: Path,
+) -> None:
+    source = (
+        HEADER
+        + """
+with Pipeline("events", schedule="@daily", start_date="2024-01-01",
+              defaults={"pod": Pod(limits={"memory": "1Gi"})}):
+    Shell("ingest", "true", pod=Pod(requests={"memory": "2Gi"}))
+"""
+    )
+    problems = [p.message for p in project(tmp_path, source).catalog.problems]
+    assert len(problems) == 1 and "'memory' 2Gi exceed its limit 1Gi" in problems[0]
+
+
+def test_templated_labels_and_requests_are_checked_once_rendered(tmp_path: Path) -> None:
+    source = (
+        HEADER
+        + """
+with Pipeline("events", schedule="@daily", start_date="2024-01-01",
+              params={"team": "data", "disk": "1Gi"}):
+    Shell("ingest", "true", pod=Pod(labels={"team": "{{ params.team }}"},
+                                   requests={"ephemeral-storage": "{{ params.disk }}"},
+                                   limits={"ephemeral-storage": "2Gi"}))
+"""
+    )
+    proj = project(tmp_path, source)
+    assert render(proj, "ingest")
+    with pytest.raises(TaskError, match="not a valid label value"):
+        render(proj, "ingest", conf={"team": "data eng"})
+    with pytest.raises(TaskError, match="exceed its limit 2Gi"):
+        render(proj, "ingest", conf={"disk": "3Gi"})
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("4Gi", 4 * 2**30), ("500m", 0.5), ("1e3", 1000), ("1.5G", 1.5e9), (2, 2), ("100Ki", 102400)],
+)
+def test_quantities_compare_by_the_amount_they_stand_for(text: Any, value: float) -> None:
+    from reflow.core.pod import quantity
+
+    assert float(quantity(text)) == value
 
 
 def test_scratch_must_be_declared_with_a_quantity() -> None:

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 from reflow.core.errors import ConfError, PipelineError, ReflowError, ScheduleError
 from reflow.core.params import Param, ParamSet
-from reflow.core.pod import Pod, Scratch, scratch_plain
+from reflow.core.pod import Pod, Scratch, check_requests_within_limits, scratch_plain
 from reflow.core.schedule import Schedule, to_datetime
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
@@ -383,6 +383,8 @@ class Pipeline:
                 )
             try:
                 task.check()
+                pod = task.resolved_pod()
+                check_requests_within_limits(pod.requests, pod.limits)
             except ReflowError as exc:
                 raise PipelineError(
                     f"pipeline {self.name!r}: task {task.task_id!r}: {exc}"

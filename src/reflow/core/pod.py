@@ -24,6 +24,7 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from decimal import Decimal
 from typing import Any, TypeGuard
 
 from reflow.core.errors import PipelineError
@@ -47,6 +48,68 @@ def check_quantity(value: Any, what: str) -> None:
         return
     if not _QUANTITY.match(str(value)):
         raise PipelineError(f"{what}: {value!r} is not a Kubernetes quantity (e.g. '4Gi', '500m')")
+
+
+_SUFFIXES = {
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "": Decimal(1),
+    **{s: Decimal(1000) ** (i + 1) for i, s in enumerate("kMGTPE")},
+}
+
+
+def quantity(value: str | int | float) -> Decimal:
+    """The amount a Kubernetes quantity stands for (``"4Gi"`` -> 4294967296)."""
+    text = str(value)
+    match = _QUANTITY.match(text)
+    if match is None:
+        raise PipelineError(f"{value!r} is not a Kubernetes quantity (e.g. '4Gi', '500m')")
+    suffix = match.group(3) or ""
+    if suffix[:1] in ("e", "E"):
+        return Decimal(text)
+    return Decimal(text[: len(text) - len(suffix)]) * _SUFFIXES[suffix]
+
+
+def check_requests_within_limits(
+    requests: Mapping[str, Any], limits: Mapping[str, Any], where: str = "pod"
+) -> None:
+    """The server refuses a pod requesting more of a resource than its limit allows: say so
+    when the pipeline loads (templated amounts are checked once rendered)."""
+    for resource, limit in limits.items():
+        request = requests.get(resource)
+        if request is None or _templated(request) or _templated(limit):
+            continue
+        if quantity(request) > quantity(limit):
+            raise PipelineError(
+                f"{where} requests {resource!r} {request} exceed its limit {limit} "
+                "(Kubernetes refuses such a pod)"
+            )
+
+
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
+
+
+def check_label(key: Any, value: Any, what: str = "pod labels") -> None:
+    """A label Kubernetes accepts: ``[prefix/]name`` with a DNS-subdomain prefix, a name and
+    a value of at most 63 letters, digits, ``-_.`` that start and end alphanumeric (an
+    empty value too); templated values are checked once rendered."""
+    if not isinstance(key, str) or not isinstance(value, str):
+        raise PipelineError(f"{what}: keys and values must be strings, got {key!r}: {value!r}")
+    prefix, _, name = key.rpartition("/")
+    if (prefix and not is_dns_subdomain(prefix)) or not _LABEL_NAME.match(name):
+        raise PipelineError(
+            f"{what}: {key!r} is not a valid label key (an optional DNS prefix and '/', then "
+            "at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric)"
+        )
+    if _templated(value):
+        return
+    if value and not _LABEL_NAME.match(value):
+        raise PipelineError(
+            f"{what} {key!r}: {value!r} is not a valid label value (at most 63 letters, "
+            "digits, '-', '_' or '.', starting and ending alphanumeric; no spaces)"
+        )
 
 
 def _check_path(value: Any, what: str) -> None:
@@ -195,6 +258,9 @@ class Pod:
         for what in ("requests", "limits"):
             for resource, amount in getattr(self, what).items():
                 check_quantity(amount, f"pod {what} {resource!r}")
+        check_requests_within_limits(self.requests, self.limits)
+        for key, value in self.labels.items():
+            check_label(key, value)
         for var, ref in {**self.secret_env, **self.config_map_env}.items():
             if not isinstance(ref, str) or ref.count("/") != 1 or ref.startswith("/"):
                 raise PipelineError(f"pod env {var!r}: expected 'name/key', got {ref!r}")

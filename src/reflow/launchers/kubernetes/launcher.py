@@ -374,8 +374,9 @@ class KubernetesLauncher(Launcher):
     def _outcome(
         self, t: _Pod, code: int | None, reason: FailureReason | None, detail: str
     ) -> Outcome:
-        if reason is not None and detail:
-            _note(t.log_path, f"pod {t.name or '(none)'}: {reason.value}: {detail}")
+        if detail:
+            what = reason.value if reason is not None else "succeeded"
+            _note(t.log_path, f"pod {t.name or '(none)'}: {what}: {detail}")
         return Outcome(t.try_id, code, reason, self._clock(), detail)
 
     def _cleans(self, succeeded: bool) -> bool:

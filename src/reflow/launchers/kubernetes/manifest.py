@@ -9,12 +9,20 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from reflow.core.config import KubernetesSettings
 from reflow.core.errors import PipelineError, TaskError
-from reflow.core.pod import check_quantity, deep_merge, dns_label, is_dns_subdomain, label_value
+from reflow.core.pod import (
+    check_label,
+    check_quantity,
+    check_requests_within_limits,
+    deep_merge,
+    dns_label,
+    is_dns_subdomain,
+    label_value,
+)
 from reflow.core.spec import TrySpec
 
 CONTAINER = "main"
@@ -37,6 +45,11 @@ DOWNWARD = {
     "REFLOW_POD_NAMESPACE": "metadata.namespace",
     "REFLOW_POD_IP": "status.podIP",
 }
+
+
+# Seconds between the moment reflow has stopped a timed-out pod (timeout + grace) and the
+# moment the server's own activeDeadlineSeconds backstop would.
+BACKSTOP_MARGIN = 30.0
 
 
 def selector(settings: KubernetesSettings) -> str:
@@ -161,6 +174,8 @@ def pod_manifest(spec: TrySpec, settings: KubernetesSettings) -> dict[str, Any]:
         **_strings(options.get("labels") or {}),
         **reflow_labels(spec, settings),
     }
+    for key, value in labels.items():
+        _rendered(check_label, key, value)
     annotations = {
         **settings.annotations,
         **_strings(options.get("annotations") or {}),
@@ -190,8 +205,13 @@ def pod_manifest(spec: TrySpec, settings: KubernetesSettings) -> dict[str, Any]:
         "containers": [container],
     }
     if spec.timeout is not None:
-        # A backstop for when reflow is down: the scheduler deletes the pod at the timeout.
-        pod_spec["activeDeadlineSeconds"] = max(1, math.ceil(spec.timeout + spec.kill_grace))
+        # A backstop for when reflow is down: the scheduler itself stops the pod at the
+        # timeout, counted from the container's start, then waits the grace period. The
+        # server counts from the pod's start, which comes up to startup_timeout earlier:
+        # the backstop fires only after all of that and a margin, never in reflow's place.
+        pod_spec["activeDeadlineSeconds"] = math.ceil(
+            settings.startup_timeout + spec.timeout + spec.kill_grace + BACKSTOP_MARGIN
+        )
     if account := options.get("service_account") or settings.service_account:
         pod_spec["serviceAccountName"] = str(account)
     secrets = list(options.get("image_pull_secrets") or settings.image_pull_secrets)
@@ -342,6 +362,7 @@ def _resources(options: Mapping[str, Any]) -> dict[str, Any]:
             _check_rendered_quantity(amount, f"pod {what} {resource!r}")
         if amounts:
             out[what] = {str(k): str(v) for k, v in amounts.items()}
+    _rendered(check_requests_within_limits, out.get("requests", {}), out.get("limits", {}))
     return out
 
 
@@ -414,6 +435,14 @@ def _claim_spec(size: Any, storage_class: Any, volume: Mapping[str, Any] | None)
     if storage_class:
         spec["storageClassName"] = str(storage_class)
     return spec
+
+
+def _rendered(check: Callable[..., None], *args: Any) -> None:
+    """A load-time check on rendered values: a failure fails the try, not the pipeline."""
+    try:
+        check(*args)
+    except PipelineError as exc:
+        raise TaskError(str(exc)) from None
 
 
 def _check_rendered_quantity(value: Any, what: str) -> None:

@@ -60,15 +60,20 @@ def finished(
         return code, FailureReason.EVICTED, f"evicted: {message}".strip()
     if why == "DeadlineExceeded":
         return code, FailureReason.TIMED_OUT, "activeDeadlineSeconds exceeded"
-    if terminated.get("reason") == "OOMKilled":
-        # Also when the main process exits 0 (the pod "Succeeded") after the kernel
-        # killed one of its children for memory: that try did not do its work.
-        detail = "OOMKilled: the container hit its memory limit"
-        if code == 0:
-            detail += " (a process of it was killed; the main process exited 0)"
-        return code, FailureReason.OOM_KILLED, detail
+    oom = terminated.get("reason") == "OOMKilled"
     if status.get("phase") == "Succeeded" and code in (0, None):
+        # The phase and the exit code decide. A child killed for memory while the main
+        # process went on to exit 0 is the task's own business: kept as a detail.
+        if oom:
+            return (
+                0,
+                None,
+                "OOMKilled: a process of the container was killed for memory; "
+                "the main process exited 0",
+            )
         return 0, None, ""
+    if oom:
+        return code, FailureReason.OOM_KILLED, "OOMKilled: the container hit its memory limit"
     detail = f"exit code {code}" if code is not None else "pod failed"
     if terminated.get("reason") not in (None, "Error", "Completed"):
         detail += f" ({terminated['reason']})"

@@ -194,6 +194,8 @@ def test_a_k8s_try_runs_client_mode_in_its_pod_through_sh(monkeypatch: pytest.Mo
     assert words[:6] == ["--master", K8S, "--deploy-mode", "client", "--name", "etl.job.2024-01-01"]
     confs = dict(words[i + 1].split("=", 1) for i, w in enumerate(words) if w == "--conf")
     prefix = confs.pop("spark.kubernetes.executor.podNamePrefix")
+    app_id = confs.pop("spark.app.id")
+    assert re.fullmatch(r"spark-[0-9a-f]{32}", app_id)
     assert confs == {
         "spark.driver.host": "${REFLOW_POD_IP:?is not set, expected the pod IP}",
         "spark.kubernetes.driver.pod.name": "${REFLOW_POD_NAME:?is not set, expected the pod name}",
@@ -654,3 +656,29 @@ def test_the_application_id_is_read_from_the_start_of_the_tries_log(tmp_path: Pa
 
     assert task.app_id_from_log(str(log)) == "local-1700000000123"
     assert task.app_id_from_log(str(tmp_path / "missing.log")) is None
+
+
+def test_a_k8s_try_sets_an_application_id_of_its_own_that_its_log_gives_back(
+    tmp_path: Path,
+) -> None:
+    """In client mode with a k8s:// master the driver prints no application id: the try
+    sets one (the executors carry it as their spark-app-selector label) and its command,
+    in reflow's opening lines of the log, gives it back."""
+
+    def app_id(ctx: dict[str, Any]) -> str:
+        words = shlex.split(build(k8s_task(), ctx).argv[2])
+        confs = dict(words[i + 1].split("=", 1) for i, w in enumerate(words) if w == "--conf")
+        return confs["spark.app.id"]
+
+    first = app_id(context())
+    assert first == app_id(context())  # the same try, the same id
+    assert first != app_id({**context(), "try_number": 2})
+    assert first != app_id({**context(), "run_id": "manual__2024-01-01T00:00:00+00:00__ab"})
+    log = tmp_path / "try.log"
+    script = build(k8s_task()).argv[2]
+    log.write_text(f"[reflow] 2024-01-01T00:00:00Z command: /bin/sh -c {script}\nok\n")
+    assert k8s_task().app_id_from_log(str(log)) == first
+    # A spark.app.id of the user's wins.
+    task = k8s_task(conf={"spark.app.id": "spark-" + "0" * 32})
+    words = shlex.split(build(task).argv[2])
+    assert [w for w in words if w.startswith("spark.app.id=")] == ["spark.app.id=spark-" + "0" * 32]

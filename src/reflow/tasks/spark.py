@@ -311,6 +311,10 @@ def _k8s_conf(rendered: Mapping[str, Any]) -> dict[str, str]:
         "spark.kubernetes.executor.label.reflow-pipeline": label_value(who["pipeline"]),
         "spark.kubernetes.executor.label.reflow-run": label_value(who["run_id"]),
         "spark.kubernetes.executor.label.reflow-task": label_value(who["task"]),
+        # In client mode the driver prints no application id; this one is the try's own
+        # (Spark labels the executors with it), and reflow's opening lines of the try's
+        # log show it in the command, where app_id_from_log finds it.
+        "spark.app.id": k8s_app_id(who),
     }
     # Executors go to the driver pod's namespace and run its image unless told otherwise.
     if rendered["namespace"]:
@@ -338,6 +342,13 @@ def _k8s_conf(rendered: Mapping[str, Any]) -> dict[str, str]:
         conf["spark.kubernetes.driver.ownPersistentVolumeClaim"] = "true"
         conf["spark.kubernetes.driver.reusePersistentVolumeClaim"] = "true"
     return conf
+
+
+def k8s_app_id(who: Mapping[str, str]) -> str:
+    """The application id of one try's Spark driver with a ``k8s://`` master: the form
+    Spark gives its own (``spark-`` and 32 hex digits), from the try's identity."""
+    key = "\0".join((who["pipeline"], who["run_id"], who["task"], who["try_number"]))
+    return "spark-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def _default_pod_prefix(who: Mapping[str, str]) -> str:

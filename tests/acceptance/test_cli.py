@@ -259,7 +259,8 @@ def test_secret_params_are_masked_in_run_details_and_logs(project: Path) -> None
     shown = reflow(project, "runs", "show", "secretive", "2024-01-02")
     assert '"api_key": "***"' in shown.stdout and "s3cr3t" not in shown.stdout
     log = reflow(project, "logs", "secretive", "2024-01-02", "t")
-    assert log.stdout.strip() == "using ***"
+    assert _task_output(log.stdout) == ["using ***"] and "s3cr3t" not in log.stdout
+    assert ' conf: {"api_key": "***"}' in log.stdout  # in reflow's lines of the log
 
 
 def test_logs_of_an_earlier_try_mask_the_secret_its_attempt_ran_with(project: Path) -> None:
@@ -288,7 +289,7 @@ def test_logs_of_an_earlier_try_mask_the_secret_its_attempt_ran_with(project: Pa
     for number in ("1", "2"):
         log = reflow(project, "logs", "secretive", "2024-01-02", "t", "--try", number)
         assert log.returncode == 0, log.stderr
-        assert log.stdout.strip() == "using ***"
+        assert _task_output(log.stdout) == ["using ***"] and "-secret-" not in log.stdout
 
 
 def test_logs_follow_masks_a_secret_written_in_two_parts(project: Path, tmp_path: Path) -> None:
@@ -310,9 +311,11 @@ def test_logs_follow_masks_a_secret_written_in_two_parts(project: Path, tmp_path
     try:
         # The try has written the first part of the secret, and waits.
         deadline = time.monotonic() + 60
-        while not any(b"using s3cr" in p.read_bytes() for p in project.rglob("try-1.log")):
+        while not any(p.read_bytes().endswith(b"using s3cr") for p in project.rglob("try-1.log")):
             assert time.monotonic() < deadline, "the try did not start"
             time.sleep(0.05)
+        (log_file,) = project.rglob("try-1.log")
+        before = log_file.read_text()[: -len("s3cr")]  # reflow's opening lines, "using "
         follower = subprocess.Popen(
             [*REFLOW, "logs", "split", "2024-01-02", "t", "--follow"],
             cwd=project,
@@ -323,12 +326,13 @@ def test_logs_follow_masks_a_secret_written_in_two_parts(project: Path, tmp_path
         )
         assert follower.stdout is not None
         # It has read the log once: what cannot be part of a secret is shown already.
-        seen = follower.stdout.read(len("using "))
-        assert seen == "using "
+        seen = follower.stdout.read(len(before))
+        assert seen == before and seen.endswith("\nusing ")
         gate.touch()
         rest = follower.stdout.read()  # until it ends, with the try
         assert follower.wait(timeout=60) == 0, follower.stderr and follower.stderr.read()
-        assert seen + rest == "using ***\n"
+        assert _task_output(seen + rest) == ["using ***"] and "s3cret" not in seen + rest
+        assert (seen + rest).splitlines()[-1].endswith(" ended: success, exit code 0")
         assert runner.wait(timeout=60) == 0
     finally:
         gate.touch()
@@ -336,6 +340,11 @@ def test_logs_follow_masks_a_secret_written_in_two_parts(project: Path, tmp_path
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def _task_output(log: str) -> list[str]:
+    """The lines of a try's log that are the task's, not reflow's own."""
+    return [line for line in log.splitlines() if not line.startswith("[reflow] ")]
 
 
 def test_a_second_file_declaring_a_pipeline_breaks_both_and_runs_neither(project: Path) -> None:

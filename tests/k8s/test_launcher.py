@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -84,7 +85,7 @@ def test_a_shell_task_runs_in_a_pod_its_log_is_streamed_and_the_pod_cleaned(k8s:
     log = Path(t.log_path).read_text()
     for line in ("start 2024-01-03", "middle", "to-stderr", "end"):
         assert line in log.splitlines()
-    assert log.count("middle") == 1
+    assert log.splitlines().count("middle") == 1
     # The pod as created carried the resources, and is gone now (cleanup: on_success).
     assert created, "the pod was never seen"
     resources = created[0]["spec"]["containers"][0]["resources"]
@@ -125,6 +126,31 @@ def test_a_failing_pod_fails_the_try_with_its_exit_code_and_is_kept(k8s: K8sEnv)
     assert "about to fail" in Path(t.log_path).read_text()
     # on_success keeps failed pods, for a look with kubectl.
     assert [p["metadata"]["name"] for p in reflow_pods(k8s)] == [t.external_id.split("/")[1]]
+
+
+def test_a_pods_try_log_says_where_it_ran_and_how_it_ended_around_the_pods_output(
+    k8s: K8sEnv,
+) -> None:
+    pipeline(k8s, 'Shell("t", "echo from the pod; exit 4", retries=0)')
+    (run_pk,) = k8s.trigger("etl", ["2024-01-03"])
+    k8s.drive(k8s.runs_done([run_pk]))
+
+    t = only_try(k8s, run_pk)
+    settings = k8s.settings.kubernetes
+    namespace, pod = t.external_id.split("/")
+    lines = Path(t.log_path).read_text().splitlines()
+    ours = [line.split(" ", 2)[2] for line in lines if line.startswith("[reflow] ")]
+    assert ours[1] == (
+        f"runs on: launcher kubernetes, namespace {settings.namespace}, pod {pod}, "
+        f"context {settings.context} (scheduler on host {socket.gethostname()})"
+    )
+    assert namespace == settings.namespace
+    assert ours[4] == "command: /bin/sh -c 'echo from the pod; exit 4'"
+    assert ours[-1] == "ended: failed, exit code 4"
+    # The pod's log is appended after reflow's opening lines, which it leaves in place.
+    assert lines[:5] == [line for line in lines if line.startswith("[reflow] ")][:5]
+    assert lines.index("from the pod") > 4
+    assert lines[-1].startswith("[reflow] ")
 
 
 @pytest.mark.parametrize(
@@ -447,7 +473,7 @@ def test_a_pod_that_already_exists_for_the_try_is_taken_over(k8s: K8sEnv) -> Non
 
     t = only_try(k8s, run_pk)
     assert t.state == "success"
-    assert Path(t.log_path).read_text().count("once") == 1
+    assert Path(t.log_path).read_text().splitlines().count("once") == 1
 
 
 def test_orphan_pods_of_no_live_try_are_swept(k8s: K8sEnv) -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,8 @@ PREFIX = "[reflow] "
 # How much of the log's end write() reads to see whether it ends with the same lines.
 _TAIL = 64 * 1024
 _STAMPED = re.compile(r"^\[reflow\] \S+ ")
+# Each pipeline's secrets at its version: reading them walks the whole pipeline.
+_SECRETS: weakref.WeakKeyDictionary[Pipeline, tuple[str, Secrets]] = weakref.WeakKeyDictionary()
 
 
 def stamp(at: datetime) -> str:
@@ -127,13 +130,23 @@ def opening(
         task_id=task.task_id,
         try_number=try_number,
         conf=run.conf,
-        secrets=Secrets.of(pipeline.structure(), pipeline.params.secret_names()),
+        secrets=secrets_of(pipeline),
         runs_on=where(launcher, host, namespace=k8s.namespace, pod=pod, context=k8s.context),
         timeout=task.option("timeout"),
         kill_grace=float(task.option("kill_grace")),
         run_timeout=pipeline.run_timeout,
         argv=spec.argv if spec is not None else None,
     )
+
+
+def secrets_of(pipeline: Pipeline) -> Secrets:
+    """What the log reader masks in the logs of ``pipeline`` (``services.runs.secrets_of``),
+    worked out once per pipeline version."""
+    known = _SECRETS.get(pipeline)
+    if known is None or known[0] != pipeline.version:
+        secrets = Secrets.of(pipeline.structure(), pipeline.params.secret_names())
+        known = _SECRETS[pipeline] = (pipeline.version, secrets)
+    return known[1]
 
 
 def fenced(detail: str) -> str:

@@ -168,6 +168,16 @@ def _too_old(since: int, current: int) -> Obj:
 Cause = tuple[str, str, str]
 
 
+def _without_ephemeral_volumes(pod: Obj) -> list[Cause]:
+    """What a server older than 1.21 (without the GenericEphemeralVolume gate) says of a
+    generic ephemeral volume: it does not know the field, so the volume has no type."""
+    return [
+        _required(f"spec.volumes[{i}]", "must specify a volume type")
+        for i, volume in enumerate((pod.get("spec") or {}).get("volumes") or [])
+        if "ephemeral" in volume
+    ]
+
+
 def _invalid(kind: str, name: str, causes: list[Cause]) -> ApiError:
     texts = [f"{path}: {text}" for path, _, text in causes]
     summary = texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
@@ -1026,6 +1036,9 @@ class FakeCluster:
         self._stopping = False
         self._server: _Server | None = None
         self._serving: threading.Thread | None = None
+        # The Kubernetes version served; before 1.21 a pod with a generic ephemeral volume
+        # is refused as a real 1.20 server without its feature gate refuses it.
+        self.version = (1, 31)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -1315,8 +1328,10 @@ class FakeCluster:
         )
 
     def _version(self) -> _Reply:
+        major, minor = self.version
         info = {
-            "major": "1", "minor": "31", "gitVersion": "v1.31.0-fake", "gitCommit": "fake",
+            "major": str(major), "minor": str(minor), "gitVersion": f"v{major}.{minor}.0-fake",
+            "gitCommit": "fake",
             "gitTreeState": "clean", "buildDate": "2024-08-13T00:00:00Z",
             "goVersion": "go1.22.5", "compiler": "gc", "platform": "linux/amd64",
         }  # fmt: skip
@@ -1510,6 +1525,8 @@ class FakeCluster:
                 causes = _subdomain_causes("metadata.name", name) + causes
             else:
                 causes.insert(0, _required("metadata.name", "name or generateName is required"))
+            if resource == "pods" and self.version < (1, 21):
+                causes += _without_ephemeral_volumes(obj)
             if causes:
                 raise _invalid(kind, name, causes)
             if (namespace, name) in self._objects[resource]:

@@ -21,6 +21,18 @@ _TRANSIENT = {429, 500, 502, 503, 504}
 _REQUEST_TIMEOUT = (5, 30)
 
 
+def server_version(api_client: Any) -> tuple[int, int] | None:
+    """The API server's Kubernetes version (major, minor), or None when it cannot be read
+    (the launcher works on without it)."""
+    from kubernetes import client
+
+    try:
+        info = client.VersionApi(api_client).get_code(_request_timeout=10)
+        return int(info.major), int(str(info.minor).rstrip("+"))
+    except Exception:  # an unreachable server is reported by the calls that need it
+        return None
+
+
 def load_client(settings: KubernetesSettings) -> Any:
     """An ApiClient for the configured cluster: in-cluster, or a kubeconfig context."""
     try:

@@ -27,7 +27,7 @@ from reflow.core.pod import label_value
 from reflow.core.spec import Handle, Outcome, TryRef, TrySpec
 from reflow.core.states import FailureReason
 from reflow.launchers.base import Launcher
-from reflow.launchers.kubernetes.api import NamespaceApi, _ApiError, load_client
+from reflow.launchers.kubernetes.api import NamespaceApi, _ApiError, load_client, server_version
 from reflow.launchers.kubernetes.fences import (
     _fenced_message,
     check_fence_after_create,
@@ -58,6 +58,13 @@ from reflow.launchers.kubernetes.watch import PodWatch, _newer, _Pod, _try_id
 __all__ = ["KubernetesLauncher", "load_client"]
 
 log = logging.getLogger("reflow.kubernetes")
+
+# scratch() is a generic ephemeral volume: beta (on by default) from Kubernetes 1.21.
+MINIMUM_FOR_SCRATCH = (1, 21)
+_SCRATCH_NEEDS = (
+    "generic ephemeral volumes: Kubernetes 1.21 or newer (on 1.20, every component "
+    "started with --feature-gates=GenericEphemeralVolume=true)"
+)
 
 # How long a finished pod's log may take to arrive before the outcome is reported anyway.
 _LOG_GRACE = 10.0
@@ -99,6 +106,13 @@ class KubernetesLauncher(Launcher):
         # Finished pods the cleanup policy removes, by try id, deleted on release(): a
         # scheduler that dies before recording the outcome finds the pod again on adoption.
         self._unreleased: dict[int, str] = {}
+        self.server = server_version(self._api_client)
+        if self.server is not None and self.server < MINIMUM_FOR_SCRATCH:
+            log.warning(
+                "kubernetes: the API server is %d.%d; scratch() needs %s",
+                *self.server,
+                _SCRATCH_NEEDS,
+            )
         self._watch = PodWatch(self._api, self._tries, self._lock, self._wake, self._stop)
         self._watcher = threading.Thread(
             target=self._watch.run, name="reflow-k8s-watch", daemon=True
@@ -132,7 +146,9 @@ class KubernetesLauncher(Launcher):
                 if secret is not None:
                     with contextlib.suppress(_ApiError):
                         self._api.delete_secret(name)
-                raise TaskError(f"kubernetes refused pod {name}: {exc}") from None
+                raise TaskError(
+                    f"kubernetes refused pod {name}: {self._why(manifest, exc)}"
+                ) from None
             created = None
         if created is None:  # 409: ours if an earlier attempt of this very call got through
             created = self._api.read_pod(name)
@@ -154,6 +170,15 @@ class KubernetesLauncher(Launcher):
         self._watch.register(t)
         self._follow(t)
         return Handle(spec.try_id, None, self._host(), external_id=f"{self.namespace}/{name}")
+
+    def _why(self, manifest: dict[str, Any], exc: _ApiError) -> str:
+        """The server's refusal, and the likely cause when the server is too old for what
+        the pod asks."""
+        ephemeral = any("ephemeral" in v for v in manifest["spec"].get("volumes") or [])
+        if ephemeral and self.server is not None and self.server < MINIMUM_FOR_SCRATCH:
+            major, minor = self.server
+            return f"scratch() needs {_SCRATCH_NEEDS}; the server is {major}.{minor} ({exc})"
+        return str(exc)
 
     def poll(self) -> list[Outcome]:
         """Outcomes of the tries whose pods ended, failed to start, or vanished."""

@@ -895,9 +895,11 @@ def test_a_pod_of_the_same_name_from_another_installation_is_not_taken_for_ours(
     wait_until(lambda: pod_named(k8s, name) is None, timeout=15)
 
 
-def test_a_child_oom_kill_under_a_main_process_that_exits_0_is_oom_killed(
+def test_a_child_oom_kill_under_a_main_process_that_exits_0_succeeds_with_a_note(
     k8s: K8sEnv, launchers: Any
 ) -> None:
+    """A real node reports a pod whose child was OOM-killed while its main process went
+    on to exit 0 as ``Succeeded`` with reason OOMKilled: the phase and exit code decide."""
     if k8s.cluster.real:
         pytest.skip("simulated by the fake API server only")
     launcher = launchers()
@@ -905,12 +907,11 @@ def test_a_child_oom_kill_under_a_main_process_that_exits_0_is_oom_killed(
     spec = try_spec(k8s, "sleep 1; exit 0", pod={"annotations": annotations})
     name = launcher.start(spec).external_id.split("/")[1]
     outcome = outcome_of(launcher, spec.try_id)
-    assert (outcome.exit_code, outcome.reason) == (0, FailureReason.OOM_KILLED), outcome
+    assert (outcome.ok, outcome.exit_code, outcome.reason) == (True, 0, None), outcome
+    assert "OOMKilled" in outcome.detail
+    assert "OOMKilled" in Path(spec.log_path).read_text()
     pod = pod_named(k8s, name)
     assert pod is not None and pod["status"]["phase"] == "Succeeded"
-    launcher.release([spec.try_id])  # a failure: on_success keeps its pod
-    launcher.poll()
-    assert pod_named(k8s, name) is not None
 
 
 def test_a_pod_stuck_terminating_ends_the_try_after_grace_and_margin_and_is_forced(

@@ -5,6 +5,7 @@ file, and the position file from which a later scheduler resumes with nothing lo
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -118,6 +119,11 @@ class _LogFollower(threading.Thread):
         resume_key, resume_count = self._resume
         for line in lines:
             stamp, _, text = line.partition(b" ")
+            if not _STAMP.match(stamp):
+                # Not a line of the container: the kubelet's own text (say, why it cannot
+                # give the log), written whole; it moves no position.
+                out.append(line + b"\n")
+                continue
             key = _stamp_key(stamp.decode("ascii", "replace"))
             if resume_key is not None:
                 if key < resume_key:
@@ -137,6 +143,9 @@ class _LogFollower(threading.Thread):
             fh.writelines(out)
         with contextlib.suppress(OSError):
             _position_file(self.log_path).write_text(f"{self.last} {self.count}")
+
+
+_STAMP = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
 
 def _stamp_key(stamp: str) -> str:

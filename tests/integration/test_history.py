@@ -14,9 +14,10 @@ import psutil
 import pytest
 from sqlalchemy import func, select
 
-from reflow.core.errors import Conflict, InvalidInput
+from reflow.core.errors import Conflict, InvalidInput, NotFound
 from reflow.core.states import RunState, TIState
 from reflow.services import history as history_service
+from reflow.services import runs as run_service
 from reflow.store import history, repo
 from reflow.store.models import events, pipelines, runs, tries
 
@@ -119,6 +120,17 @@ def test_delete_removes_runs_tries_and_logs_and_refuses_active_runs(env: Env) ->
         ).scalar_one()
     assert left == 0
     assert _count(env, tries) == 0
+
+
+def test_a_deleted_runs_number_is_never_given_to_another_run(env: Env) -> None:
+    _daily(env)
+    _, newest = env.trigger("daily", ["2024-01-01", "2024-01-02"])
+    history_service.delete(env.project, "daily", run=str(newest), force=True)
+    (later,) = env.trigger("daily", ["2024-01-03"])
+    assert later > newest
+    # The number someone wrote down names no run now, never another one.
+    with pytest.raises(NotFound, match=f"no run '{newest}'"):
+        run_service.find_run(env.project, str(newest))
 
 
 def test_deleting_a_pipeline_keeps_history_until_purged(env: Env) -> None:

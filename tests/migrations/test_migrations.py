@@ -246,6 +246,62 @@ def test_a_database_from_a_newer_reflow_is_refused_in_one_line(db: Database) -> 
     assert db.current_revision() == "9999"
 
 
+def _add_run(db: Database, run_id: str) -> int:
+    when = datetime(2024, 1, 1)
+    return int(
+        db.write(
+            lambda c: c.execute(
+                text(
+                    "INSERT INTO runs (pipeline, run_id, logical_date, data_interval_start, "
+                    "data_interval_end, origin, state, conf, attempt, version, created_at) "
+                    "VALUES ('p', :r, :t, :t, :t, 'manual', 'success', '{}', 1, 'v1', :t) "
+                    "RETURNING id"
+                ),
+                {"r": run_id, "t": when},
+            ).scalar_one()
+        )
+    )
+
+
+def test_0006_never_gives_a_run_number_again(db: Database) -> None:
+    """Before 0006, SQLite gave a new run max(id) + 1: the number of a deleted newest run
+    went to the next one. Numbers still written in the history of runs deleted earlier
+    (events) are not given again either."""
+    _at(db, "0005")
+    _add_pipeline(db)
+    numbers = [_add_run(db, f"r{i}") for i in range(3)]
+    db.write(lambda c: c.execute(text("DELETE FROM runs WHERE id = :i"), {"i": numbers[-1]}))
+    lost = numbers[-1] + 5  # a run deleted earlier; an event of it was left behind
+    if db.is_sqlite:
+        db.write(
+            lambda c: c.execute(
+                text(
+                    "INSERT INTO events (at, entity, entity_id, run, new) "
+                    "VALUES (:t, 'run', :i, :i, 'success')"
+                ),
+                {"t": datetime(2024, 1, 1), "i": lost},
+            )
+        )
+    db.migrate()
+    after = [_add_run(db, f"s{i}") for i in range(2)]
+    assert after[0] > numbers[-1] and after[1] > after[0]
+    if db.is_sqlite:
+        assert after[0] == lost + 1
+        with db.engine.connect() as conn:
+            assert (
+                "AUTOINCREMENT"
+                in conn.execute(
+                    text("SELECT sql FROM sqlite_master WHERE name = 'runs'")
+                ).scalar_one()
+            )
+        # downgrading keeps the runs (and can be upgraded again)
+        _at(db, "0005")
+        db.migrate()
+    with db.engine.connect() as conn:
+        kept = [r[0] for r in conn.execute(text("SELECT id FROM runs ORDER BY id"))]
+    assert kept == [*numbers[:-1], *after]
+
+
 def test_an_older_schema_is_upgraded_with_its_data(db: Database) -> None:
     _at(db, "0001")
     _add_pipeline(db)

@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -123,15 +123,22 @@ def fmt_date(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M")
 
 
-def fmt_duration(start: datetime | None, end: datetime | None) -> str:
-    if start is None:
-        return ""
-    seconds = ((end or datetime.now(start.tzinfo)) - start).total_seconds()
+def fmt_took(seconds: float | None) -> str:
+    """A duration; "-" for what never ran."""
+    if seconds is None:
+        return "-"
     if seconds < 60:
         return f"{seconds:.1f}s"
     minutes, sec = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"
+
+
+def fmt_duration(start: datetime | None, end: datetime | None) -> str:
+    """From start to end (so far, without an end); "-" without a start."""
+    if start is None:
+        return "-"
+    return fmt_took(((end or datetime.now(start.tzinfo)) - start).total_seconds())
 
 
 # -- init -----------------------------------------------------------------------------------
@@ -381,6 +388,8 @@ def runs_show(
     home: HomeOption = None,
 ) -> None:
     """A run: its conf, attempts, task instances and tries."""
+    from reflow.services import history as history_service
+
     project = _project(home)
     run_service.known(project, pipeline)
     detail = run_service.run_detail(project, run_service.find_run(project, run, pipeline))
@@ -390,9 +399,10 @@ def runs_show(
         f"  logical date {r.logical_date.isoformat()}, interval "
         f"[{r.data_interval_start.isoformat()}, {r.data_interval_end.isoformat()})"
     )
+    took = fmt_took(history_service.run_span(r).seconds(datetime.now(UTC)))
     console.print(
-        f"  origin {r.origin}, version {r.version}, started {fmt_time(r.started_at)}, "
-        f"ended {fmt_time(r.ended_at)}"
+        f"  origin {r.origin}, version {r.version}, started {fmt_time(r.started_at) or '-'}, "
+        f"ended {fmt_time(r.ended_at) or '-'}, duration {took}"
     )
     secrets = run_service.secrets_of(project, pipeline)
     console.print(f"  conf {json.dumps(secrets.conf(r.conf), sort_keys=True)}")
@@ -402,24 +412,29 @@ def runs_show(
                 f"  attempt {a.attempt}: {a.origin} {styled(a.state)} "
                 f"conf {json.dumps(secrets.conf(a.conf), sort_keys=True)}"
             )
-    _print_tis(detail)
+    _print_tis(project, detail)
 
 
-def _print_tis(detail: run_service.RunDetail) -> None:
+def _print_tis(project: Project, detail: run_service.RunDetail) -> None:
+    from reflow.services import history as history_service
+
     tries: dict[str, list[Any]] = {}
     for t in detail.tries:
         tries.setdefault(t.task_id, []).append(t)
+    spans = history_service.task_spans(project, detail.task_instances)
+    now = datetime.now(UTC)
     with_app = any(t.app_id for t in detail.tries)
     columns = ["task", "state", "tries", "started", "duration", "exit", "reason"]
     table = Table(*columns, *(["application"] if with_app else []), box=None)
     for ti in detail.task_instances:
         last = tries.get(ti.task_id, [None])[-1]
+        span = spans[ti.id]
         cells = [
             ti.task_id,
             styled(ti.state),
             str(ti.try_number),
-            fmt_time(ti.started_at),
-            fmt_duration(ti.started_at, ti.ended_at) if ti.started_at else "",
+            fmt_time(span.started_at),
+            fmt_took(span.seconds(now)),
             "" if last is None or last.exit_code is None else str(last.exit_code),
             ti.failure_reason or "",
         ]
@@ -447,7 +462,7 @@ def tasks_list(
         f"[bold]{detail.run.pipeline}[/] run {detail.run.id} {detail.run.run_id}: "
         f"{styled(detail.run.state)}"
     )
-    _print_tis(detail)
+    _print_tis(project, detail)
 
 
 # -- logs -----------------------------------------------------------------------------------
@@ -940,8 +955,11 @@ def db_clean(
 
     counts = history_service.clean(_project(home), before, dry_run=dry_run)
     verb = "Would delete" if dry_run else "Deleted"
-    parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items())
-    console.print(f"{verb}: {parts}.")
+    console.print(
+        f"{verb}: {counts['runs']} runs, {counts['task_instances']} task instances, "
+        f"{counts['tries']} tries, {counts['logs']} log files, {counts['backfills']} "
+        f"backfills, {counts['schedulers']} schedulers."
+    )
 
 
 # -- kubernetes ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from reflow.core.schedule import to_datetime
 from reflow.core.states import (
     RUN_ACTIVE,
     TI_FAILED_RESULTS,
+    TI_FINISHED,
     FailureReason,
     RunOrigin,
     RunState,
@@ -106,7 +107,8 @@ def clear(
             )
             if done is None:
                 continue  # cleared by a concurrent command meanwhile: nothing left to do
-            result.runs += 1
+            if done.cleared or row.state not in RUN_ACTIVE:
+                result.runs += 1  # queued again, or some of its task instances cleared
             result.task_instances += done.cleared
             result.left_running += [(row.run_id, t) for t in done.live]
         return result
@@ -195,22 +197,55 @@ def delete(
     return Deleted(counts["runs"], counts["task_instances"], counts["tries"], removed)
 
 
-def _remove_logs(project: Project, paths: Sequence[str]) -> int:
-    """Remove log files (and folders left empty) under the logs folder; returns how many."""
+@dataclass
+class _LogRemoval:
+    files: list[Path]  # log files that exist
+    folders: list[Path]  # folders under the logs folder left empty without them, deepest first
+
+
+def _log_removal(project: Project, paths: Sequence[str]) -> _LogRemoval:
+    """What removing the log files ``paths`` removes: the files that exist, and the
+    folders under the logs folder (theirs and their parents) that hold nothing else.
+    Planned once, used both to remove and to count what a dry run would remove."""
     root = project.settings.logs_path
+    every = {Path(p) for p in paths}
+    files = sorted(p for p in every if p.is_file() or p.is_symlink())
+    gone: set[Path] = set(files)
+    parents: set[Path] = set()
+    for path in every:
+        parent = path.parent
+        while parent != root and root in parent.parents:
+            parents.add(parent)
+            parent = parent.parent
+    folders: list[Path] = []
+    for folder in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+        try:
+            left = [entry for entry in folder.iterdir() if entry not in gone]
+        except OSError:
+            continue
+        if not left:
+            gone.add(folder)
+            folders.append(folder)
+    return _LogRemoval(files, folders)
+
+
+def _count_logs(project: Project, paths: Sequence[str]) -> int:
+    """How many log files :func:`_remove_logs` would remove."""
+    return len(_log_removal(project, paths).files)
+
+
+def _remove_logs(project: Project, paths: Sequence[str]) -> int:
+    """Remove log files (and folders left empty) under the logs folder; returns how many
+    files it removed."""
+    plan = _log_removal(project, paths)
     removed = 0
-    for text in paths:
-        path = Path(text)
+    for path in plan.files:
         with contextlib.suppress(OSError):
             path.unlink()
             removed += 1
-        parent = path.parent
-        while parent != root and root in parent.parents:
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-            parent = parent.parent
+    for folder in plan.folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
     return removed
 
 
@@ -252,10 +287,62 @@ def delete_pipeline(
     return counts
 
 
-def clean(project: Project, before: str, *, dry_run: bool = False) -> dict[str, Any]:
-    """Purge finished history older than ``before`` (by logical date)."""
+def clean(project: Project, before: str, *, dry_run: bool = False) -> dict[str, int]:
+    """Purge finished history older than ``before`` (by logical date): runs, task
+    instances, tries, log files, backfills and schedulers, counted. A dry run deletes
+    nothing and counts what the real clean would delete, the same way."""
     when = run_service.parse_date(before)
     cutoff: datetime = to_datetime(when)
-    counts = project.db.write(lambda c: history.clean_before(c, cutoff, dry_run=dry_run))
-    counts["logs"] = len(counts["logs"]) if dry_run else _remove_logs(project, counts["logs"])
-    return counts
+    if dry_run:
+        with project.db.read() as conn:
+            counts = history.clean_before(conn, cutoff, dry_run=True)
+        counts["logs"] = _count_logs(project, counts["logs"])
+    else:
+        counts = project.db.write(lambda c: history.clean_before(c, cutoff, dry_run=False))
+        counts["logs"] = _remove_logs(project, counts["logs"])
+    return {k: int(v) for k, v in counts.items()}
+
+
+# -- how long things ran ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Span:
+    """When something actually ran. No start: it never ran (it has no duration)."""
+
+    started_at: datetime | None
+    ended_at: datetime | None
+    ongoing: bool = False
+
+    def seconds(self, now: datetime) -> float | None:
+        """How long it ran (so far, while it is ongoing); None when it never ran or its
+        end is unknown."""
+        if self.started_at is None:
+            return None
+        end = self.ended_at if self.ended_at is not None else (now if self.ongoing else None)
+        if end is None:
+            return None
+        return max(0.0, (end - self.started_at).total_seconds())
+
+
+def run_span(run: Row[Any]) -> Span:
+    """A run ran from its start to its end; one that ended (marked, cancelled) before it
+    started never ran."""
+    if run.started_at is None:
+        return Span(None, None)
+    active = run.state in RUN_ACTIVE
+    return Span(run.started_at, None if active else run.ended_at, ongoing=active)
+
+
+def task_spans(project: Project, task_instances: Sequence[Row[Any]]) -> dict[int, Span]:
+    """When each task instance ran (by id): from the start of its first try since it was
+    last cleared to its end. One whose try never started (pending, removed,
+    upstream_failed, marked before it ran, a no-op task) never ran."""
+    with project.db.read() as conn:
+        starts = history.first_try_starts(conn, [ti.run for ti in task_instances])
+    spans: dict[int, Span] = {}
+    for ti in task_instances:
+        start = starts.get(ti.id)
+        finished = ti.state in TI_FINISHED
+        spans[ti.id] = Span(
+            start, ti.ended_at if finished and start is not None else None, not finished
+        )
+    return spans

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from reflow.core.errors import Conflict
 from reflow.core.states import (
@@ -252,6 +252,46 @@ def dated_run(conn: Connection, pipeline: str, logical_date: datetime) -> Rec | 
     return dated_runs(conn, pipeline, logical_date, logical_date, lock=True).get(logical_date)
 
 
+# -- how long task instances ran -------------------------------------------------------------
+def first_try_starts(conn: Connection, run_pks: Sequence[int]) -> dict[int, datetime]:
+    """When each task instance of these runs started its first try since it was last
+    cleared (task instance id -> start). Task instances with no started try are left out.
+
+    Which try came after the clear is told by the order of their events (the clear's and
+    the try's "queued"), not by clocks: the command and the scheduler may run on
+    different machines."""
+    out: dict[int, datetime] = {}
+    for chunk in _chunks(sorted(set(run_pks))):
+        cleared: dict[int, int] = {
+            ti: event_id
+            for ti, event_id in conn.execute(
+                select(events.c.entity_id, func.max(events.c.id))
+                .where(
+                    events.c.run.in_(chunk),
+                    events.c.entity == "ti",
+                    events.c.new == TIState.PENDING.value,
+                )
+                .group_by(events.c.entity_id)
+            )
+        }
+        started = conn.execute(
+            select(tries.c.ti, tries.c.started_at, events.c.id)
+            .join(
+                events,
+                and_(
+                    events.c.entity == "try",
+                    events.c.entity_id == tries.c.id,
+                    events.c.old.is_(None),
+                ),
+            )
+            .where(tries.c.run.in_(chunk), events.c.run.in_(chunk), tries.c.started_at.is_not(None))
+        )
+        for ti, start, queued in started:
+            if queued > cleared.get(ti, 0) and (ti not in out or start < out[ti]):
+                out[ti] = start
+    return out
+
+
 # -- resetting, marking and cancelling -------------------------------------------------------
 @dataclass
 class Reset:
@@ -418,14 +458,22 @@ def mark_run(conn: Connection, run: Rec, state: RunState, now: datetime) -> Rec:
     if current is None:
         raise Conflict(f"run {run.run_id} was deleted meanwhile")
     if current.state != state:
+        # What already ended keeps when it ended: a mark changes the outcome, not the time.
         if not transition(
-            conn, "run", [current.id], state, [current.state], now, detail="marked", ended_at=now
+            conn,
+            "run",
+            [current.id],
+            state,
+            [current.state],
+            now,
+            detail="marked",
+            ended_at=func.coalesce(runs.c.ended_at, now),
         ):
             raise Conflict(f"run {run.run_id} changed while it was marked; try again")
         conn.execute(
             update(run_attempts)
             .where(run_attempts.c.run == current.id, run_attempts.c.attempt == current.attempt)
-            .values(ended_at=now, state=state.value)
+            .values(ended_at=func.coalesce(run_attempts.c.ended_at, now), state=state.value)
         )
     stop_live_tries(conn, [current.id], FailureReason.KILLED.value)
     tis = list(
@@ -447,13 +495,34 @@ def mark_run(conn: Connection, run: Rec, state: RunState, now: datetime) -> Rec:
         {ti.state for ti in marked},
         now,
         detail="marked",
-        ended_at=now,
+        ended_at=func.coalesce(task_instances.c.ended_at, now),
         failure_reason=FailureReason.KILLED.value if target == TIState.FAILED else None,
     )
     return current
 
 
 # -- deleting -------------------------------------------------------------------------------
+def _log_paths(conn: Connection, chunk: Sequence[int]) -> list[str]:
+    return [r[0] for r in conn.execute(select(tries.c.log_path).where(tries.c.run.in_(chunk)))]
+
+
+def count_runs(conn: Connection, run_pks: Sequence[int]) -> dict[str, Any]:
+    """What :func:`delete_runs` would delete, counted the same way: the runs, their task
+    instances and tries, and the log paths of those tries."""
+    counts: dict[str, Any] = {"runs": 0, "task_instances": 0, "tries": 0, "logs": []}
+    for chunk in _chunks(sorted(set(run_pks))):
+        counts["logs"] += _log_paths(conn, chunk)
+        for key, table, column in (
+            ("runs", runs, runs.c.id),
+            ("task_instances", task_instances, task_instances.c.run),
+            ("tries", tries, tries.c.run),
+        ):
+            counts[key] += conn.execute(
+                select(func.count()).select_from(table).where(column.in_(chunk))
+            ).scalar_one()
+    return counts
+
+
 def delete_runs(conn: Connection, run_pks: Sequence[int]) -> dict[str, Any]:
     """Delete runs with their attempts, task instances, tries and events. Returns the
     counts and the log paths of the deleted tries (for the caller to remove).
@@ -462,9 +531,7 @@ def delete_runs(conn: Connection, run_pks: Sequence[int]) -> dict[str, Any]:
     (:func:`delete_finished_runs`)."""
     counts: dict[str, Any] = {"runs": 0, "task_instances": 0, "tries": 0, "logs": []}
     for chunk in _chunks(sorted(set(run_pks))):
-        counts["logs"] += [
-            r[0] for r in conn.execute(select(tries.c.log_path).where(tries.c.run.in_(chunk)))
-        ]
+        counts["logs"] += _log_paths(conn, chunk)
         conn.execute(delete(events).where(events.c.run.in_(chunk)))
         counts["tries"] += conn.execute(delete(tries).where(tries.c.run.in_(chunk))).rowcount
         counts["task_instances"] += conn.execute(
@@ -560,37 +627,67 @@ def finished_runs_before(conn: Connection, before: datetime, *, lock: bool = Fal
     return [r[0] for r in conn.execute(stmt)]
 
 
+def _cleanable_backfills(before: datetime) -> Any:
+    return and_(
+        backfills.c.state.in_(
+            [BackfillState.SUCCESS.value, BackfillState.FAILED.value, BackfillState.CANCELLED.value]
+        ),
+        backfills.c.created_at < before,
+    )
+
+
+def _backfills_left_empty(conn: Connection, before: datetime, run_pks: Sequence[int]) -> list[int]:
+    """Finished backfills created before ``before`` that have no run left once ``run_pks``
+    are deleted."""
+    candidates = [
+        r[0] for r in conn.execute(select(backfills.c.id).where(_cleanable_backfills(before)))
+    ]
+    going = set(run_pks)
+    kept: set[int] = set()
+    for chunk in _chunks(candidates):
+        for run_pk, backfill_id in conn.execute(
+            select(runs.c.id, runs.c.backfill_id).where(runs.c.backfill_id.in_(chunk))
+        ):
+            if run_pk not in going:
+                kept.add(backfill_id)
+    return [i for i in candidates if i not in kept]
+
+
+def _stopped_schedulers(before: datetime) -> Any:
+    return and_(schedulers.c.stopped_at.is_not(None), schedulers.c.heartbeat_at < before)
+
+
 def clean_before(conn: Connection, before: datetime, *, dry_run: bool) -> dict[str, Any]:
     """Purge finished runs whose logical date is before ``before``, finished backfills left
-    without runs, and stopped schedulers last seen before it. Returns the counts."""
+    without runs, and stopped schedulers last seen before it. Returns the counts and the
+    log paths of the deleted tries; with ``dry_run`` deletes nothing and returns what it
+    would delete, chosen and counted the same way."""
     run_pks = finished_runs_before(conn, before, lock=not dry_run)
+    backfill_ids = _backfills_left_empty(conn, before, run_pks)
     if dry_run:
-        tis = attempts = 0
-        for chunk in _chunks(run_pks):
-            tis += conn.execute(
-                select(func.count())
-                .select_from(task_instances)
-                .where(task_instances.c.run.in_(chunk))
-            ).scalar_one()
-            attempts += conn.execute(
-                select(func.count()).select_from(tries).where(tries.c.run.in_(chunk))
-            ).scalar_one()
-        return {"runs": len(run_pks), "task_instances": tis, "tries": attempts, "logs": []}
+        counts = count_runs(conn, run_pks)
+        counts["backfills"] = len(backfill_ids)
+        counts["schedulers"] = conn.execute(
+            select(func.count()).select_from(schedulers).where(_stopped_schedulers(before))
+        ).scalar_one()
+        return counts
     counts = delete_runs(conn, run_pks)
     empty = ~select(runs.c.id).where(runs.c.backfill_id == backfills.c.id).exists()
-    finished = [
-        BackfillState.SUCCESS.value,
-        BackfillState.FAILED.value,
-        BackfillState.CANCELLED.value,
-    ]
-    counts["backfills"] = conn.execute(
-        delete(backfills).where(
-            backfills.c.state.in_(finished), backfills.c.created_at < before, empty
+    counts["backfills"] = 0
+    for chunk in _chunks(backfill_ids):
+        gone = list(
+            conn.execute(
+                delete(backfills)
+                .where(backfills.c.id.in_(chunk), _cleanable_backfills(before), empty)
+                .returning(backfills.c.id)
+            ).scalars()
         )
-    ).rowcount
+        if gone:
+            conn.execute(
+                delete(events).where(events.c.entity == "backfill", events.c.entity_id.in_(gone))
+            )
+        counts["backfills"] += len(gone)
     counts["schedulers"] = conn.execute(
-        delete(schedulers).where(
-            schedulers.c.stopped_at.is_not(None), schedulers.c.heartbeat_at < before
-        )
+        delete(schedulers).where(_stopped_schedulers(before))
     ).rowcount
     return counts

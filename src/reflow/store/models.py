@@ -168,6 +168,9 @@ runs = Table(
         sqlite_where=text("origin != 'manual'"),
         postgresql_where=text("origin != 'manual'"),
     ),
+    # Run numbers are never given again, even after the newest run is deleted: a number
+    # someone wrote down never points at another run (PostgreSQL's sequence never reuses).
+    sqlite_autoincrement=True,
 )
 
 run_attempts = Table(

@@ -95,7 +95,10 @@ class RunOut(Model):
     queued_at: datetime | None
     started_at: datetime | None
     ended_at: datetime | None
-    duration: float | None = Field(description="Seconds, so far when still running.")
+    duration: float | None = Field(
+        description="Seconds from its start to its end, so far while it is queued or "
+        "running; null when it never started (marked or cancelled before it started)."
+    )
 
 
 class RunListOut(Model):
@@ -119,10 +122,15 @@ class TaskInstanceOut(Model):
     state: str
     try_number: int
     failure_reason: str | None
-    started_at: datetime | None
+    started_at: datetime | None = Field(
+        description="When its first try started since it was last cleared; null when none did."
+    )
     ended_at: datetime | None
     next_try_at: datetime | None
-    duration: float | None
+    duration: float | None = Field(
+        description="Seconds from started_at to its end, so far while it is unfinished; null "
+        "when no try of it started (pending, removed, upstream_failed, marked before it ran)."
+    )
 
 
 class TryOut(Model):

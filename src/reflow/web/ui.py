@@ -48,8 +48,9 @@ def fmt_day(value: datetime | None) -> str:
 
 
 def fmt_duration(seconds: float | None) -> str:
+    """A duration; "-" for what never ran."""
     if seconds is None:
-        return ""
+        return "-"
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 60:
@@ -282,7 +283,9 @@ async def _history_action(request: Request, name: str, run: str, action: str) ->
                 downstream=form.get("downstream") == "true",
             )
             cleared = await run_in_threadpool(views.clear, project, name, body)
-            message = f"Cleared {cleared.task_instances} task instances; the run is queued again."
+            message = f"Cleared {cleared.task_instances} task instances"
+            # Only a finished run is queued again; a running one runs them in its course.
+            message += "; they will run again." if cleared.task_instances else "."
             for left in cleared.left_running:
                 message += f" {left.task_id} is running and was left as it is."
             flash(request, message)

@@ -39,6 +39,12 @@ def seconds(
     return round(((end or now or utcnow()) - start).total_seconds(), 3)
 
 
+def took(span: history_service.Span, now: datetime) -> float | None:
+    """How long it ran, in seconds to the millisecond; None when it never ran."""
+    value = span.seconds(now)
+    return None if value is None else round(value, 3)
+
+
 def parse_day(text: str, what: str = "date") -> datetime:
     """A user-given date, refused with one line when it is not one reflow can schedule."""
     when = run_service.parse_date(text)
@@ -112,20 +118,20 @@ def run_out(row: Any, secrets: Secrets, now: datetime | None = None) -> s.RunOut
         queued_at=row.queued_at,
         started_at=row.started_at,
         ended_at=row.ended_at,
-        duration=seconds(row.started_at, row.ended_at, now),
+        duration=took(history_service.run_span(row), now or utcnow()),
     )
 
 
-def _ti_out(row: Any, now: datetime) -> s.TaskInstanceOut:
+def _ti_out(row: Any, span: history_service.Span, now: datetime) -> s.TaskInstanceOut:
     return s.TaskInstanceOut(
         task_id=row.task_id,
         state=row.state,
         try_number=row.try_number,
         failure_reason=row.failure_reason,
-        started_at=row.started_at,
+        started_at=span.started_at,
         ended_at=row.ended_at,
         next_try_at=row.next_try_at,
-        duration=seconds(row.started_at, row.ended_at, now),
+        duration=took(span, now),
     )
 
 
@@ -305,6 +311,7 @@ def run_detail(project: Project, name: str, key: str) -> s.RunDetailOut:
     secrets = STRUCTURES.secrets(project, name)
     now = utcnow()
     confs = {a.attempt: secrets.conf(a.conf) for a in detail.attempts}
+    spans = history_service.task_spans(project, detail.task_instances)
     return s.RunDetailOut(
         run=run_out(detail.run, secrets, now),
         attempts=[
@@ -321,7 +328,7 @@ def run_detail(project: Project, name: str, key: str) -> s.RunDetailOut:
             )
             for a in detail.attempts
         ],
-        task_instances=[_ti_out(t, now) for t in detail.task_instances],
+        task_instances=[_ti_out(t, spans[t.id], now) for t in detail.task_instances],
         tries=[_try_out(t, confs, now) for t in detail.tries],
     )
 
@@ -409,7 +416,7 @@ def _grid_run(row: Any, tz: ZoneInfo, now: datetime) -> s.GridRunOut:
         label=label(row.logical_date, tz),
         origin=row.origin,
         state=row.state,
-        duration=seconds(row.started_at, row.ended_at, now),
+        duration=took(history_service.run_span(row), now),
     )
 
 
@@ -467,11 +474,12 @@ def durations(
     column = {r.id: i for i, r in enumerate(window)}
     row_of = {t: i for i, t in enumerate(tasks)}
     values: list[list[float | None]] = [[None] * len(window) for _ in tasks]
-    for ti in tis:
-        if ti.started_at is not None and ti.ended_at is not None:
-            values[row_of[ti.task_id]][column[ti.run]] = seconds(ti.started_at, ti.ended_at)
-    tz = STRUCTURES.timezone(project, name)
+    spans = history_service.task_spans(project, tis)
     now = utcnow()
+    for ti in tis:
+        if not spans[ti.id].ongoing:  # finished ones only: a running one is not a sample
+            values[row_of[ti.task_id]][column[ti.run]] = took(spans[ti.id], now)
+    tz = STRUCTURES.timezone(project, name)
     return s.DurationsOut(
         pipeline=name,
         tasks=tasks,
@@ -534,17 +542,16 @@ def plan(project: Project, name: str, body: s.BackfillIn) -> tuple[Any, s.PlanOu
 def _estimate(project: Project, name: str, runs: int, slots: int) -> s.EstimateOut | None:
     """From the mean duration of the pipeline's recent successful runs."""
     recent = run_service.list_runs(project, name, RunState.SUCCESS.value, 20)
-    took = [
-        (r.ended_at - r.started_at).total_seconds() for r in recent if r.started_at and r.ended_at
-    ]
-    if not took or not runs:
+    now = utcnow()
+    ran = [t for t in (history_service.run_span(r).seconds(now) for r in recent) if t is not None]
+    if not ran or not runs:
         return None
-    per_run = sum(took) / len(took)
+    per_run = sum(ran) / len(ran)
     slots = max(1, slots)
     return s.EstimateOut(
         seconds=round(per_run * math.ceil(runs / slots), 3),
         per_run=round(per_run, 3),
-        sample=len(took),
+        sample=len(ran),
         slots=slots,
     )
 

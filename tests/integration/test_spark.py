@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from reflow.core.states import FailureReason, RunState, TIState
+from reflow.core.trylines import task_output
 from reflow.tasks.spark import NO_JAVA, parse_app_id
 
 from .conftest import Env
@@ -482,7 +483,7 @@ def test_the_aggregate_job_runs_on_a_standalone_cluster(
     app_id = parse_app_id(log)
     assert app_id is not None and app_id.startswith("app-"), log[-3000:]
     assert _try(env, run_pk, "aggregate").app_id == app_id
-    assert standalone in log  # it ran on the cluster, not locally
+    assert standalone in task_output(log)  # it ran on the cluster, not locally
     assert read_metrics(warehouse, D2) == expected_metrics(events, D2)
 
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from reflow.core import trylines
 from reflow.core.spec import Outcome
 from reflow.core.states import FailureReason, RunState, TIState
 from reflow.launchers.local import LocalLauncher
@@ -256,7 +257,7 @@ def test_an_end_recorded_again_is_written_once(tmp_path: Path) -> None:
     row: Any = type("Row", (), {"cancel_reason": None, "started_at": at})()
     line = trylog.ended(row, Outcome(1, 0, None, at), True, None)
     for later in (0, 5):
-        trylog.write(log, trylog.stamped(at + timedelta(seconds=later), [line]))
+        trylines.write(log, trylines.stamped(at + timedelta(seconds=later), [line]))
     assert log.read_text() == (
         "partial output\n[reflow] 2024-01-03T10:00:00.000Z ended: success, exit code 0\n"
     )

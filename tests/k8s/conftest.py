@@ -135,3 +135,19 @@ def k8s(env: Env, cluster: Cluster) -> K8sEnv:  # noqa: F811 - the imported fixt
         update={"launcher": "kubernetes", "kubernetes": k8s_settings}
     )
     return K8sEnv(env, cluster, settings)
+
+
+@pytest.fixture
+def launchers(k8s: K8sEnv) -> Iterator[Any]:
+    """Makes launchers on the test's cluster (settings changed by keyword); closes them."""
+    from reflow.launchers.kubernetes.launcher import KubernetesLauncher
+
+    made: list[KubernetesLauncher] = []
+
+    def make(**changes: Any) -> KubernetesLauncher:
+        made.append(KubernetesLauncher(k8s.settings.kubernetes.model_copy(update=changes)))
+        return made[-1]
+
+    yield make
+    for launcher in made:
+        launcher.close()

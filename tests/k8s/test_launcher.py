@@ -12,7 +12,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 from reflow.core.errors import Fenced, TaskError
 from reflow.core.spec import Outcome, TryRef, TrySpec
 from reflow.core.states import FailureReason, RunState, TIState
+from reflow.core.trylines import task_output
 from reflow.launchers.kubernetes.launcher import KubernetesLauncher
 from reflow.launchers.kubernetes.manifest import fence_manifest, fence_name, pod_name
 from reflow.services import backfill as backfill_service
@@ -123,7 +123,7 @@ def test_a_failing_pod_fails_the_try_with_its_exit_code_and_is_kept(k8s: K8sEnv)
 
     t = only_try(k8s, run_pk)
     assert (t.state, t.exit_code, t.failure_reason) == ("failed", 3, "error")
-    assert "about to fail" in Path(t.log_path).read_text()
+    assert "about to fail" in task_output(Path(t.log_path).read_text())
     # on_success keeps failed pods, for a look with kubectl.
     assert [p["metadata"]["name"] for p in reflow_pods(k8s)] == [t.external_id.split("/")[1]]
 
@@ -260,7 +260,7 @@ def test_a_timeout_deletes_the_pod_and_the_try_is_timed_out(k8s: K8sEnv, tmp_pat
     t = only_try(k8s, run_pk)
     assert (t.state, t.failure_reason) == ("failed", "timed_out")
     assert k8s.tis(run_pk)["t"].state == TIState.FAILED
-    assert "waiting" in Path(t.log_path).read_text()
+    assert "waiting" in task_output(Path(t.log_path).read_text())
     wait_until(lambda: not k8s.cluster.pods(), timeout=15)
     if k8s.cluster.fake is not None:
         assert marker.exists()  # stopped with SIGTERM first, as the grace allows
@@ -329,7 +329,7 @@ def test_a_scheduler_killed_mid_run_adopts_the_running_pod_after_restart(
     try:
         wait_until(lambda: any(t.state == "running" for t in k8s.tries(run_pk)), timeout=30)
         log = Path(only_try(k8s, run_pk).log_path)
-        wait_until(lambda: log.exists() and "before" in log.read_text(), timeout=15)
+        wait_until(lambda: log.exists() and "before" in task_output(log.read_text()), timeout=15)
     finally:
         scheduler.send_signal(signal.SIGKILL)
         scheduler.wait(10)
@@ -569,20 +569,6 @@ def test_local_and_kubernetes_tasks_in_one_run(k8s: K8sEnv, tmp_path: Path) -> N
 
 
 # -- the launcher on its own, as the scheduler drives it (restarts are new instances) ----------
-@pytest.fixture
-def launchers(k8s: K8sEnv) -> Iterator[Any]:
-    """Makes launchers on the test's cluster (settings changed by keyword); closes them."""
-    made: list[KubernetesLauncher] = []
-
-    def make(**changes: Any) -> KubernetesLauncher:
-        made.append(KubernetesLauncher(k8s.settings.kubernetes.model_copy(update=changes)))
-        return made[-1]
-
-    yield make
-    for launcher in made:
-        launcher.close()
-
-
 _next_try = [int(time.time() * 1000) % 10**8 * 10]  # try ids unique on a real cluster too
 
 
@@ -970,7 +956,9 @@ def test_a_label_kubernetes_refuses_fails_the_try_before_anything_is_created(
 ) -> None:
     launcher = launchers()
     spec = try_spec(k8s, "true", pod={"labels": {"team": "data eng"}})
-    with pytest.raises(TaskError, match=r"team='data eng'.*no spaces"):
+    with pytest.raises(
+        TaskError, match=r"'team': 'data eng' is not a valid label value.*no spaces"
+    ):
         launcher.start(spec)
     assert not k8s.cluster.pods()
     if k8s.cluster.fake is not None:

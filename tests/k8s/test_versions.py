@@ -11,7 +11,8 @@ import pytest
 
 from reflow.core.errors import TaskError
 
-from .test_launcher import K8sEnv, launchers, try_spec  # noqa: F401 - the launchers fixture
+from .conftest import K8sEnv
+from .test_launcher import try_spec
 
 SCRATCH = {"size": "1Gi", "mount": "/scratch", "storage_class": None}
 

@@ -23,6 +23,7 @@ import psutil
 from sqlalchemy import Connection, Row
 from sqlalchemy.exc import SQLAlchemyError
 
+from reflow.core import trylines
 from reflow.core.config import Settings
 from reflow.core.context import RunInfo, build_context
 from reflow.core.discovery import Catalog
@@ -71,7 +72,7 @@ def utcnow() -> datetime:
 def _note(path: Path, lines: Sequence[str], at: datetime) -> None:
     """Append lines of reflow's own (see ``trylog``) to a try's log, if it can be written."""
     try:
-        trylog.write(path, trylog.stamped(at, lines))
+        trylines.write(path, trylines.stamped(at, lines))
     except OSError as exc:
         log.warning("cannot write to %s: %s", path, exc)
 

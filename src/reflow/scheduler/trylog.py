@@ -9,13 +9,9 @@ is a pure function of its arguments but :func:`write`.
 from __future__ import annotations
 
 import json
-import os
-import re
 import shlex
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from reflow.core.config import Settings
@@ -25,24 +21,8 @@ from reflow.core.spec import Outcome, TrySpec
 from reflow.core.states import FailureReason, RunState
 from reflow.launchers.kubernetes.manifest import pod_name
 
-PREFIX = "[reflow] "
-# How much of the log's end write() reads to see whether it ends with the same lines.
-_TAIL = 64 * 1024
-_STAMPED = re.compile(r"^\[reflow\] \S+ ")
 # Each pipeline's secrets at its version: reading them walks the whole pipeline.
 _SECRETS: weakref.WeakKeyDictionary[Pipeline, tuple[str, Secrets]] = weakref.WeakKeyDictionary()
-
-
-def stamp(at: datetime) -> str:
-    """``2024-01-03T10:00:00.123Z``: UTC, to the millisecond."""
-    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def stamped(at: datetime, texts: Iterable[str]) -> list[str]:
-    """The texts as lines of reflow's own, stamped ``at``: one line per line of a text, so
-    that no part of a multi-line text (a shell script) passes for the task's output."""
-    head = f"{PREFIX}{stamp(at)} "
-    return [head + part for text in texts for part in (text.splitlines() or [""])]
 
 
 def seconds(value: float) -> str:
@@ -208,35 +188,3 @@ def _timeout_of(row: Any) -> float | None:
     if row.deadline is None or since is None:
         return None
     return round(float((row.deadline - since).total_seconds()), 3)
-
-
-def write(path: Path, lines: Sequence[str]) -> None:
-    """Append stamped lines (:func:`stamped`) to the log at ``path``, in one write.
-
-    They begin a line of their own even when the task's output did not end its last line.
-    Lines the log already ends with (an outcome recorded again after its transaction failed)
-    are not written again. Raises OSError."""
-    if not lines:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Unbuffered append: one write(2), never interleaved with a follower's lines.
-    with path.open("a+b", buffering=0) as fh:
-        size = fh.seek(0, os.SEEK_END)
-        tail = b""
-        if size:
-            fh.seek(max(0, size - _TAIL))
-            tail = fh.read()
-        if _ends_with(tail, lines):
-            return
-        data = ("\n".join(lines) + "\n").encode()
-        if tail and not tail.endswith(b"\n"):
-            data = b"\n" + data
-        fh.write(data)
-
-
-def _ends_with(tail: bytes, lines: Sequence[str]) -> bool:
-    last = tail.decode("utf-8", "replace").splitlines()[-len(lines) :]
-    return len(last) == len(lines) and all(
-        _STAMPED.match(a) and _STAMPED.sub("", a) == _STAMPED.sub("", b)
-        for a, b in zip(last, lines, strict=True)
-    )

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from reflow.core import trylines
 from reflow.core.errors import PipelineError, ReflowError, TaskError
 from reflow.core.pipeline import Task
 from reflow.core.pod import dns_label, label_value
@@ -47,6 +48,7 @@ _POD_PREFIX_MAX = 47
 # How much of a try's log is searched for the application id: the driver reports it while
 # starting, and the scheduler reads it as the try ends, so large logs must stay cheap.
 _LOG_SCAN = 1 << 20
+_SET_APP_ID = re.compile(r"spark\.app\.id=(spark-[0-9a-f]{32})(?![\w-])")
 _APP_ID = re.compile(
     r"(?<![\w-])("
     r"local-[0-9]{13}"
@@ -257,13 +259,20 @@ class SparkSubmit(Task):
 
     def app_id_from_log(self, log_path: str) -> str | None:
         """The Spark application id in the try's log (its beginning, where Spark and the
-        application report it), or None."""
+        application report it), or None. A driver with a ``k8s://`` master in client mode
+        reports none: its id is the ``spark.app.id`` its command set, in reflow's own
+        opening lines."""
         try:
             with open(log_path, "rb") as fh:
-                head = fh.read(_LOG_SCAN)
+                head = fh.read(_LOG_SCAN).decode("utf-8", "replace")
         except OSError:
             return None
-        return parse_app_id(head.decode("utf-8", "replace"))
+        found = parse_app_id(trylines.task_output(head))
+        if found is None:
+            ours = "".join(line for line in head.splitlines(True) if trylines.is_ours(line))
+            match = _SET_APP_ID.search(ours)
+            found = match.group(1) if match else None
+        return found
 
 
 class _Shell(str):

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from reflow.core import trylines
 from reflow.core.config import KubernetesSettings
 from reflow.core.errors import Fenced, TaskError
 from reflow.core.pod import label_value
@@ -543,6 +544,6 @@ class KubernetesLauncher(Launcher):
 
 
 def _note(log_path: Path, message: str) -> None:
-    """A line of reflow's own in the try's log."""
-    with contextlib.suppress(OSError), log_path.open("a") as fh:
-        fh.write(f"reflow: {message}\n")
+    """A line of reflow's own in the try's log (see ``core.trylines``)."""
+    with contextlib.suppress(OSError):
+        trylines.write(log_path, trylines.stamped(datetime.now(UTC), [message]))

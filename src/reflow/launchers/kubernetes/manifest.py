@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,8 +36,6 @@ PIPELINE_NOTE = "reflow.io/pipeline"
 RUN_ID_NOTE = "reflow.io/run-id"
 TASK_NOTE = "reflow.io/task"
 TRY_NUMBER_NOTE = "reflow.io/try-number"
-_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
-_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 # The pod's own coordinates, from the downward API: SparkSubmit's client mode needs them.
 DOWNWARD = {
     "REFLOW_POD_NAME": "metadata.name",
@@ -174,8 +171,6 @@ def pod_manifest(spec: TrySpec, settings: KubernetesSettings) -> dict[str, Any]:
         **_strings(options.get("labels") or {}),
         **reflow_labels(spec, settings),
     }
-    for key, value in labels.items():
-        _rendered(check_label, key, value)
     annotations = {
         **settings.annotations,
         **_strings(options.get("annotations") or {}),
@@ -249,25 +244,10 @@ def pod_manifest(spec: TrySpec, settings: KubernetesSettings) -> dict[str, Any]:
 
 def check_labels(labels: Mapping[str, Any]) -> None:
     """Raises TaskError for a label the API server would refuse (``"data eng"``: no
-    spaces), naming it, before anything is created."""
+    spaces), naming it, before anything is created (the pipeline's own labels were
+    checked when it loaded; these are rendered, and pod_override's)."""
     for key, value in labels.items():
-        prefix, _, name = str(key).rpartition("/")
-        if (
-            not _LABEL_NAME.fullmatch(name)
-            or len(name) > 63
-            or (prefix and (len(prefix) > 253 or not is_dns_subdomain(prefix)))
-        ):
-            raise TaskError(
-                f"pod label key {key!r} is not valid for Kubernetes: at most 63 letters, "
-                "digits, '-', '_' or '.', starting and ending with a letter or digit, "
-                "optionally after a DNS subdomain prefix and '/'"
-            )
-        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
-            raise TaskError(
-                f"pod label {key}={value!r} is not a valid Kubernetes label value: at most 63 "
-                "letters, digits, '-', '_' or '.', starting and ending with a letter or digit "
-                "(no spaces)"
-            )
+        _rendered(check_label, key, value)
 
 
 def secret_manifest(spec: TrySpec, settings: KubernetesSettings) -> dict[str, Any] | None:

@@ -527,7 +527,10 @@ class Scheduler:
         # Before the commit: whoever follows the log until the try has ended sees it too.
         _note(Path(row.log_path), [trylog.ended(row, outcome, ok, reason)], self.clock())
         live = [TIState.QUEUED, TIState.RUNNING]
-        if not ok and (reason == FailureReason.TASK_REMOVED or (pipeline and task is None)):
+        # The try of a task that left the pipeline: its instance is removed however the try
+        # ended (the try keeps its own outcome), or retried if the task came back meanwhile.
+        stopped_for_edit = row.cancel_reason == FailureReason.TASK_REMOVED
+        if (stopped_for_edit or (pipeline and task is None)) and (task is None or not ok):
             self._end_for_edit(conn, row, task, now)
             return True
         if ok:
@@ -598,9 +601,9 @@ class Scheduler:
         return True
 
     def _end_for_edit(self, conn: Connection, row: Row[Any], task: Any, now: datetime) -> None:
-        """A try stopped because its task left the pipeline (core.edits): its instance is
-        ``removed``, or pending again when the task came back meanwhile (the stop does
-        not use up a retry)."""
+        """A try of a task that left the pipeline has ended (stopped, or done before the
+        stop reached it; core.edits): its instance is ``removed``, or tried again when the
+        task came back meanwhile (the stop does not use up a retry)."""
         live = [TIState.QUEUED, TIState.RUNNING]
         if task is None:
             repo.transition(
@@ -610,7 +613,7 @@ class Scheduler:
                 TIState.REMOVED,
                 live,
                 now,
-                detail="task removed from the pipeline; its try was stopped",
+                detail="task removed from the pipeline; its try has ended",
                 failure_reason=FailureReason.TASK_REMOVED.value,
                 ended_at=now,
             )

@@ -17,6 +17,7 @@ from reflow.core.errors import Conflict
 from reflow.core.states import FailureReason, RunState, TIState
 from reflow.scheduler import Scheduler
 from reflow.services import history as history_service
+from reflow.services import runs as run_service
 from reflow.services.project import Project
 from reflow.store import repo
 
@@ -146,6 +147,17 @@ def test_a_renamed_task_starts_only_after_the_old_one_was_stopped(env: Env, tmp_
     }
     assert marks["end load"] <= marks["start load_v2"], marks
     assert env.run(run_pk).state == RunState.SUCCESS
+    # `runs show` says what happened, from the run's history.
+    detail = run_service.run_detail(env.project, env.run(run_pk))
+    said = [(e.task_id, e.old, e.new, e.detail) for e in detail.history]
+    version = env.run(run_pk).version
+    assert ("load_v2", None, "pending", f"task added to the pipeline (version {version})") in said
+    assert (
+        "load",
+        "running",
+        "removed",
+        "task removed from the pipeline; its try has ended",
+    ) in said
 
 
 def test_a_param_added_later_renders_its_default_for_older_runs(env: Env, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -413,6 +414,12 @@ def runs_show(
                 f"conf {json.dumps(secrets.conf(a.conf), sort_keys=True)}"
             )
     _print_tis(project, detail)
+    if detail.history:
+        console.print("  history:")
+        for e in detail.history:
+            who = f"task {e.task_id}" if e.task_id else "run"
+            move = f"{e.old} -> {e.new}" if e.old else e.new
+            console.print(f"    {fmt_time(e.at)}  {who}  {move}  {escape(e.detail)}")
 
 
 def _print_tis(project: Project, detail: run_service.RunDetail) -> None:

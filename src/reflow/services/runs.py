@@ -305,6 +305,8 @@ class RunDetail:
     attempts: list[Row[Any]]
     task_instances: list[Row[Any]]
     tries: list[Row[Any]]
+    # What happened to it, oldest first: attempts, clears, marks, pipeline edits, failures.
+    history: list[Row[Any]]
 
 
 def run_detail(project: Project, run: Row[Any]) -> RunDetail:
@@ -313,7 +315,11 @@ def run_detail(project: Project, run: Row[Any]) -> RunDetail:
         order = _task_order(project, run.pipeline)
         tis.sort(key=lambda t: (order.get(t.task_id, len(order)), t.task_id))
         return RunDetail(
-            run, repo.attempts_of(conn, run.id), tis, repo.tries_of(conn, run_pk=run.id)
+            run,
+            repo.attempts_of(conn, run.id),
+            tis,
+            repo.tries_of(conn, run_pk=run.id),
+            repo.run_history(conn, run.id),
         )
 
 

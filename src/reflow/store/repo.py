@@ -466,6 +466,31 @@ def reconcile_task_instances(
     return edit
 
 
+def run_history(conn: Connection, run_pk: int) -> list[Rec]:
+    """The notable events of a run, oldest first: those that carry a detail (created, a
+    new attempt, a clear, a mark, a pipeline edit, a failure's reason), with the task of
+    each task instance's event (None for the run's own)."""
+    stmt = (
+        select(
+            events.c.at,
+            events.c.entity,
+            events.c.old,
+            events.c.new,
+            events.c.detail,
+            task_instances.c.task_id,
+        )
+        .select_from(
+            events.outerjoin(
+                task_instances,
+                (events.c.entity == "ti") & (task_instances.c.id == events.c.entity_id),
+            )
+        )
+        .where(events.c.run == run_pk, events.c.detail.is_not(None))
+        .order_by(events.c.id)
+    )
+    return list(conn.execute(stmt).all())
+
+
 def dated_run_exists(conn: Connection, pipeline: str, logical_date: datetime) -> bool:
     return (
         conn.execute(

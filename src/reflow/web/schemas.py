@@ -153,11 +153,23 @@ class TryOut(Model):
     conf: dict[str, Any] = Field(description="The conf of the run attempt this try ran in.")
 
 
+class HistoryOut(Model):
+    at: datetime
+    task: str | None = Field(description="The task of a task instance's event; null: the run's.")
+    old: str | None
+    new: str
+    detail: str
+
+
 class RunDetailOut(Model):
     run: RunOut
     attempts: list[AttemptOut]
     task_instances: list[TaskInstanceOut]
     tries: list[TryOut]
+    history: list[HistoryOut] = Field(
+        description="What happened to the run, oldest first: attempts, clears, marks, "
+        "edits of its pipeline, failures."
+    )
 
 
 class TaskInstanceDetailOut(Model):

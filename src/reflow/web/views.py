@@ -330,6 +330,10 @@ def run_detail(project: Project, name: str, key: str) -> s.RunDetailOut:
         ],
         task_instances=[_ti_out(t, spans[t.id], now) for t in detail.task_instances],
         tries=[_try_out(t, confs, now) for t in detail.tries],
+        history=[
+            s.HistoryOut(at=e.at, task=e.task_id, old=e.old, new=e.new, detail=e.detail)
+            for e in detail.history
+        ],
     )
 
 

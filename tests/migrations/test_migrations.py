@@ -9,6 +9,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -308,3 +309,54 @@ def test_an_older_schema_is_upgraded_with_its_data(db: Database) -> None:
     db.migrate()
     assert db.current_revision() == HEAD
     assert _snapshot(db)["rows"] == [("p", "v1")]
+
+
+def _add_try(db: Database, run: int, task: str) -> int:
+    when = datetime(2024, 1, 1)
+
+    def add(c: Any) -> int:
+        ti = c.execute(
+            text(
+                "INSERT INTO task_instances (run, task_id, state, try_number, lost_tries, "
+                "lost_streak, updated_at) VALUES (:r, :k, 'success', 1, 0, 0, :t) RETURNING id"
+            ),
+            {"r": run, "k": task, "t": when},
+        ).scalar_one()
+        return int(
+            c.execute(
+                text(
+                    "INSERT INTO tries (ti, run, try_number, run_attempt, state, launcher, "
+                    "log_path, queued_at, kill_grace) VALUES (:ti, :r, 1, 1, 'success', "
+                    "'local', 'x.log', :t, 1) RETURNING id"
+                ),
+                {"ti": ti, "r": run, "t": when},
+            ).scalar_one()
+        )
+
+    return int(db.write(add))
+
+
+def test_0007_never_gives_a_try_id_again(db: Database) -> None:
+    """A try's id names its pod, fence and runtime files: before 0007, SQLite gave the id
+    of a deleted newest try to the next one, which could meet the old try's fence."""
+    _at(db, "0006")
+    _add_pipeline(db)
+    run = _add_run(db, "r")
+    first = _add_try(db, run, "a")
+    db.migrate()
+    gone = _add_try(db, run, "b")
+    db.write(lambda c: c.execute(text("DELETE FROM tries WHERE id = :i"), {"i": gone}))
+    again = _add_try(db, run, "c")
+    assert again > gone > first
+    if db.is_sqlite:
+        with db.engine.connect() as conn:
+            for table in ("tries", "backfills"):
+                sql = conn.execute(
+                    text("SELECT sql FROM sqlite_master WHERE name = :n"), {"n": table}
+                ).scalar_one()
+                assert "AUTOINCREMENT" in sql, table
+        _at(db, "0006")  # downgrading keeps the tries
+        db.migrate()
+    with db.engine.connect() as conn:
+        kept = [r[0] for r in conn.execute(text("SELECT id FROM tries ORDER BY id"))]
+    assert kept == [first, again]

@@ -130,6 +130,8 @@ backfills = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("ended_at", UTCDateTime, nullable=True),
     Index("ix_backfills_state", "state"),
+    # Backfill numbers are never given again (see runs).
+    sqlite_autoincrement=True,
 )
 
 runs = Table(
@@ -252,6 +254,9 @@ tries = Table(
         sqlite_where=text("ended_at IS NULL"),
         postgresql_where=text("ended_at IS NULL"),
     ),
+    # A try's id names its pod, its fence and its runtime files: never given again, so
+    # that nothing left of a deleted try (a fence kept for a day) is taken for a new one.
+    sqlite_autoincrement=True,
 )
 
 events = Table(

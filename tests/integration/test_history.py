@@ -99,6 +99,27 @@ def test_mark_stops_running_tries_and_sets_the_states(env: Env, tmp_path: Path) 
         history_service.mark(env.project, "daily", str(pk), "running")
 
 
+def test_marking_failed_says_killed_only_of_what_was_running(env: Env) -> None:
+    env.write(
+        "two",
+        """
+        from reflow import Pipeline, Shell
+        with Pipeline("two", schedule="@daily", start_date="2024-01-01"):
+            Shell("a", "sleep 300") >> Shell("b", "true")
+        """,
+    )
+    (pk,) = env.trigger("two", ["2024-01-05"])
+    sched = env.scheduler()
+    sched.start()
+    while not any(t.state == "running" for t in env.tries(pk)):
+        sched.tick()
+    sched.stop()
+    history_service.mark(env.project, "two", str(pk), "failed", wait=15)
+    tis = env.tis(pk)
+    assert (tis["a"].state, tis["a"].failure_reason) == ("failed", "killed")
+    assert (tis["b"].state, tis["b"].failure_reason) == ("failed", None)  # it never ran
+
+
 def test_delete_removes_runs_tries_and_logs_and_refuses_active_runs(env: Env) -> None:
     _daily(env)
     done = env.trigger("daily", ["2024-01-01"])

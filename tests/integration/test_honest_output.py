@@ -89,11 +89,14 @@ def _table(text: str, *columns: str) -> list[dict[str, str]]:
         starts = _positions(line, columns)
         if starts is not None:
             bounds = [*starts[1:], None]
-            return [
-                {c: row[s:e].strip() for c, s, e in zip(columns, starts, bounds, strict=True)}
-                for row in lines[at + 1 :]
-                if row.strip()
-            ]
+            rows = []
+            for row in lines[at + 1 :]:
+                if row.strip() == "history:":  # what follows the table in `runs show`
+                    break
+                if row.strip():
+                    cells = zip(columns, starts, bounds, strict=True)
+                    rows.append({c: row[s:e].strip() for c, s, e in cells})
+            return rows
     raise AssertionError(f"no table with {columns} in:\n{text}")
 
 

@@ -487,17 +487,23 @@ def mark_run(conn: Connection, run: Rec, state: RunState, now: datetime) -> Rec:
     # Marking failed keeps what already finished; removed instances stay removed.
     keep = TI_FINISHED if target == TIState.FAILED else {target, TIState.REMOVED}
     marked = [ti for ti in tis if ti.state not in keep]
-    transition(
-        conn,
-        "ti",
-        [ti.id for ti in marked],
-        target,
-        {ti.state for ti in marked},
-        now,
-        detail="marked",
-        ended_at=func.coalesce(task_instances.c.ended_at, now),
-        failure_reason=FailureReason.KILLED.value if target == TIState.FAILED else None,
-    )
+    # Only what was running was killed; what never started has no failure reason.
+    for group in (
+        [t for t in marked if t.state in TI_LIVE],
+        [t for t in marked if t.state not in TI_LIVE],
+    ):
+        killed = bool(group) and group[0].state in TI_LIVE and target == TIState.FAILED
+        transition(
+            conn,
+            "ti",
+            [ti.id for ti in group],
+            target,
+            {ti.state for ti in group},
+            now,
+            detail="marked",
+            ended_at=func.coalesce(task_instances.c.ended_at, now),
+            failure_reason=FailureReason.KILLED.value if killed else None,
+        )
     return current
 
 

@@ -40,6 +40,7 @@ from reflow.store.repo import (
     Rec,
     _chunks,
     live_tries_of_runs,
+    pending_again,
     reconcile_task_instances,
     request_cancel,
     runs_by_pk,
@@ -382,13 +383,7 @@ def reset_run(
         {ti.state for ti in to_reset},
         now,
         detail="cleared",
-        next_try_at=None,
-        failure_reason=None,
-        started_at=None,
-        ended_at=None,
-        # A cleared task instance gets its full retries again: earlier tries do not count.
-        lost_tries=task_instances.c.try_number,
-        lost_streak=0,
+        **pending_again(),
     )
     return Reset(len(cleared), live)
 

@@ -390,6 +390,19 @@ def add_task_instances(
     return list(conn.execute(insert(task_instances).returning(task_instances.c.id), rows).scalars())
 
 
+def pending_again() -> dict[str, Any]:
+    """The values of a task instance made pending again (cleared, or its task back in the
+    pipeline): no end, no reason, and its full retries (earlier tries do not count)."""
+    return {
+        "next_try_at": None,
+        "failure_reason": None,
+        "started_at": None,
+        "ended_at": None,
+        "lost_tries": task_instances.c.try_number,
+        "lost_streak": 0,
+    }
+
+
 def reconcile_task_instances(
     conn: Connection,
     run_pk: int,
@@ -438,12 +451,7 @@ def reconcile_task_instances(
         [TIState.REMOVED],
         now,
         detail=f"task back in the pipeline{which}",
-        next_try_at=None,
-        failure_reason=None,
-        started_at=None,
-        ended_at=None,
-        lost_tries=task_instances.c.try_number,
-        lost_streak=0,
+        **pending_again(),
     )
     if edit.stop:
         stopping = [

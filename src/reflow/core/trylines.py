@@ -48,9 +48,13 @@ def write(path: Path, lines: Sequence[str]) -> None:
     are not written again. Raises OSError."""
     if not lines:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Unbuffered append: one write(2), never interleaved with a follower's lines.
-    with path.open("a+b", buffering=0) as fh:
+    try:
+        # Unbuffered append: one write(2), never interleaved with a follower's lines.
+        fh = path.open("a+b", buffering=0)
+    except FileNotFoundError:  # the try's first line: its folder is made here
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = path.open("a+b", buffering=0)
+    with fh:
         size = fh.seek(0, os.SEEK_END)
         tail = b""
         if size:

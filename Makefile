@@ -44,3 +44,13 @@ bench: install
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache
+
+## A real single-node Kubernetes (v1.20) for the tests, as root: built once (about 26
+## minutes, cached in ~/.cache/reflow-k8s), then started; prints how long each part took.
+.PHONY: k8s-cluster k8s-cluster-stop
+k8s-cluster: install
+	$(BIN)/python tests/k8s/cluster/cluster.py up
+
+## Stops every process the cluster started and removes what it left (safe to repeat).
+k8s-cluster-stop:
+	$(PYTHON) tests/k8s/cluster/cluster.py down

@@ -54,7 +54,6 @@ spark = (
     .config("spark.kubernetes.namespace", env["POD_NAMESPACE"])
     .config("spark.kubernetes.driver.pod.name", env["POD_NAME"])
     .config("spark.driver.host", env["POD_IP"])
-    .config("spark.driver.bindAddress", "0.0.0.0")
     .config("spark.executor.instances", "1")
     .config("spark.executor.memory", "512m")
     .config("spark.kubernetes.executor.request.cores", "100m")
@@ -83,13 +82,19 @@ def end_to_end(t: Timings, spark: bool = False) -> None:
                 return False
             raise
 
-    with t.step(f"namespace {ns} and its default service account"):
+    def has_token() -> bool:
+        # Until the controller manager gives the account its token, creating a pod fails
+        # with 500 "No API token found for service account".
+        try:
+            return bool(core.read_namespaced_service_account("default", ns).secrets)
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+
+    with t.step(f"namespace {ns} and its default service account's token"):
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
-        wait(
-            "default service account",
-            lambda: exists(lambda: core.read_namespaced_service_account("default", ns)),
-            60,
-        )
+        wait("default service account token", has_token, 60)
     pod = client.V1Pod(
         metadata=client.V1ObjectMeta(name="hello"),
         spec=client.V1PodSpec(
@@ -251,7 +256,7 @@ def spark_driver(t: Timings, ns: str) -> None:
                 executors.add(pod.metadata.name)
             phase = core.read_namespaced_pod("spark-driver", ns).status.phase
             if phase == "Failed":
-                log = core.read_namespaced_pod_log("spark-driver", ns, tail_lines=40)
+                log = core.read_namespaced_pod_log("spark-driver", ns, tail_lines=120)
                 raise ClusterError(f"the Spark driver pod failed:\n{log}")
             return phase == "Succeeded"
 

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["up", "down", "build", "images", "status", "check"])
+    parser.add_argument("command", choices=["up", "down", "build", "status", "check"])
     parser.add_argument(
         "--spark", action="store_true", help="check: also a Spark driver pod with an executor"
     )
@@ -53,13 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("up", "build"):
             binaries.build_all(t)
-            images.build_all(t)
+            rebuilt = images.build_all(t)
             print(f"\nBuild cache {CACHE}: {du(CACHE)}", flush=True)
-        if args.command == "images":
-            images.build_all(t)
         if args.command == "up":
-            if node.running():
-                print("\nThe cluster is already running.")
+            if node.ready():
+                print("\nThe cluster is already running.", flush=True)
+                if rebuilt:
+                    node.import_images(t, rebuilt)
             else:
                 node.up(t)
             usage()

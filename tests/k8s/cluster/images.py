@@ -62,8 +62,11 @@ def archive(image: str) -> Path:
     return IMAGES / (image.replace(":", "_") + ".tar")
 
 
-def build_all(t: Timings) -> None:
-    """The three image archives; a reflow image is rebuilt only when reflow's source changed."""
+def build_all(t: Timings) -> list[str]:
+    """The three image archives; a reflow image is rebuilt only when reflow's source changed.
+
+    Returns the names of the images (re)built by this call.
+    """
     key = source_key()
     IMAGES.mkdir(parents=True, exist_ok=True)
     for kind, packages in (("python", PYTHON_PACKAGES), ("spark", SPARK_PACKAGES)):
@@ -72,9 +75,22 @@ def build_all(t: Timings) -> None:
         wheels(t, key)
     else:
         t.skipped("wheels (pip wheel on the host)", "reflow unchanged")
-    reflow_image(t, PYTHON_IMAGE, "python", "reflow[kubernetes,postgres]", key)
-    reflow_image(t, SPARK_IMAGE, "spark", "reflow[spark,kubernetes,postgres]", key)
-    pause_image(t)
+    built = [
+        image
+        for image, made in [
+            (
+                PYTHON_IMAGE,
+                reflow_image(t, PYTHON_IMAGE, "python", "reflow[kubernetes,postgres]", key),
+            ),
+            (
+                SPARK_IMAGE,
+                reflow_image(t, SPARK_IMAGE, "spark", "reflow[spark,kubernetes,postgres]", key),
+            ),
+            (PAUSE_IMAGE, pause_image(t)),
+        ]
+        if made
+    ]
+    return built
 
 
 def source_key() -> str:
@@ -160,10 +176,11 @@ def wheels(t: Timings, key: str) -> None:
         stamp("wheels", key)
 
 
-def reflow_image(t: Timings, image: str, kind: str, requirement: str, key: str) -> None:
+def reflow_image(t: Timings, image: str, kind: str, requirement: str, key: str) -> bool:
     name = f"image {image}"
     if stamp_content(f"image-{kind}") == key and archive(image).exists():
-        return t.skipped(name, "reflow unchanged")
+        t.skipped(name, "reflow unchanged")
+        return False
     with t.step(name):
         work = IMAGES / f"{kind}.rootfs"
         if work.exists():
@@ -212,12 +229,14 @@ def reflow_image(t: Timings, image: str, kind: str, requirement: str, key: str) 
         pack(work, image, config, log)
         shutil.rmtree(work)
         stamp(f"image-{kind}", key)
+    return True
 
 
-def pause_image(t: Timings) -> None:
+def pause_image(t: Timings) -> bool:
     name = f"image {PAUSE_IMAGE}"
     if stamp_content("image-pause") == PAUSE_IMAGE and archive(PAUSE_IMAGE).exists():
-        return t.skipped(name)
+        t.skipped(name)
+        return False
     with t.step(name):
         work = IMAGES / "pause.rootfs"
         shutil.rmtree(work, ignore_errors=True)
@@ -227,6 +246,7 @@ def pause_image(t: Timings) -> None:
         pack(work, PAUSE_IMAGE, config, LOGS / "image-pause.log")
         shutil.rmtree(work)
         stamp("image-pause", PAUSE_IMAGE)
+    return True
 
 
 def pack(folder: Path, image: str, config: dict[str, object], log: Path) -> None:

@@ -284,9 +284,7 @@ def up(t: Timings) -> None:
     with t.step("containerd"):
         start_containerd()
         wait_for("containerd", lambda: bool(ctr("version")), ["containerd"], 60)
-    with t.step("import images (ctr -n k8s.io images import)"):
-        for image in (PAUSE_IMAGE, PYTHON_IMAGE, SPARK_IMAGE):
-            ctr("images", "import", archive(image))
+    import_images(t, [PAUSE_IMAGE, PYTHON_IMAGE, SPARK_IMAGE])
     with t.step(f"kubelet (until node {NODE_NAME} is Ready)"):
         save_sysctls()
         start_kubelet()
@@ -466,6 +464,13 @@ def ctr(*args: str | Path) -> str:
     )
 
 
+def import_images(t: Timings, names: list[str]) -> None:
+    """Import image archives into containerd's k8s.io namespace (replacing older ones)."""
+    with t.step(f"import {', '.join(names)} (ctr -n k8s.io images import)"):
+        for image in names:
+            ctr("images", "import", archive(image))
+
+
 def save_sysctls() -> None:
     saved = RUN / "sysctls.json"
     if not saved.exists():
@@ -531,6 +536,14 @@ def start_kubelet() -> None:
         # Its AWS credential provider would otherwise query the cloud metadata address.
         env={"AWS_EC2_METADATA_DISABLED": "true"},
     )  # fmt: skip
+
+
+def ready() -> bool:
+    """Every component alive and the node Ready (False, not an error, when it is not)."""
+    try:
+        return running() and node_ready()
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def node_ready() -> bool:

@@ -218,7 +218,7 @@ def wait_for(what: str, check: Callable[[], bool], running: list[str], timeout: 
         try:
             if check():
                 return
-        except (OSError, ValueError, ClusterError):
+        except (OSError, ValueError, KeyError, ClusterError):
             pass
         if time.monotonic() > deadline:
             raise ClusterError(f"{what}: not ready after {timeout:.0f} s (logs: {LOGS})")
@@ -258,7 +258,7 @@ def running() -> bool:
 
 def up(t: Timings) -> None:
     """Start everything in order, waiting for each part; the node Ready ends it."""
-    if PIDS.exists():
+    if RUN.exists():
         print("==> a previous start left state behind: cleaning it first", flush=True)
         down(t)
     RUN.mkdir(parents=True, exist_ok=True)

@@ -45,8 +45,9 @@ bench: install
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache
 
-## A real single-node Kubernetes (v1.20) for the tests, as root: built once (about 26
-## minutes, cached in ~/.cache/reflow-k8s), then started; prints how long each part took.
+## A real single-node Kubernetes (v1.20) for the tests, as root: built once (16 minutes
+## here, cached in ~/.cache/reflow-k8s), then started in about a minute; prints how long
+## each part took. See "A real Kubernetes cluster for the tests" in README.md.
 .PHONY: k8s-cluster k8s-cluster-stop
 k8s-cluster: install
 	$(BIN)/python tests/k8s/cluster/cluster.py up

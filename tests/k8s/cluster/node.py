@@ -566,16 +566,31 @@ def down(t: Timings) -> None:
     with t.step("stop control plane and etcd"):
         for name in ["kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"]:
             stop(name)
+    failed: list[str] = []
+
+    def attempt(action: Callable[[], object]) -> None:
+        # Each clean-up is tried even when one before it failed; failures are listed last.
+        try:
+            action()
+        except (OSError, ClusterError) as e:
+            failed.append(str(e).strip())
+
     with t.step("unmount and remove kubelet, containerd and CNI paths"):
-        unmount_under([KUBELET_ROOT, CONTAINERD_ROOT, CONTAINERD_STATE, NETNS])
-        remove_netns()
+        # Only the pods' network namespaces: others' (ip netns add) are left alone.
+        prefixes = [f"{KUBELET_ROOT}/", f"{CONTAINERD_ROOT}/", f"{CONTAINERD_STATE}/"]
+        attempt(lambda: unmount_under([*prefixes, f"{NETNS}/cni-"]))
+        attempt(remove_netns)
         for path in [*SYSTEM_PATHS, CONTAINERD_ROOT]:
             if path.exists():
-                run(["rm", "-rf", "--one-file-system", path])
-        remove_cgroups()
+                attempt(lambda path=path: run(["rm", "-rf", "--one-file-system", path]))
+        attempt(remove_cgroups)
         if run(["ip", "-o", "link", "show", BRIDGE], quiet=True, check=False):
-            run(["ip", "link", "delete", BRIDGE])
-        restore_sysctls()
+            attempt(lambda: run(["ip", "link", "delete", BRIDGE]))
+        attempt(restore_sysctls)
+    if failed:
+        raise ClusterError(
+            "clean-up left things behind (run the stop again):\n" + "\n".join(failed)
+        )
     with t.step(f"remove run state {RUN}"):
         run(["rm", "-rf", RUN])
 
@@ -638,14 +653,18 @@ def stop_shims() -> None:
             time.sleep(2)
 
 
-def unmount_under(prefixes: list[Path]) -> None:
-    tops = [str(p) + "/" for p in prefixes] + [str(p) for p in prefixes]
-    mounts = [
-        line.split()[4]
+def unmount_under(prefixes: list[str]) -> None:
+    """Unmount, deepest first, every mount point whose path starts with one of ``prefixes``.
+
+    A prefix ending in ``/`` also matches its folder itself: the kubelet bind-mounts its
+    root folder onto itself.
+    """
+    mounts = {
+        point
         for line in Path("/proc/self/mountinfo").read_text().splitlines()
-        if any(line.split()[4] == top or line.split()[4].startswith(top) for top in tops)
-    ]
-    for mount in sorted(set(mounts), key=len, reverse=True):
+        if (point := line.split()[4]).startswith(tuple(prefixes)) or point + "/" in prefixes
+    }
+    for mount in sorted(mounts, key=len, reverse=True):
         run(["umount", "-l", mount], check=False, quiet=True)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +53,30 @@ class Cluster:
         if self.fake is not None:
             return list(getattr(self.fake, kind)(self.settings.namespace))
         items = list_call(self.settings.namespace, label_selector=REFLOW_SELECTOR).items
-        return [self.core.api_client.sanitize_for_serialization(x) for x in items]
+        # A real server's list items carry no apiVersion and kind (the fake's do).
+        kind_of = {"pods": "Pod", "claims": "PersistentVolumeClaim", "secrets": "Secret"}
+        return [
+            {
+                "apiVersion": "v1",
+                "kind": kind_of[kind],
+                **self.core.api_client.sanitize_for_serialization(x),
+            }
+            for x in items
+        ]
+
+
+def _wait_for_service_account(core: Any, namespace: str, timeout: float = 60) -> None:
+    """A new namespace refuses pods until its default service account has its token."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            account = core.read_namespaced_service_account("default", namespace)
+            if account.secrets:
+                return
+        except Exception:  # not created yet
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"namespace {namespace}: no service account token within {timeout} s")
 
 
 @pytest.fixture
@@ -59,16 +84,28 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     from kubernetes import client, config
 
     if REAL_CONTEXT:
-        namespace = os.environ.get("REFLOW_K8S_NAMESPACE", "default")
-        settings = KubernetesSettings(
-            context=REAL_CONTEXT,
-            namespace=namespace,
-            image=REAL_IMAGE,
-            instance=f"reflow-test-{os.getpid()}",
-            pipelines_folder="/tmp/unused",
-        )
+        # Each test in a namespace and an instance of its own: names reused from one test
+        # to the next never meet (a pod re-created right after one of its name was deleted
+        # can race in the kubelet), and everything the test made goes with the namespace.
+        run = uuid.uuid4().hex[:8]
+        namespace = f"reflow-test-{run}"
         api = config.new_client_from_config(context=REAL_CONTEXT)
-        yield Cluster(settings, None, client.CoreV1Api(api))
+        core = client.CoreV1Api(api)
+        core.create_namespace({"metadata": {"name": namespace}})
+        try:
+            _wait_for_service_account(core, namespace)
+            settings = KubernetesSettings(
+                context=REAL_CONTEXT,
+                namespace=namespace,
+                image=REAL_IMAGE,
+                instance=f"reflow-test-{run}",
+                pipelines_folder="/tmp/unused",
+                startup_timeout=60,
+                sweep_interval=0.5,
+            )
+            yield Cluster(settings, None, core)
+        finally:
+            core.delete_namespace(namespace, grace_period_seconds=0)
         return
     from .fakeapi import FakeCluster
 

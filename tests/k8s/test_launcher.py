@@ -274,7 +274,7 @@ def test_an_oom_killed_pod_gives_that_reason_and_a_retry(k8s: K8sEnv) -> None:
         Shell(
             "t",
             "if [ {{ try_number }} = 1 ]; then"
-            " python3 -c 'import time; b = bytearray(300 * 2**20); time.sleep(20)'; fi;"
+            " exec python3 -c 'import time; b = bytearray(300 * 2**20); time.sleep(20)'; fi;"
             " echo try {{ try_number }} done",
             retries=1, retry_delay=0.2,
             pod=Pod(

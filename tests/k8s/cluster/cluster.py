@@ -41,11 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["up", "down", "build", "status", "check"])
+    parser.add_argument(
+        "command", choices=["up", "down", "build", "status", "check", "ready"]
+    )
     parser.add_argument(
         "--spark", action="store_true", help="check: also a Spark driver pod with an executor"
     )
     args = parser.parse_args(argv)
+    if args.command == "ready":  # for scripts: exit 0 when the node is Ready, quietly
+        return 0 if node.ready() else 1
     if os.geteuid() != 0:
         print("error: run as root (containerd, the kubelet, cgroups, a bridge)", file=sys.stderr)
         return 2

@@ -41,9 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "command", choices=["up", "down", "build", "status", "check", "ready"]
-    )
+    parser.add_argument("command", choices=["up", "down", "build", "status", "check", "ready"])
     parser.add_argument(
         "--spark", action="store_true", help="check: also a Spark driver pod with an executor"
     )

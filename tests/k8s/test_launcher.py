@@ -1009,6 +1009,10 @@ def _scheduler_process(k8s: K8sEnv, tmp_path: Path) -> subprocess.Popen[bytes]:
         f"image = {c.image!r}",
         f"pipelines_folder = {c.pipelines_folder!r}",
         f"python = {c.python!r}",
+        # The test's own instance: its pods are this scheduler's, not another installation's.
+        f"instance = {c.instance!r}",
+        f"startup_timeout = {c.startup_timeout}",
+        f"sweep_interval = {c.sweep_interval}",
     ]
     if c.kubeconfig:
         lines.append(f"kubeconfig = {str(c.kubeconfig)!r}")

@@ -84,6 +84,8 @@ Obj = dict[str, Any]
 
 SIMULATE = "fake.reflow.io/simulate"
 AFTER = "fake.reflow.io/after"
+# Seconds the container stays "ContainerCreating" (an image being pulled) before it starts.
+PULL_SECONDS = "fake.reflow.io/pull-seconds"
 NODE_NAME = "fake-node"
 # What a pod may request in all; more makes it unschedulable ("1 Insufficient memory").
 NODE_ALLOCATABLE = {"cpu": "8", "memory": "32Gi", "ephemeral-storage": "100Gi"}
@@ -1958,7 +1960,7 @@ class FakeCluster:
                 return
             if runtime.simulation in ("image-pull", "config-error"):
                 self._stay_waiting(runtime)
-            elif self._start_container(runtime):
+            elif self._pulled(runtime) and self._start_container(runtime):
                 self._finish(runtime, self._supervise(runtime))
         except Exception as error:  # a bug of the fake: fail the pod visibly, leave nothing
             traceback.print_exc()
@@ -1968,6 +1970,19 @@ class FakeCluster:
             else:
                 with self._lock:
                     self._cannot_start_locked(runtime, "StartError", f"fake kubelet: {error!r}")
+
+    def _pulled(self, runtime: _PodRuntime) -> bool:
+        """Waits the pod's ``fake.reflow.io/pull-seconds`` (its image being pulled); False
+        when the pod goes meanwhile."""
+        annotations = runtime.pod["metadata"].get("annotations") or {}
+        until = time.monotonic() + float(annotations.get(PULL_SECONDS) or 0)
+        with self._lock:
+            while not (runtime.removed or self._stopping or runtime.delete_requested):
+                left = until - time.monotonic()
+                if left <= 0:
+                    return True
+                self._changed.wait(min(left, 0.1))
+        return False
 
     def _schedule(self, runtime: _PodRuntime) -> bool:
         """Binds the pod to the node, once its claims exist; False if that never happens."""

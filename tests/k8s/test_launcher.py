@@ -244,6 +244,28 @@ def test_a_claim_templated_per_date_gives_a_parallel_spark_backfill_three_claims
         assert len(written) == 3
 
 
+def test_a_timeout_counts_from_the_containers_start_not_the_pods_creation(k8s: K8sEnv) -> None:
+    """Scheduling and the image pull do not eat into a task's timeout (startup_timeout
+    governs them): the try's start and deadline move to the container's start."""
+    if k8s.cluster.real:
+        pytest.skip("the image pull is played by the fake API server")
+    pipeline(
+        k8s,
+        """
+        Shell("t", "sleep 1.5; echo done", timeout=2,
+              pod=Pod(annotations={"fake.reflow.io/pull-seconds": "3"}))
+        """,
+    )
+    (run_pk,) = k8s.trigger("etl", ["2024-01-03"])
+    k8s.drive(k8s.runs_done([run_pk]), timeout=60)
+
+    t = only_try(k8s, run_pk)
+    assert (t.state, t.failure_reason) == ("success", None), Path(t.log_path).read_text()
+    # The recorded start is the container's: after the 3 s "pull".
+    assert (t.started_at - t.queued_at).total_seconds() >= 2.5
+    assert "done" in task_output(Path(t.log_path).read_text())
+
+
 def test_a_timeout_deletes_the_pod_and_the_try_is_timed_out(k8s: K8sEnv, tmp_path: Path) -> None:
     marker = tmp_path / "terminated"
     pipeline(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
+from datetime import datetime
 
 from reflow.core.spec import Handle, Outcome, TryRef, TrySpec
 
@@ -59,6 +60,13 @@ class Launcher(ABC):
         reporting it lost: a later :meth:`start` of that try, by a scheduler that resumes
         from a pause, raises ``Fenced`` instead of running it next to its retry.
         """
+
+    def running_since(self, try_id: int) -> datetime | None:
+        """When a watched try's process or container began to run, if that is later than
+        the moment :meth:`start` returned (a pod's container starts after its scheduling
+        and image pull); a try not running yet gives now (it starts no earlier). None: no
+        later start known, the recorded one stands. A task's timeout counts from this."""
+        return None
 
     def wait(self, timeout: float) -> None:
         """Block until a watched try may have ended, or ``timeout`` seconds passed."""

@@ -64,6 +64,12 @@ class Launchers(Launcher):
             if try_id in launcher.watched():
                 launcher.cancel(try_id, grace)
 
+    def running_since(self, try_id: int) -> datetime | None:
+        for launcher in self._made.values():
+            if try_id in launcher.watched():
+                return launcher.running_since(try_id)
+        return None
+
     def adopt(self, ref: TryRef) -> bool:
         try:
             launcher = self.get(ref.launcher)

@@ -431,7 +431,7 @@ class Scheduler:
             requested = repo.cancel_requested(conn, self._id)
 
         def work(conn: Connection) -> list[Row[Any]]:
-            expired = repo.expired_tries(conn, self._id, now)
+            expired = self._past_timeout(conn, repo.expired_tries(conn, self._id, now), now)
             repo.request_cancel(conn, [r.id for r in expired], FailureReason.TIMED_OUT.value)
             for run in repo.expired_runs(conn, now, self.pipelines):
                 self._time_out_run(conn, run.id, now)
@@ -449,6 +449,23 @@ class Scheduler:
         if to_signal:
             crash_point("try.cancel_sent")
         return bool(to_signal)
+
+    def _past_timeout(
+        self, conn: Connection, expired: list[Row[Any]], now: datetime
+    ) -> list[Row[Any]]:
+        """The tries past their timeout counted from their real start: one whose process
+        or container began later than recorded (a pod pulling its image) has its start
+        and deadline moved there instead (see ``Launcher.running_since``)."""
+        due = []
+        for row in expired:
+            since = self.launcher.running_since(row.id)
+            if since is not None and row.started_at is not None and since > row.started_at:
+                deadline = since + (row.deadline - row.started_at)
+                repo.move_try_start(conn, row.id, self._id, since, deadline)
+                if deadline > now:
+                    continue
+            due.append(row)
+        return due
 
     def _time_out_run(self, conn: Connection, run_pk: int, now: datetime) -> None:
         """Fail a run past its run_timeout: its live tries are stopped (reason

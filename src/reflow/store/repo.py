@@ -768,7 +768,7 @@ def expired_tries(conn: Connection, owner: int, now: datetime) -> list[Rec]:
     """Live tries of ``owner`` past their own deadline that were not asked to stop yet."""
     return list(
         conn.execute(
-            select(tries.c.id, tries.c.kill_grace).where(
+            select(tries.c.id, tries.c.kill_grace, tries.c.started_at, tries.c.deadline).where(
                 tries.c.owner == owner,
                 _LIVE_TRY,
                 tries.c.cancel_reason.is_(None),
@@ -776,6 +776,18 @@ def expired_tries(conn: Connection, owner: int, now: datetime) -> list[Rec]:
                 tries.c.deadline <= now,
             )
         ).all()
+    )
+
+
+def move_try_start(
+    conn: Connection, try_id: int, owner: int, started_at: datetime, deadline: datetime
+) -> None:
+    """Record a live try's later real start (a pod's container, after its image pull) and
+    the deadline its timeout gives from there."""
+    conn.execute(
+        update(tries)
+        .where(tries.c.id == try_id, tries.c.owner == owner, _LIVE_TRY)
+        .values(started_at=started_at, deadline=deadline)
     )
 
 

@@ -181,6 +181,22 @@ class KubernetesLauncher(Launcher):
             return f"scratch() needs {_SCRATCH_NEEDS}; the server is {major}.{minor} ({exc})"
         return str(exc)
 
+    def running_since(self, try_id: int) -> datetime | None:
+        """The container's own start (``startedAt``), as the watch last saw the pod; now
+        while it has not started (scheduling, image pull: startup_timeout governs that)."""
+        with self._lock:
+            t = self._tries.get(try_id)
+            raw = t.raw if t is not None else None
+        if raw is None:
+            return None
+        state = _container_status(raw).get("state") or {}
+        started = (state.get("running") or state.get("terminated") or {}).get("startedAt")
+        if started:
+            return datetime.fromisoformat(str(started).replace("Z", "+00:00"))
+        if "waiting" in state or not state:
+            return self._clock()
+        return None
+
     def poll(self) -> list[Outcome]:
         """Outcomes of the tries whose pods ended, failed to start, or vanished."""
         self._wake.clear()

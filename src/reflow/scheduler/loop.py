@@ -547,7 +547,8 @@ class Scheduler:
         # The try of a task that left the pipeline: its instance is removed however the try
         # ended (the try keeps its own outcome), or retried if the task came back meanwhile.
         stopped_for_edit = row.cancel_reason == FailureReason.TASK_REMOVED
-        if (stopped_for_edit or (pipeline and task is None)) and (task is None or not ok):
+        gone = pipeline is not None and task is None
+        if (stopped_for_edit or gone) and (task is None or not ok):
             self._end_for_edit(conn, row, task, now)
             return True
         if ok:

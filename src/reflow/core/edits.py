@@ -28,19 +28,22 @@ current version: finished instances of removed tasks become ``removed`` as well.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from reflow.core.states import TI_FINISHED, TI_LIVE, TIState
 
 
-@dataclass(frozen=True)
-class Instance:
-    """The part of a task instance an edit looks at."""
+class Instance(Protocol):
+    """The part of a task instance an edit looks at (a store row has it)."""
 
-    id: int
-    task_id: str
-    state: TIState
+    @property
+    def id(self) -> int: ...
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def state(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,8 @@ def edit_for(instances: Iterable[Instance], tasks: Sequence[str], *, rerun: bool
     return Edit(add, tuple(restore), tuple(stop), tuple(remove))
 
 
-def being_removed(instances: Iterable[Instance], tasks: Iterable[str]) -> bool:
+def being_removed(instances: Iterable[Instance], tasks: Container[str]) -> bool:
     """True while a live instance's task is no longer in the pipeline: its try is being
-    stopped, and nothing else of the run may start before it has ended."""
-    current = set(tasks)
-    return any(ti.state in TI_LIVE and ti.task_id not in current for ti in instances)
+    stopped, and nothing else of the run may start before it has ended. Called every
+    tick for every running run: ``tasks`` is looked into, never copied."""
+    return any(ti.state in TI_LIVE and ti.task_id not in tasks for ti in instances)

@@ -27,7 +27,7 @@ from reflow.core import trylines
 from reflow.core.config import Settings
 from reflow.core.context import RunInfo, build_context
 from reflow.core.discovery import Catalog
-from reflow.core.edits import Instance, being_removed
+from reflow.core.edits import being_removed
 from reflow.core.errors import Conflict, Fenced, LeaseLost, ReflowError, StoreUnavailable
 from reflow.core.faults import crash_point
 from reflow.core.pipeline import Pipeline, Task
@@ -744,7 +744,7 @@ class Scheduler:
             if run.version != pipeline.version:
                 tis = self._reconcile(conn, run, pipeline, tis, now)
                 changed = True
-            if being_removed(_instances(tis), pipeline.tasks):
+            if being_removed(tis, pipeline.tasks):
                 continue  # a removed task's try is being stopped: nothing else starts
             state = {ti.task_id: TIState(ti.state) for ti in tis}
             by_task = {ti.task_id: ti for ti in tis}
@@ -1016,10 +1016,6 @@ def target(settings: Settings, pipeline: str, task_id: str) -> dict[str, Any]:
         k8s = settings.kubernetes
         remote = Remote(k8s.pipelines_folder, k8s.python)
     return {"launcher": launcher, "remote": remote}
-
-
-def _instances(tis: Iterable[Row[Any]]) -> list[Instance]:
-    return [Instance(ti.id, ti.task_id, TIState(ti.state)) for ti in tis]
 
 
 def _admission_rank(run: Row[Any], backfill: Row[Any] | None) -> tuple[Any, ...]:

@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from reflow.core.edits import Edit, Instance, edit_for
+from reflow.core.edits import Edit, edit_for
 from reflow.core.errors import Conflict, LeaseLost
 from reflow.core.states import (
     BACKFILL_TRANSITIONS,
@@ -419,7 +419,7 @@ def reconcile_task_instances(
     when it has ended), the others of removed tasks become ``removed`` (finished ones
     only when ``finished_too``: the run is being re-run). Every change is an event."""
     edit = edit_for(
-        (Instance(ti.id, ti.task_id, TIState(ti.state)) for ti in tis),
+        tis,
         task_ids,
         rerun=finished_too,
     )

@@ -649,8 +649,10 @@ def stop_shims() -> None:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-        if pids:
-            time.sleep(2)
+        # Until they are gone, for at most a few seconds (then the next signal, or left).
+        deadline = time.monotonic() + 5
+        while any(alive(pid, shim) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def unmount_under(prefixes: list[str]) -> None:

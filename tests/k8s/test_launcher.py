@@ -261,8 +261,9 @@ def test_a_timeout_counts_from_the_containers_start_not_the_pods_creation(k8s: K
 
     t = only_try(k8s, run_pk)
     assert (t.state, t.failure_reason) == ("success", None), Path(t.log_path).read_text()
-    # The recorded start is the container's: after the 3 s "pull".
-    assert (t.started_at - t.queued_at).total_seconds() >= 2.5
+    # The recorded start is the container's: after the 3 s "pull". Kubernetes gives
+    # container times in whole seconds, so the recorded start may be up to 1 s early.
+    assert (t.started_at - t.queued_at).total_seconds() >= 2.0
     assert "done" in task_output(Path(t.log_path).read_text())
 
 

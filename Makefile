@@ -33,23 +33,15 @@ lint: install
 	$(BIN)/mypy
 
 ## Lint, type-check, then every test tier (SQLite and PostgreSQL, real processes); the
-## kubernetes launcher's lifecycle tests run on the real cluster too when it is up.
+## kubernetes tests run on the real local cluster too when it is built on the machine.
 test: lint
 	$(BIN)/pytest
 	@$(MAKE) --no-print-directory test-k8s-real
 
-## The launcher's lifecycle tests against the local cluster (make k8s-cluster), if it runs.
-K8S_RUN := $(HOME)/.cache/reflow-k8s/run
+## The kubernetes tests against the local cluster (make k8s-cluster) when it is built here:
+## started for them if it is stopped. The last line says whether they ran.
 test-k8s-real: install
-	@if $(BIN)/python tests/k8s/cluster/cluster.py ready; then \
-	  echo "Kubernetes lifecycle tests on the real local cluster (Kubernetes 1.20.2):"; \
-	  KUBECONFIG=$(K8S_RUN)/kubeconfig REFLOW_K8S_CONTEXT=reflow-local \
-	  REFLOW_K8S_TEST_IMAGE=reflow-k8s-python:dev \
-	  $(BIN)/pytest -q -p no:cacheprovider -k sqlite tests/k8s/test_launcher.py tests/k8s/test_versions.py \
-	  && echo "Real Kubernetes: the lifecycle tests RAN on the local cluster and passed."; \
-	else \
-	  echo "Real Kubernetes: the lifecycle tests did NOT run (no local cluster up; make k8s-cluster starts one)."; \
-	fi
+	@tests/k8s/cluster/real-tests.sh $(BIN)/python
 
 bench: install
 	$(BIN)/python bench/backfill_noop.py

@@ -8,7 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,9 @@ from reflow.services.project import Project
 from ..integration.conftest import Env, env  # noqa: F401 - the env fixture
 
 REAL_CONTEXT = os.environ.get("REFLOW_K8S_CONTEXT")
-# The image of test pods on a real cluster: it needs sh and python3.
+# The images of test pods on a real cluster: sh, python3 and reflow; and Spark for Spark.
 REAL_IMAGE = os.environ.get("REFLOW_K8S_TEST_IMAGE", "python:3.11-slim")
+SPARK_IMAGE = os.environ.get("REFLOW_K8S_SPARK_IMAGE")
 REFLOW_SELECTOR = "app.kubernetes.io/managed-by=reflow"
 
 
@@ -33,6 +34,7 @@ class Cluster:
     settings: KubernetesSettings
     fake: Any | None  # the FakeCluster, None on a real cluster
     core: Any  # a CoreV1Api on the same cluster
+    volumes: list[str] = field(default_factory=list)  # persistent volumes made for the test
 
     @property
     def real(self) -> bool:
@@ -48,11 +50,38 @@ class Cluster:
         """reflow's secrets (those of tries with secret env)."""
         return self._reflows("secrets", self.core.list_namespaced_secret)
 
+    def local_volumes(self, folder: Path, count: int, size: str = "1Gi") -> None:
+        """``count`` local persistent volumes for the claims the test's pods make (the real
+        cluster has no provisioner; the fake makes a folder per claim itself). They have
+        no storage class, so any claim without one binds to them."""
+        if self.fake is not None:
+            return
+        for _ in range(count):
+            name = f"{self.settings.namespace}-{len(self.volumes)}"
+            path = folder / name
+            path.mkdir(parents=True)
+            path.chmod(0o777)  # the pods run as the images' user, 10001
+            self.core.create_persistent_volume(
+                {
+                    "metadata": {"name": name},
+                    "spec": {
+                        "capacity": {"storage": size},
+                        "accessModes": ["ReadWriteOnce"],
+                        "storageClassName": "",
+                        "hostPath": {"path": str(path), "type": "Directory"},
+                    },
+                }
+            )
+            self.volumes.append(name)
+
     def _reflows(self, kind: str, list_call: Any) -> list[dict[str, Any]]:
         """The objects of a kind that reflow made in the namespace."""
         if self.fake is not None:
             return list(getattr(self.fake, kind)(self.settings.namespace))
-        items = list_call(self.settings.namespace, label_selector=REFLOW_SELECTOR).items
+        # Every claim in the test's namespace is the test's: those of scratch() carry only
+        # the try's reflow.io/ labels.
+        selector = None if kind == "claims" else REFLOW_SELECTOR
+        items = list_call(self.settings.namespace, label_selector=selector).items
         # A real server's list items carry no apiVersion and kind (the fake's do).
         kind_of = {"pods": "Pod", "claims": "PersistentVolumeClaim", "secrets": "Secret"}
         return [
@@ -88,6 +117,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         # to the next never meet (a pod re-created right after one of its name was deleted
         # can race in the kubelet), and everything the test made goes with the namespace.
         run = uuid.uuid4().hex[:8]
+        volumes: list[str] = []
         namespace = f"reflow-test-{run}"
         api = config.new_client_from_config(context=REAL_CONTEXT)
         core = client.CoreV1Api(api)
@@ -99,13 +129,14 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
                 namespace=namespace,
                 image=REAL_IMAGE,
                 instance=f"reflow-test-{run}",
-                pipelines_folder="/tmp/unused",
                 startup_timeout=60,
                 sweep_interval=0.5,
             )
-            yield Cluster(settings, None, core)
+            yield Cluster(settings, None, core, volumes)
         finally:
             core.delete_namespace(namespace, grace_period_seconds=0)
+            for volume in volumes:
+                core.delete_persistent_volume(volume)
         return
     from .fakeapi import FakeCluster
 
@@ -141,6 +172,36 @@ class K8sEnv:
     def project(self) -> Project:
         return Project(self.settings, self.env.db)
 
+    def pipeline_pod(self) -> str:
+        """Source of a ``Pod(...)`` for a pipeline's ``defaults`` that lets its pods read
+        the pipeline files (Python tasks import them again): on the real cluster, the
+        project's pipelines folder mounted from the node at the same path; "" on the fake,
+        whose pods run on this machine."""
+        if not self.cluster.real:
+            return ""
+        folder = self.env.settings.pipelines_path
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o755)  # the pods run as the images' user, 10001
+        override = {
+            "spec": {
+                "volumes": [
+                    {
+                        "name": "test-pipelines",
+                        "hostPath": {"path": str(folder), "type": "Directory"},
+                    }
+                ],
+                "containers": [
+                    {
+                        "name": "main",
+                        "volumeMounts": [
+                            {"name": "test-pipelines", "mountPath": str(folder), "readOnly": True}
+                        ],
+                    }
+                ],
+            }
+        }
+        return f"Pod(pod_override={override!r})"
+
     def scheduler(self, **kwargs: Any) -> Scheduler:
         kwargs.setdefault("create_scheduled_runs", False)
         return Scheduler(self.env.db, self.settings, self.project.launcher(), **kwargs)
@@ -158,16 +219,13 @@ class K8sEnv:
 
 @pytest.fixture
 def k8s(env: Env, cluster: Cluster) -> K8sEnv:  # noqa: F811 - the imported fixture
-    k8s_settings = cluster.settings
+    # Python tasks find the pipeline files where the project has them: the fake's kubelet
+    # runs commands here (with this interpreter), and on the real cluster the pipelines
+    # folder is mounted into the pods at the same path (see K8sEnv.pipeline_pod).
+    update: dict[str, Any] = {"pipelines_folder": str(env.settings.pipelines_path)}
     if cluster.fake is not None:
-        # The fake's kubelet runs commands here: Python tasks find the pipeline files in
-        # the project and run with this interpreter.
-        k8s_settings = k8s_settings.model_copy(
-            update={
-                "pipelines_folder": str(env.settings.pipelines_path),
-                "python": sys.executable,
-            }
-        )
+        update["python"] = sys.executable
+    k8s_settings = cluster.settings.model_copy(update=update)
     settings = env.settings.model_copy(
         update={"launcher": "kubernetes", "kubernetes": k8s_settings}
     )

@@ -4,7 +4,6 @@ or a real cluster when REFLOW_K8S_CONTEXT is set."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -28,7 +27,7 @@ from reflow.services import backfill as backfill_service
 from reflow.store import repo
 
 from ..integration.conftest import wait_until
-from .conftest import K8sEnv
+from .conftest import SPARK_IMAGE, K8sEnv
 from .validation import assert_valid
 
 pytestmark = [
@@ -41,7 +40,12 @@ SIMULATE = "fake.reflow.io/simulate"
 
 
 def pipeline(k8s: K8sEnv, body: str, name: str = "etl", **options: Any) -> None:
+    defaults = {k: repr(v) for k, v in options.pop("defaults", {}).items()}
+    if k8s.pipeline_pod():
+        defaults["pod"] = k8s.pipeline_pod()
     extra = "".join(f", {k}={v!r}" for k, v in options.items())
+    if defaults:
+        extra += ", defaults={" + ", ".join(f"{k!r}: {v}" for k, v in defaults.items()) + "}"
     k8s.write(
         name,
         "from reflow import Pipeline, Pod, Python, Shell, SparkSubmit, Volume, scratch\n"
@@ -179,9 +183,13 @@ def test_the_cleanup_policy_decides_which_finished_pods_stay(
 def test_a_claim_templated_per_date_gives_a_parallel_spark_backfill_three_claims(
     k8s: K8sEnv, tmp_path: Path
 ) -> None:
-    if k8s.cluster.real and not os.environ.get("REFLOW_K8S_SPARK_IMAGE"):
+    if k8s.cluster.real and not SPARK_IMAGE:
         pytest.skip("set REFLOW_K8S_SPARK_IMAGE (an image with Spark, e.g. deploy/kubernetes)")
-    app = tmp_path / "count.py"
+    k8s.cluster.local_volumes(tmp_path / "volumes", 3)
+    # Next to the pipeline files, which real pods mount (not a pipeline file: "_" folder).
+    app = k8s.settings.pipelines_path / "_jobs" / "count.py"
+    app.parent.mkdir(parents=True)
+    app.parent.chmod(0o755)
     app.write_text(
         textwrap.dedent(
             """
@@ -196,8 +204,11 @@ def test_a_claim_templated_per_date_gives_a_parallel_spark_backfill_three_claims
             """
         )
     )
-    image = os.environ.get("REFLOW_K8S_SPARK_IMAGE", "spark-job:test")
-    spark_home = _spark_home()
+    image = SPARK_IMAGE or "spark-job:test"
+    # The fake's kubelet runs spark-submit here; a real pod has the image's on its PATH.
+    env = {"SPARK_SUBMIT_OPTS": "-XX:TieredStopAtLevel=1"}
+    if not k8s.cluster.real:
+        env["SPARK_HOME"] = _spark_home()
     pipeline(
         k8s,
         f"""
@@ -206,7 +217,7 @@ def test_a_claim_templated_per_date_gives_a_parallel_spark_backfill_three_claims
             application_args=["{{{{ ds }}}}", "/data/out"],
             conf={{"spark.ui.enabled": False, "spark.sql.shuffle.partitions": 1}},
             driver_memory="512m",
-            env={{"SPARK_HOME": {spark_home!r}, "SPARK_SUBMIT_OPTS": "-XX:TieredStopAtLevel=1"}},
+            env={env!r},
             pod=Pod(
                 image={image!r},
                 volumes=[Volume.claim("data", "spark-pv-claim-{{{{ ds_nodash }}}}", "/data",
@@ -244,6 +255,37 @@ def test_a_claim_templated_per_date_gives_a_parallel_spark_backfill_three_claims
         assert len(written) == 3
 
 
+def test_scratch_space_is_the_trys_own_and_goes_with_its_pod(k8s: K8sEnv, tmp_path: Path) -> None:
+    """scratch(): a generic ephemeral volume, so a claim made for the try's pod and deleted
+    with it by Kubernetes' garbage collector."""
+    k8s.cluster.local_volumes(tmp_path / "volumes", 1)
+    pipeline(
+        k8s,
+        """
+        Shell("t", "echo kept > /scratch/part && cat /scratch/part && ls -ld /scratch",
+              scratch=scratch("1Gi"))
+        """,
+    )
+    (run_pk,) = k8s.trigger("etl", ["2024-01-03"])
+    claims: dict[str, Any] = {}
+
+    def look() -> bool:
+        claims.update({c["metadata"]["name"]: c for c in k8s.cluster.claims()})
+        return k8s.runs_done([run_pk])()
+
+    k8s.drive(look, timeout=120)
+
+    t = only_try(k8s, run_pk)
+    assert (t.state, t.exit_code) == ("success", 0), Path(t.log_path).read_text()
+    assert "kept" in task_output(Path(t.log_path).read_text())
+    pod = t.external_id.split("/")[1]
+    assert list(claims) == [f"{pod}-reflow-scratch"]
+    owners = claims[f"{pod}-reflow-scratch"]["metadata"]["ownerReferences"]
+    assert [(o["kind"], o["name"]) for o in owners] == [("Pod", pod)]
+    # The pod was cleaned up (on_success), and its scratch claim went with it.
+    wait_until(lambda: not reflow_pods(k8s) and not k8s.cluster.claims(), timeout=60)
+
+
 def test_a_timeout_counts_from_the_containers_start_not_the_pods_creation(k8s: K8sEnv) -> None:
     """Scheduling and the image pull do not eat into a task's timeout (startup_timeout
     governs them): the try's start and deadline move to the container's start."""
@@ -252,8 +294,8 @@ def test_a_timeout_counts_from_the_containers_start_not_the_pods_creation(k8s: K
     pipeline(
         k8s,
         """
-        Shell("t", "sleep 1.5; echo done", timeout=2,
-              pod=Pod(annotations={"fake.reflow.io/pull-seconds": "3"}))
+        Shell("t", "sleep 1; echo done", timeout=3.5,
+              pod=Pod(annotations={"fake.reflow.io/pull-seconds": "5"}))
         """,
     )
     (run_pk,) = k8s.trigger("etl", ["2024-01-03"])
@@ -261,9 +303,9 @@ def test_a_timeout_counts_from_the_containers_start_not_the_pods_creation(k8s: K
 
     t = only_try(k8s, run_pk)
     assert (t.state, t.failure_reason) == ("success", None), Path(t.log_path).read_text()
-    # The recorded start is the container's: after the 3 s "pull". Kubernetes gives
+    # The recorded start is the container's: after the 5 s "pull". Kubernetes gives
     # container times in whole seconds, so the recorded start may be up to 1 s early.
-    assert (t.started_at - t.queued_at).total_seconds() >= 2.0
+    assert (t.started_at - t.queued_at).total_seconds() >= 4.0
     assert "done" in task_output(Path(t.log_path).read_text())
 
 
@@ -392,18 +434,19 @@ def test_a_finished_pod_stays_until_its_outcome_is_recorded(k8s: K8sEnv) -> None
 
 
 def test_secret_values_reach_the_task_but_not_the_pod_spec(k8s: K8sEnv) -> None:
-    if k8s.cluster.real:
-        pytest.skip("the Python task needs reflow and the pipeline file in the pod's image")
     k8s.write(
         "etl",
         """
-        from reflow import Param, Pipeline, Python, Shell
+        from reflow import Param, Pipeline, Pod, Python, Shell
 
         def check(params):  # reversed: the log would show the value otherwise
             print("python sees", params["token"][::-1])
 
         with Pipeline("etl", schedule="@daily", start_date="2024-01-01",
-                      params={"token": Param("", secret=True)}):
+                      params={"token": Param("", secret=True)},
+                      defaults={"pod": """
+        + (k8s.pipeline_pod() or "None")
+        + """}):
             Python("p", check) >> Shell(
                 "s", 'echo "shell sees $(echo $TOKEN | rev)"', env={"TOKEN": "{{ params.token }}"}
             )
@@ -432,7 +475,7 @@ def test_secret_values_reach_the_task_but_not_the_pod_spec(k8s: K8sEnv) -> None:
         owners = secret["metadata"].get("ownerReferences") or []
         assert [(o["kind"], o["name"]) for o in owners] == [("Pod", name)]
     # The pods were cleaned up (on_success), and Kubernetes took their secrets with them.
-    wait_until(lambda: not reflow_pods(k8s) and not k8s.cluster.secrets(), timeout=15)
+    wait_until(lambda: not reflow_pods(k8s) and not k8s.cluster.secrets(), timeout=30)
 
 
 def test_cancel_deletes_the_pod_with_the_grace_period(k8s: K8sEnv, tmp_path: Path) -> None:
@@ -560,8 +603,6 @@ def _names(k8s: K8sEnv) -> list[str]:
 
 
 def test_local_and_kubernetes_tasks_in_one_run(k8s: K8sEnv, tmp_path: Path) -> None:
-    if k8s.cluster.real:
-        pytest.skip("the Python task needs reflow and the pipeline file in the pod's image")
     out = tmp_path / "local.txt"
     pipeline(
         k8s,

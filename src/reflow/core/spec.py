@@ -67,6 +67,9 @@ class Outcome:
     reason: FailureReason | None
     ended_at: datetime
     detail: str = ""
+    # When the try's own process began, if later than its launch (a pod's container,
+    # after scheduling and the image pull): the try's recorded start moves there.
+    started_at: datetime | None = None
 
     @property
     def ok(self) -> bool:

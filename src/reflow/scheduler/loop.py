@@ -529,6 +529,10 @@ class Scheduler:
         ok = outcome.ok or (row.cancel_reason is not None and outcome.exit_code == 0)
         reason = None if ok else (row.cancel_reason or (outcome.reason or "error"))
         app_id = task.app_id_from_log(row.log_path) if task is not None else None
+        # A container that began after the last move of the try's start (it finished
+        # within the deadline given then): the recorded start is the container's.
+        later = outcome.started_at
+        started_at = later if later and row.started_at and later > row.started_at else None
         if not repo.end_try(
             conn,
             row.id,
@@ -539,6 +543,7 @@ class Scheduler:
             now=now,
             owner=self._id,
             app_id=app_id,
+            started_at=min(started_at, now) if started_at else None,
         ):
             return True  # recorded before
         # Before the commit: whoever follows the log until the try has ended sees it too.

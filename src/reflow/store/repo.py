@@ -712,9 +712,12 @@ def end_try(
     now: datetime,
     owner: int | None = None,
     app_id: str | None = None,
+    started_at: datetime | None = None,
 ) -> bool:
-    """End a live try (of ``owner`` when given); False when it was not live (or not his)."""
+    """End a live try (of ``owner`` when given); False when it was not live (or not his).
+    ``started_at``: its own start, when it began later than recorded (a pod's container)."""
     to = TryState.SUCCESS if ok else TryState.FAILED
+    later_start = {} if started_at is None else {"started_at": started_at}
     moved = transition(
         conn,
         "try",
@@ -728,6 +731,7 @@ def end_try(
         exit_code=exit_code,
         failure_reason=reason,
         app_id=app_id,
+        **later_start,
     )
     if moved and detail:
         # The event holds it too; on the try it is shown with the try.

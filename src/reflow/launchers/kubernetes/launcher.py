@@ -49,6 +49,7 @@ from reflow.launchers.kubernetes.manifest import (
 )
 from reflow.launchers.kubernetes.outcomes import (
     _NEVER_STARTED,
+    _container_started,
     _container_status,
     deleted,
     finished,
@@ -189,10 +190,10 @@ class KubernetesLauncher(Launcher):
             raw = t.raw if t is not None else None
         if raw is None:
             return None
+        started = _container_started(raw)
+        if started is not None:
+            return started
         state = _container_status(raw).get("state") or {}
-        started = (state.get("running") or state.get("terminated") or {}).get("startedAt")
-        if started:
-            return datetime.fromisoformat(str(started).replace("Z", "+00:00"))
         if "waiting" in state or not state:
             return self._clock()
         return None
@@ -419,7 +420,8 @@ class KubernetesLauncher(Launcher):
         if detail:
             what = reason.value if reason is not None else "succeeded"
             _note(t.log_path, f"pod {t.name or '(none)'}: {what}: {detail}")
-        return Outcome(t.try_id, code, reason, self._clock(), detail)
+        started = _container_started(t.raw) if t.raw is not None else None
+        return Outcome(t.try_id, code, reason, self._clock(), detail, started)
 
     def _cleans(self, succeeded: bool) -> bool:
         policy = self.settings.cleanup

@@ -5,6 +5,7 @@ container state, conditions) to a failure reason and detail, or to nothing yet.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from reflow.core.states import FailureReason
@@ -21,6 +22,13 @@ def _container_status(pod: Mapping[str, Any] | None) -> dict[str, Any]:
         if status.get("name") == CONTAINER:
             return dict(status)
     return dict(statuses[0]) if statuses else {}
+
+
+def _container_started(pod: Mapping[str, Any]) -> datetime | None:
+    """When the try's container began (``startedAt``, whole seconds), None before."""
+    state = _container_status(pod).get("state") or {}
+    started = (state.get("running") or state.get("terminated") or {}).get("startedAt")
+    return datetime.fromisoformat(str(started).replace("Z", "+00:00")) if started else None
 
 
 def _unscheduled(status: Mapping[str, Any]) -> str:

@@ -32,10 +32,11 @@ lint: install
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
-## Lint, type-check, then every test tier (SQLite and PostgreSQL, real processes); the
-## kubernetes tests run on the real local cluster too when it is built on the machine.
+## Lint, type-check, then every test tier (SQLite and PostgreSQL, real processes; one pytest
+## worker per core); the kubernetes tests run on the real local cluster too when it is
+## built on the machine (started for them if it is stopped).
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto
 	@$(MAKE) --no-print-directory test-k8s-real
 
 ## The kubernetes tests against the local cluster (make k8s-cluster) when it is built here:

@@ -1,7 +1,8 @@
 """deploy/kubernetes, checked offline: every manifest valid for the API server, RBAC exactly
 what reflow needs, the kustomization complete, reflow.toml loadable, the Dockerfile sane.
 
-None of this applies the manifests or builds the image (see deploy/kubernetes/README.md).
+None of this applies the manifests or builds the image: test_deploy_real.py applies them
+(server-side dry run) on a real cluster; see deploy/kubernetes/README.md.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,9 +21,10 @@ from reflow.cli.web import register as register_web
 from reflow.core.errors import InvalidInput
 from reflow.core.masking import scrub
 from reflow.core.states import RUN_ACTIVE, RunState
-from reflow.services import pipelines as pipeline_service
-from reflow.services import runs as run_service
-from reflow.services.project import Project
+
+if TYPE_CHECKING:  # each command imports the services it uses: `reflow -h` stays quick
+    from reflow.services import runs as run_service
+    from reflow.services.project import Project
 
 # Piped output gets wide lines rather than truncated table cells.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -103,6 +104,8 @@ HomeOption = Annotated[
 
 
 def _project(home: Path | None) -> Project:
+    from reflow.services.project import Project
+
     return Project.open(home)
 
 
@@ -169,6 +172,8 @@ def init(
 @pipelines_app.command("list")
 def pipelines_list(home: HomeOption = None) -> None:
     """Pipelines with their schedule, next run and latest run states."""
+    from reflow.services import pipelines as pipeline_service
+
     project = _project(home)
     summaries, problems = pipeline_service.list_pipelines(project)
     table = Table(
@@ -208,6 +213,8 @@ def pipelines_show(
     home: HomeOption = None,
 ) -> None:
     """A pipeline's schedule, limits, params and tasks."""
+    from reflow.services import pipelines as pipeline_service
+
     data = pipeline_service.show_pipeline(_project(home), name)
     if as_json:
         console.print_json(json.dumps(data, default=str))
@@ -250,6 +257,8 @@ def pipelines_validate(
     home: HomeOption = None,
 ) -> None:
     """Import pipeline files and check them; exit 1 when any is broken."""
+    from reflow.services import pipelines as pipeline_service
+
     found, problems = pipeline_service.validate(_project(home), path)
     for pipeline in found:
         console.print(
@@ -290,6 +299,8 @@ def trigger(
     home: HomeOption = None,
 ) -> None:
     """Create manual runs of a pipeline; with --wait, see them through."""
+    from reflow.services import runs as run_service
+
     project = _project(home)
     created = run_service.trigger(project, pipeline, date or [], run_service.parse_conf(conf))
     for run in created:
@@ -302,6 +313,8 @@ def trigger(
 
 def _wait_and_report(project: Project, pipeline: str, run_pks: list[int]) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from reflow.services import runs as run_service
 
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -353,6 +366,8 @@ def runs_list(
     home: HomeOption = None,
 ) -> None:
     """Runs, newest logical date first."""
+    from reflow.services import runs as run_service
+
     project = _project(home)
     rows = run_service.list_runs(project, pipeline, state, limit)
     table = Table(
@@ -390,6 +405,7 @@ def runs_show(
 ) -> None:
     """A run: its conf, attempts, task instances and tries."""
     from reflow.services import history as history_service
+    from reflow.services import runs as run_service
 
     project = _project(home)
     run_service.known(project, pipeline)
@@ -461,6 +477,8 @@ def tasks_list(
     home: HomeOption = None,
 ) -> None:
     """The task instances of a run, with their tries."""
+    from reflow.services import runs as run_service
+
     project = _project(home)
     if pipeline is not None:
         run_service.known(project, pipeline)
@@ -488,6 +506,7 @@ def logs(
 ) -> None:
     """Print the log of a task's try, every secret its run ever had masked."""
     from reflow.services import logs as log_service
+    from reflow.services import runs as run_service
 
     project = _project(home)
     run_service.known(project, pipeline)
@@ -625,6 +644,7 @@ def backfill_create(
     """Create a backfill: one run per logical date from start to end, queued for the
     scheduler, under every concurrency limit."""
     from reflow.services import backfill as backfill_service
+    from reflow.services import runs as run_service
 
     project = _project(home)
     plan = backfill_service.plan(
@@ -699,6 +719,7 @@ def _follow_backfill(project: Project, backfill_id: int) -> None:
     )
 
     from reflow.services import backfill as backfill_service
+    from reflow.services import runs as run_service
 
     columns = (
         TextColumn("[bold]backfill {task.fields[id]}"),
@@ -985,6 +1006,7 @@ def k8s_render(
     *** (give pods secrets through Kubernetes secrets: Pod(secret_env=...)).
     """
     from reflow.services import kubernetes as k8s_service
+    from reflow.services import runs as run_service
 
     try:
         import yaml

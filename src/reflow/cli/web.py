@@ -13,14 +13,16 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from reflow.core.errors import ConfigError, InvalidInput
-from reflow.services.project import Project
+
+if TYPE_CHECKING:
+    from reflow.services.project import Project
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
@@ -102,7 +104,7 @@ def users_create(
     """Create a user (the password is asked for, or read from stdin)."""
     from reflow.services import accounts
 
-    project = Project.open(home)
+    project = _open(home)
     accounts.create_user(project, name, _read_password(password_stdin))
     console.print(f"User {name} created.")
 
@@ -116,7 +118,7 @@ def users_password(
     """Set a user's password."""
     from reflow.services import accounts
 
-    project = Project.open(home)
+    project = _open(home)
     accounts.set_password(project, name, _read_password(password_stdin))
     console.print(f"Password of {name} changed.")
 
@@ -126,7 +128,7 @@ def users_list(home: HomeOption = None) -> None:
     """Users, with when they last logged in."""
     from reflow.services import accounts
 
-    rows = accounts.list_users(Project.open(home))
+    rows = accounts.list_users(_open(home))
     table = Table("user", "created", "last login", box=None)
     for r in rows:
         table.add_row(r.name, _fmt(r.created_at), _fmt(r.last_login_at))
@@ -140,7 +142,7 @@ def users_delete(
     """Delete a user (and the tokens created for it). Their sessions end at once."""
     from reflow.services import accounts
 
-    tokens = accounts.delete_user(Project.open(home), name)
+    tokens = accounts.delete_user(_open(home), name)
     extra = f" and {tokens} of its tokens" if tokens else ""
     console.print(f"User {name}{extra} deleted.")
 
@@ -168,7 +170,7 @@ def tokens_create(
     """Create an API token and print it: it is shown this once (only its hash is kept)."""
     from reflow.services import accounts
 
-    token = accounts.create_token(Project.open(home), name, user=user, expires_days=expires_days)
+    token = accounts.create_token(_open(home), name, user=user, expires_days=expires_days)
     err_console.print(
         f"Token {name} created. Keep it now, it is not shown again; use it as "
         "'Authorization: Bearer TOKEN'."
@@ -184,7 +186,7 @@ def tokens_list(
     """Tokens (never their value): name, prefix, user, expiry, last use."""
     from reflow.services import accounts
 
-    rows = accounts.list_tokens(Project.open(home), include_revoked=show_all)
+    rows = accounts.list_tokens(_open(home), include_revoked=show_all)
     table = Table("token", "starts with", "user", "created", "expires", "last used", box=None)
     if show_all:
         table.add_column("revoked")
@@ -210,11 +212,17 @@ def tokens_revoke(
     """Revoke a token: requests using it are refused from now on."""
     from reflow.services import accounts
 
-    accounts.revoke_token(Project.open(home), name)
+    accounts.revoke_token(_open(home), name)
     console.print(f"Token {name} revoked.")
 
 
 # -- serving --------------------------------------------------------------------------------
+def _open(home: Path | None) -> Project:
+    from reflow.services.project import Project  # only when a command runs: `-h` stays quick
+
+    return Project.open(home)
+
+
 def secret_key(project: Project) -> str:
     """The key signing session cookies: $REFLOW_WEB_SECRET_KEY, else one kept in the
     project's state folder (created on first use, readable by its owner only)."""
@@ -316,7 +324,7 @@ def web(
 ) -> None:
     """Serve the REST API (/api/v1) and the web UI, on the project's metadata database.
     Runs beside `reflow scheduler`; stops cleanly on SIGTERM or Ctrl-C."""
-    project = Project.open(home)
+    project = _open(home)
     server = build_server(
         project, host, port, no_auth=no_auth, secure_cookies=secure_cookies, quiet=quiet
     )
@@ -335,7 +343,7 @@ def up(
 ) -> None:
     """Run the scheduler (a child process) and the web server together, for local use.
     Ctrl-C or SIGTERM stops both; if the scheduler exits, the web server stops too."""
-    project = Project.open(home)
+    project = _open(home)
     server = build_server(
         project, host, port, no_auth=no_auth, secure_cookies=secure_cookies, quiet=quiet
     )

@@ -40,7 +40,23 @@ _PUBLIC = {
     "SparkSubmit": "reflow.tasks.spark",
 }
 
-__all__ = sorted(_PUBLIC)
+__all__ = [
+    "ConfError",
+    "NotFound",
+    "Param",
+    "Pipeline",
+    "PipelineError",
+    "Pod",
+    "Python",
+    "ReflowError",
+    "Scratch",
+    "Shell",
+    "SparkSubmit",
+    "Task",
+    "TaskDefaults",
+    "Volume",
+    "scratch",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -424,7 +424,7 @@ def test_a_finished_pod_stays_until_its_outcome_is_recorded(k8s: K8sEnv) -> None
     # The scheduler dies here, its outcome never recorded: its heartbeat stops, and once
     # that is older than the timeout the next scheduler adopts the pod.
     stale = datetime.now(UTC) - timedelta(hours=1)
-    k8s.db.write(lambda c: repo.heartbeat(c, dying.id, [], stale))
+    k8s.db.write(lambda c: repo.heartbeat(c, dying.id, stale))
 
     k8s.drive(k8s.runs_done([run_pk]), timeout=60)
 

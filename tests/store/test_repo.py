@@ -269,14 +269,14 @@ def test_tries_are_claimed_once_and_only_from_schedulers_declared_dead(
 def test_a_scheduler_declared_dead_holds_no_lease(migrated: Database) -> None:
     me = migrated.write(lambda c: repo.register_scheduler(c, "host", 2, NOW))
     migrated.write(lambda c: repo.hold_lease(c, me))
-    migrated.write(lambda c: repo.heartbeat(c, me, [], NOW))
+    migrated.write(lambda c: repo.heartbeat(c, me, NOW))
     migrated.write(
         lambda c: repo.mark_schedulers_dead(c, silent=[], silent_since=NOW, exited=[me], now=NOW)
     )
     with pytest.raises(LeaseLost):
         migrated.write(lambda c: repo.hold_lease(c, me))
     with pytest.raises(LeaseLost):
-        migrated.write(lambda c: repo.heartbeat(c, me, [], NOW))
+        migrated.write(lambda c: repo.heartbeat(c, me, NOW))
 
 
 def test_finishing_a_run_closes_its_attempt(migrated: Database) -> None:

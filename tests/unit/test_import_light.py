@@ -37,6 +37,7 @@ def test_an_unknown_name_of_reflow_is_an_attribute_error() -> None:
     else:
         raise AssertionError("reflow.Pipelin exists")
     assert {"Pipeline", "Shell", "SparkSubmit"} <= set(dir(reflow))
+    assert sorted(reflow.__all__) == sorted(reflow._PUBLIC)  # every public name is lazy
 
 
 def test_the_command_lines_help_loads_no_database_scheduler_or_pipeline_api() -> None:

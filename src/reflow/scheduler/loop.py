@@ -323,8 +323,7 @@ class Scheduler:
         busy |= self.schedule(now)
         busy |= self.close_backfills(now)
         if now >= self._next_heartbeat:
-            watched = sorted(self.launcher.watched())
-            self.db.write(lambda c: repo.heartbeat(c, self._id, watched, now))
+            self.db.write(lambda c: repo.heartbeat(c, self._id, now))
             self._next_heartbeat = now + timedelta(seconds=self.settings.heartbeat_interval)
         if now >= self._next_recovery:
             busy |= self.recover(now)

@@ -233,6 +233,8 @@ tries = Table(
     Column("queued_at", UTCDateTime, nullable=False),
     Column("started_at", UTCDateTime, nullable=True),
     Column("ended_at", UTCDateTime, nullable=True),
+    # Not written any more: a try is its owner's (``owner``), whose lease is the
+    # scheduler's heartbeat. Kept so that no migration rebuilds the tries table for it.
     Column("heartbeat_at", UTCDateTime, nullable=True),
     # Task timeout deadline; run deadlines live on the run.
     Column("deadline", UTCDateTime, nullable=True),

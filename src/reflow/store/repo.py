@@ -647,7 +647,6 @@ def queue_try(
                 owner=owner,
                 log_path=log_path_for(number),
                 queued_at=now,
-                heartbeat_at=now,
                 # The task timeout counts from the start (mark_try_started moves it there);
                 # a try adopted before its start was recorded keeps this earlier one.
                 deadline=now + timedelta(seconds=timeout) if timeout else None,
@@ -691,7 +690,6 @@ def mark_try_started(
         host=host,
         external_id=external_id,
         started_at=now,
-        heartbeat_at=now,
         deadline=now + timedelta(seconds=timeout) if timeout else None,
     ):
         return False
@@ -889,8 +887,9 @@ def hold_lease(conn: Connection, scheduler_id: int) -> None:
         )
 
 
-def heartbeat(conn: Connection, scheduler_id: int, try_ids: Sequence[int], now: datetime) -> None:
-    """Extend the lease of a live scheduler; raise LeaseLost if it was declared dead."""
+def heartbeat(conn: Connection, scheduler_id: int, now: datetime) -> None:
+    """Extend the lease of a live scheduler; raise LeaseLost if it was declared dead. (One
+    row, whatever the scheduler watches: its tries are its own through ``tries.owner``.)"""
     held = conn.execute(
         update(schedulers)
         .where(schedulers.c.id == scheduler_id, schedulers.c.stopped_at.is_(None))
@@ -899,8 +898,6 @@ def heartbeat(conn: Connection, scheduler_id: int, try_ids: Sequence[int], now: 
     ).first()
     if held is None:
         hold_lease(conn, scheduler_id)  # raises
-    for chunk in _chunks(list(try_ids)):
-        conn.execute(update(tries).where(tries.c.id.in_(chunk), _LIVE_TRY).values(heartbeat_at=now))
 
 
 def stop_scheduler(conn: Connection, scheduler_id: int, now: datetime) -> None:

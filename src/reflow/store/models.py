@@ -159,7 +159,8 @@ runs = Table(
     # The tick's queries filter on state and pipeline: with both in one index the planner
     # never walks a pipeline's whole history instead.
     Index("ix_runs_state_pipeline", "state", "pipeline"),
-    Index("ix_runs_backfill_id", "backfill_id"),
+    # A backfill's runs in given states (its active runs, every tick): migration 0008.
+    Index("ix_runs_backfill_id_state", "backfill_id", "state"),
     Index("ix_runs_pipeline_logical_date", "pipeline", "logical_date"),
     # One scheduled/backfill run per (pipeline, logical date); manual runs are free.
     Index(

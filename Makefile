@@ -48,6 +48,7 @@ bench: install
 	$(BIN)/python bench/backfill_noop.py
 	$(BIN)/python bench/tick_history.py
 	$(BIN)/python bench/web_grid.py
+	$(BIN)/python bench/web_overview.py
 	$(BIN)/python bench/k8s_pods.py
 
 clean:

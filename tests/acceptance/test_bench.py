@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
         ("backfill_noop.py", ["--days", "2", "--repeat", "1"]),
         ("tick_history.py", ["--history-tis", "200"]),
         ("web_grid.py", ["--days", "5", "--tasks", "3", "--requests", "3"]),
+        ("web_overview.py", ["--pipelines", "5", "--runs", "3", "--requests", "2"]),
         ("k8s_pods.py", ["--days", "2", "--repeat", "1"]),
     ],
 )

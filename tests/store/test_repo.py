@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import event, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from reflow.core.errors import Conflict, IllegalTransition, LeaseLost
@@ -382,3 +383,41 @@ def test_clean_and_purge_handle_more_runs_than_a_statement_has_parameters(
     assert (counts["runs"], counts["task_instances"]) == (MANY, MANY)
     with migrated.read() as conn:
         assert conn.execute(select(func.count()).select_from(runs)).scalar() == 0
+
+
+def test_the_latest_runs_of_every_pipeline_come_newest_first_in_one_statement(
+    migrated: Database,
+) -> None:
+    for day in (1, 2, 3, 4, 5):
+        _run(migrated, day)
+    manual = _run(migrated, 5, RunOrigin.MANUAL)  # the same date again: the newer id first
+    _run(migrated, 2, pipeline="q")
+    statements: list[str] = []
+    event.listen(migrated.engine, "before_cursor_execute", _record(statements))
+    with migrated.read() as conn:
+        latest = repo.latest_runs(conn, 3)
+    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1
+    assert [(r.logical_date.day, r.id) for r in latest["p"]][:1] == [(5, manual)]
+    assert [r.logical_date.day for r in latest["p"]] == [5, 5, 4]
+    assert [r.logical_date.day for r in latest["q"]] == [2]
+
+
+def test_active_runs_are_counted_per_pipeline_and_state(migrated: Database) -> None:
+    queued = [_run(migrated, day) for day in (1, 2, 3)]
+    _run(migrated, 1, pipeline="q")
+    migrated.write(
+        lambda c: repo.transition(c, "run", queued[:1], RunState.RUNNING, [RunState.QUEUED], NOW)
+    )
+    migrated.write(
+        lambda c: repo.transition(c, "run", queued[1:2], RunState.SUCCESS, [RunState.QUEUED], NOW)
+    )
+    with migrated.read() as conn:
+        counts = repo.count_active_runs(conn)
+    assert counts == {("p", "running"): 1, ("p", "queued"): 1, ("q", "queued"): 1}
+
+
+def _record(statements: list[str]) -> Any:
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    return before

@@ -328,3 +328,24 @@ def test_an_aware_datetime_keeps_its_timezone() -> None:
 def test_a_bad_date_string_raises_schedule_error_naming_it() -> None:
     with pytest.raises(ScheduleError, match="bad date '2024-13-45'"):
         to_datetime("2024-13-45")
+
+
+def test_the_two_local_times_of_the_repeated_hour_each_get_their_own_answer() -> None:
+    """On 2024-10-27 Paris goes from 03:00 back to 02:00: 02:30 happens twice, an hour
+    apart. Answers are remembered (by instant, not by local time)."""
+    hourly = Schedule("@hourly", "Europe/Paris")
+    first, second = utc(2024, 10, 27, 0, 30), utc(2024, 10, 27, 1, 30)  # both 02:30 local
+    for _ in range(2):  # computed, then remembered
+        assert hourly.floor(first) == utc(2024, 10, 27, 0, 0)
+        assert hourly.floor(second) == utc(2024, 10, 27, 1, 0)
+        assert hourly.next_after(first) == utc(2024, 10, 27, 1, 0)
+        assert hourly.next_after(second) == utc(2024, 10, 27, 2, 0)
+
+
+def test_a_time_within_a_minute_has_the_floor_of_that_minute() -> None:
+    every_minute = Schedule("* * * * *")
+    assert every_minute.floor(utc(2024, 1, 1, 10, 5, 59)) == utc(2024, 1, 1, 10, 5)
+    daily = Schedule("@daily")
+    assert daily.floor(utc(2024, 1, 1, 0, 0, 30)) == utc(2024, 1, 1)
+    assert daily.floor(utc(2024, 1, 1)) == utc(2024, 1, 1)
+    assert daily.floor(utc(2024, 1, 1) - timedelta(microseconds=1)) == utc(2023, 12, 31)

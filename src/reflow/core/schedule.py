@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -88,20 +89,14 @@ class Schedule:
         When clocks go back, a wall-clock time repeats; it fires once (the first time), so
         a daily schedule never gives two runs for one local day.
         """
-        local = self._local(when)
-        it = croniter(self.cron, local)
-        nxt: datetime = it.get_next(datetime)
-        while nxt.replace(tzinfo=None) == local.replace(tzinfo=None):
-            nxt = it.get_next(datetime)
-        return nxt.astimezone(UTC)
+        return _next_after(self.cron, self.timezone, when.astimezone(UTC))
 
     def floor(self, when: datetime) -> datetime:
         """The latest fire time at or before ``when``."""
-        local = self._local(when)
-        if croniter.match(self.cron, local) and local == local.replace(second=0, microsecond=0):
-            return when.astimezone(UTC)
-        prev: datetime = croniter(self.cron, local).get_prev(datetime)
-        return prev.astimezone(UTC)
+        # Fire times are whole minutes: the latest at or before ``when`` is the latest at or
+        # before the start of its (local) minute, which the cache then shares.
+        minute = self._local(when).replace(second=0, microsecond=0)
+        return _floor(self.cron, self.timezone, minute.astimezone(UTC))
 
     def ceil(self, when: datetime) -> datetime:
         """The earliest fire time at or after ``when``."""
@@ -134,3 +129,27 @@ class Schedule:
             return None
         end = self.floor(now)
         return self.floor(end - timedelta(microseconds=1))
+
+
+# Cron arithmetic is pure (expression, timezone, instant) -> instant, and croniter parses
+# its expression on every call: the scheduler, the pipeline list and the grid ask the same
+# questions over and over (a pipeline's first date, the latest complete interval), so the
+# answers are kept. They are keyed by UTC instants: two local times of the hour that
+# repeats when clocks go back compare (and hash) equal, but are different instants.
+@lru_cache(maxsize=1 << 16)
+def _next_after(cron: str, timezone: str, when: datetime) -> datetime:
+    local = when.astimezone(ZoneInfo(timezone))
+    it = croniter(cron, local)
+    nxt: datetime = it.get_next(datetime)
+    while nxt.replace(tzinfo=None) == local.replace(tzinfo=None):
+        nxt = it.get_next(datetime)
+    return nxt.astimezone(UTC)
+
+
+@lru_cache(maxsize=1 << 16)
+def _floor(cron: str, timezone: str, minute: datetime) -> datetime:
+    local = minute.astimezone(ZoneInfo(timezone))
+    if croniter.match(cron, local):
+        return minute
+    prev: datetime = croniter(cron, local).get_prev(datetime)
+    return prev.astimezone(UTC)

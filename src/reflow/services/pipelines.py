@@ -10,9 +10,12 @@ from typing import Any
 from reflow.core.discovery import ImportProblem, load_file
 from reflow.core.errors import NotFound, PipelineError
 from reflow.core.pipeline import Pipeline
+from reflow.core.states import RunState
 from reflow.scheduler import utcnow
 from reflow.services.project import Project
 from reflow.store import repo
+
+LATEST_RUNS = 5  # shown per pipeline in the lists
 
 
 @dataclass
@@ -31,27 +34,26 @@ def list_pipelines(project: Project) -> tuple[list[PipelineSummary], list[Import
     catalog = project.catalog
     now = utcnow()
     out = []
+    # A few statements whatever the number of pipelines: the overview must stay quick
+    # with a thousand of them.
     with project.db.read() as conn:
         rows = repo.pipeline_rows(conn)
-        running = repo.count_running_runs(conn)
-        queued: dict[str, int] = {}
-        for run in repo.queued_runs(conn):
-            queued[run.pipeline] = queued.get(run.pipeline, 0) + 1
-        for row in rows:
-            pipeline = catalog.pipelines.get(row.name)
-            runs = repo.list_runs(conn, pipeline=row.name, limit=5)
-            out.append(
-                PipelineSummary(
-                    name=row.name,
-                    schedule=row.structure.get("schedule"),
-                    tasks=len(row.structure.get("tasks", {})),
-                    active=bool(row.active),
-                    next_logical_date=_next(pipeline, row.next_logical_date, now),
-                    latest=[(r.logical_date, r.state) for r in runs],
-                    running=running.get(row.name, 0),
-                    queued=queued.get(row.name, 0),
-                )
+        active = repo.count_active_runs(conn)
+        latest = repo.latest_runs(conn, LATEST_RUNS)
+    for row in rows:
+        pipeline = catalog.pipelines.get(row.name)
+        out.append(
+            PipelineSummary(
+                name=row.name,
+                schedule=row.structure.get("schedule"),
+                tasks=len(row.structure.get("tasks", {})),
+                active=bool(row.active),
+                next_logical_date=_next(pipeline, row.next_logical_date, now),
+                latest=[(r.logical_date, r.state) for r in latest.get(row.name, [])],
+                running=active.get((row.name, RunState.RUNNING.value), 0),
+                queued=active.get((row.name, RunState.QUEUED.value), 0),
             )
+        )
     return out, catalog.problems
 
 

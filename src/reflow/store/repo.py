@@ -23,6 +23,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -519,6 +520,41 @@ def count_running_runs(conn: Connection) -> dict[str, int]:
         .group_by(runs.c.pipeline)
     ).all()
     return {r[0]: int(r[1]) for r in rows}
+
+
+def count_active_runs(conn: Connection) -> dict[tuple[str, str], int]:
+    """How many runs each pipeline has queued and running: (pipeline, state) -> count."""
+    rows = conn.execute(
+        select(runs.c.pipeline, runs.c.state, func.count())
+        .where(runs.c.state.in_([s.value for s in RUN_ACTIVE]))
+        .group_by(runs.c.pipeline, runs.c.state)
+    ).all()
+    return {(r[0], r[1]): int(r[2]) for r in rows}
+
+
+def latest_runs(conn: Connection, per_pipeline: int) -> dict[str, list[Rec]]:
+    """The newest runs of every recorded pipeline (by logical date, then id), at most
+    ``per_pipeline`` each, newest first: one statement, which for each pipeline walks the
+    (pipeline, logical_date) index a few steps, whatever the length of the history."""
+    columns = (runs.c.pipeline, runs.c.logical_date, runs.c.id, runs.c.state)
+    newest = (
+        select(*columns)
+        .where(runs.c.pipeline == pipelines.c.name)
+        .order_by(runs.c.logical_date.desc(), runs.c.id.desc())
+        .limit(per_pipeline)
+    )
+    if conn.dialect.name == "sqlite":  # no LATERAL: the runs whose id is among the newest
+        ids = newest.with_only_columns(runs.c.id).correlate(pipelines)
+        statement = select(*columns).select_from(pipelines.join(runs, runs.c.id.in_(ids)))
+    else:  # a nested loop over the pipelines, each a short index scan
+        latest = newest.lateral("latest")
+        statement = select(latest).select_from(pipelines.join(latest, true()))
+    out: dict[str, list[Rec]] = {}
+    for row in conn.execute(statement).all():
+        out.setdefault(row.pipeline, []).append(row)
+    for rows in out.values():
+        rows.sort(key=lambda r: (r.logical_date, r.id), reverse=True)
+    return out
 
 
 def queued_runs(conn: Connection, pipeline_names: Iterable[str] | None = None) -> list[Rec]:

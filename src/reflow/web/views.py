@@ -160,11 +160,6 @@ def _try_out(row: Any, confs: Mapping[int, dict[str, Any]], now: datetime) -> s.
 # -- pipelines ------------------------------------------------------------------------------
 def pipelines(project: Project) -> s.PipelineListOut:
     summaries, problems = pipeline_service.list_pipelines(project)
-    with project.db.read() as conn:
-        active = repo.active_runs(conn)
-    counts: dict[tuple[str, str], int] = {}
-    for run in active:
-        counts[(run.pipeline, run.state)] = counts.get((run.pipeline, run.state), 0) + 1
     return s.PipelineListOut(
         pipelines=[
             s.PipelineSummaryOut(
@@ -174,8 +169,8 @@ def pipelines(project: Project) -> s.PipelineListOut:
                 active=p.active,
                 next_logical_date=p.next_logical_date,
                 latest=[s.LatestRun(logical_date=d, state=st) for d, st in p.latest],
-                running=counts.get((p.name, RunState.RUNNING), 0),
-                queued=counts.get((p.name, RunState.QUEUED), 0),
+                running=p.running,
+                queued=p.queued,
             )
             for p in summaries
         ],

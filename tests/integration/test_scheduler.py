@@ -6,6 +6,7 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -318,6 +319,42 @@ def test_without_catchup_only_the_latest_interval_runs(env: Env) -> None:
     assert _dates(env, "latest") == ["2024-03-09"]
     sched.create_due_runs(datetime(2024, 3, 12, 8, tzinfo=UTC))
     assert _dates(env, "latest") == ["2024-03-09", "2024-03-11"]
+    sched.stop()
+
+
+def test_a_midnight_of_many_pipelines_creates_their_runs_in_a_few_transactions(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env.write(
+        "many",
+        """
+        from reflow import Pipeline, Shell
+        for i in range(250):
+            with Pipeline(f"p{i:03d}", schedule="@daily", start_date="2024-01-01",
+                          catchup=False):
+                Shell("t", "true")
+        """,
+    )
+    sched = env.scheduler()
+    sched.start()
+    writes: list[int] = []
+    write = sched._write
+
+    def counted(work: Any) -> Any:
+        writes.append(1)
+        return write(work)
+
+    monkeypatch.setattr(sched, "_write", counted)
+    assert sched.create_due_runs(datetime(2024, 3, 10, 8, tzinfo=UTC))
+    assert len(writes) == 3  # 100 pipelines per transaction
+    with env.db.read() as conn:
+        made = repo.list_runs(conn, limit=1000)
+    assert sorted({r.pipeline for r in made}) == [f"p{i:03d}" for i in range(250)]
+    assert {r.logical_date.date().isoformat() for r in made} == {"2024-03-09"}
+    # Each pipeline is next due when its next interval ends: nothing more that day.
+    writes.clear()
+    assert not sched.create_due_runs(datetime(2024, 3, 10, 23, tzinfo=UTC))
+    assert writes == []
     sched.stop()
 
 

@@ -8,6 +8,7 @@ instances whose upstreams are done, and hand them to the launcher under
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -60,6 +61,9 @@ _NO_RETRY = {
     FailureReason.KILLED.value,
     FailureReason.TASK_REMOVED.value,
 }
+# Pipelines whose due runs one transaction creates: a midnight with many pipelines is a
+# few transactions, each short enough not to hold the write lock long.
+_DUE_PER_TRANSACTION = 100
 _MAX_RUNS_PER_TICK = 1000
 # Longest wait between two lost tries of one task instance.
 _MAX_LOST_DELAY = 600.0
@@ -358,27 +362,52 @@ class Scheduler:
 
     # -- scheduled runs -------------------------------------------------------------------
     def create_due_runs(self, now: datetime) -> bool:
+        """Create the scheduled runs that are due: the due pipelines' runs are created
+        together, up to ``_DUE_PER_TRANSACTION`` pipelines per transaction (a ``@daily``
+        midnight with a thousand pipelines is ten transactions, not a thousand)."""
+        due = [
+            pipeline
+            for name, pipeline in self.pipelines.items()
+            if not pipeline.schedule.is_manual
+            and self._next_due.get(name, now) <= now
+            and name not in self._stale
+        ]
         created = False
-        for name, pipeline in self.pipelines.items():
-            if pipeline.schedule.is_manual or self._next_due.get(name, now) > now:
-                continue
-            if name in self._stale:
-                continue
-            created |= self._create_due_for(pipeline, now)
+        for i in range(0, len(due), _DUE_PER_TRANSACTION):
+            chunk = due[i : i + _DUE_PER_TRANSACTION]
+            made, next_due = self._write(functools.partial(self._create_due, chunk=chunk, now=now))
+            # Crash point: the runs are committed; a scheduler dying here leaves them to
+            # the next one, which finds them made (no date is created twice).
+            if made:
+                crash_point("run.created")
+            created |= made
+            # Only once committed: a transaction that failed leaves these pipelines due.
+            self._next_due.update(next_due)
         return created
 
-    def _create_due_for(self, pipeline: Pipeline, now: datetime) -> bool:
-        created = self._write(lambda c: self._create_due(c, pipeline, now))
-        if created:
-            crash_point("run.created")
-        return created
+    def _create_due(
+        self, conn: Connection, chunk: Sequence[Pipeline], now: datetime
+    ) -> tuple[bool, dict[str, datetime]]:
+        """Create the due runs of ``chunk``'s pipelines; returns whether any was created
+        and when each pipeline is next due. A pipeline that another scheduler holds (it is
+        creating or admitting its runs right now) is skipped: it stays due."""
+        locked = repo.lock_pipelines(conn, [p.name for p in chunk])
+        rows = {row.name: row for row in repo.pipeline_rows(conn, sorted(locked))}
+        created, next_due = False, {}
+        for pipeline in chunk:
+            if pipeline.name in rows:
+                made, nxt = self._create_due_of(conn, pipeline, rows[pipeline.name], now)
+                created |= made
+                next_due[pipeline.name] = pipeline.schedule.interval(nxt)[1]
+        return created, next_due
 
-    def _create_due(self, conn: Connection, pipeline: Pipeline, now: datetime) -> bool:
+    def _create_due_of(
+        self, conn: Connection, pipeline: Pipeline, row: Row[Any], now: datetime
+    ) -> tuple[bool, datetime]:
+        """One pipeline's due runs (its row locked); returns whether any was created and
+        its next logical date."""
         schedule = pipeline.schedule
         assert pipeline.start_date is not None
-        if not repo.lock_pipelines(conn, [pipeline.name]):
-            return False  # another scheduler is creating or admitting its runs right now
-        (row,) = repo.pipeline_rows(conn, [pipeline.name])
         first = schedule.ceil(pipeline.start_date)
         nxt = max(row.next_logical_date or first, first)
         latest = schedule.latest_complete(now)
@@ -417,8 +446,7 @@ class Scheduler:
                 created = True
             nxt = schedule.next_after(dates[-1])
             repo.set_next_logical_date(conn, pipeline.name, nxt)
-        self._next_due[pipeline.name] = schedule.interval(nxt)[1]
-        return created
+        return created, nxt
 
     # -- deadlines and cancellation ----------------------------------------------------------
     def enforce_deadlines(self, now: datetime) -> bool:

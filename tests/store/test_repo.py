@@ -233,11 +233,11 @@ def test_queued_runs_come_scheduled_first_then_manual_then_backfill(
     manual = _run(migrated, 2, RunOrigin.MANUAL)
     scheduled = _run(migrated, 9)
     older_backfill = _run(migrated, 0 + 3, RunOrigin.BACKFILL)
-    from reflow.scheduler.loop import _admission_rank
+    from reflow.scheduler.admission import admission_rank
 
     with migrated.read() as conn:
         queued = repo.queued_runs(conn)
-    order = [r.id for r in sorted(queued, key=lambda r: _admission_rank(r, None))]
+    order = [r.id for r in sorted(queued, key=lambda r: admission_rank(r, None))]
     assert order == [scheduled, manual, backfill, older_backfill]
 
 

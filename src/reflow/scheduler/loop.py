@@ -38,7 +38,6 @@ from reflow.core.states import (
     TI_FINISHED,
     TI_UPSTREAM_BAD,
     TI_UPSTREAM_OK,
-    BackfillState,
     FailureReason,
     RunOrigin,
     RunState,
@@ -46,6 +45,7 @@ from reflow.core.states import (
 )
 from reflow.launchers.base import Launcher
 from reflow.scheduler import trylog
+from reflow.scheduler.admission import ORIGIN_RANK, admissible
 from reflow.store import history, repo
 from reflow.store.db import Database
 from reflow.tasks.build import Remote, build_try
@@ -54,7 +54,6 @@ log = logging.getLogger("reflow.scheduler")
 
 T = TypeVar("T")
 Clock = Callable[[], datetime]
-_ORIGIN_RANK = {RunOrigin.SCHEDULED: 0, RunOrigin.MANUAL: 1, RunOrigin.BACKFILL: 2}
 # Failures that a retry cannot fix: the run is over or a person stopped the try.
 _NO_RETRY = {
     FailureReason.RUN_TIMED_OUT.value,
@@ -692,39 +691,34 @@ class Scheduler:
     def admit_runs(self, now: datetime) -> bool:
         pipelines = self.pipelines
 
-        def work(conn: Connection) -> bool:
+        def candidates(conn: Connection, lock: bool) -> list[Row[Any]]:
+            """The queued runs this scheduler drives that may start now (see admission);
+            with ``lock``, of the pipelines whose rows it could lock."""
             queued = [r for r in repo.queued_runs(conn, pipelines) if self._drives(r.id)]
             if not queued:
-                return False
-            mine = repo.lock_pipelines(conn, {r.pipeline for r in queued})
-            queued = [r for r in queued if r.pipeline in mine]
+                return []
+            if lock:
+                mine = repo.lock_pipelines(conn, {r.pipeline for r in queued})
+                queued = [r for r in queued if r.pipeline in mine]
             backfills = history.open_backfills(conn) if any(r.backfill_id for r in queued) else {}
-            queued.sort(key=lambda r: _admission_rank(r, backfills.get(r.backfill_id)))
             running = repo.count_running_runs(conn)
             running_bf = repo.count_running_by_backfill(conn, backfills)
+            return admissible(queued, pipelines, running, backfills, running_bf)
+
+        def work(conn: Connection) -> bool:
             admitted = False
-            for run in queued:
+            for run in candidates(conn, lock=True):
                 pipeline = pipelines[run.pipeline]
-                if running.get(run.pipeline, 0) >= pipeline.max_active_runs:
-                    continue
-                backfill = backfills.get(run.backfill_id)
-                if backfill is not None:
-                    if backfill.state == BackfillState.PAUSED:
-                        continue
-                    limit = backfill.max_active_runs
-                    if limit is not None and running_bf.get(backfill.id, 0) >= limit:
-                        continue
-                    running_bf[backfill.id] = running_bf.get(backfill.id, 0) + 1
                 deadline = (
                     now + timedelta(seconds=pipeline.run_timeout) if pipeline.run_timeout else None
                 )
-                if repo.start_run(conn, run.id, now, deadline):
-                    running[run.pipeline] = running.get(run.pipeline, 0) + 1
-                    admitted = True
+                admitted |= repo.start_run(conn, run.id, now, deadline)
             return admitted
 
-        with self.db.read() as conn:  # no write lock on ticks with nothing queued
-            if not any(self._drives(r.id) for r in repo.queued_runs(conn, pipelines)):
+        # Look first without the write lock: ticks with nothing queued, or with queued runs
+        # that all wait for a slot (a backfill beyond max_active_runs), write nothing.
+        with self.db.read() as conn:
+            if not candidates(conn, lock=False):
                 return False
         admitted = self._write(work)
         if admitted:
@@ -809,7 +803,7 @@ class Scheduler:
                     state[task_id] = TIState.SCHEDULED
                 if state[task_id] == TIState.SCHEDULED:
                     rank = (
-                        _ORIGIN_RANK[RunOrigin(run.origin)],
+                        ORIGIN_RANK[RunOrigin(run.origin)],
                         run.logical_date,
                         run.id,
                         order.get(task_id, 0),
@@ -1048,15 +1042,6 @@ def target(settings: Settings, pipeline: str, task_id: str) -> dict[str, Any]:
         k8s = settings.kubernetes
         remote = Remote(k8s.pipelines_folder, k8s.python)
     return {"launcher": launcher, "remote": remote}
-
-
-def _admission_rank(run: Row[Any], backfill: Row[Any] | None) -> tuple[Any, ...]:
-    """Scheduled runs first, then manual, then backfill; within each, oldest logical date
-    first, unless the run's backfill asked for newest first."""
-    stamp = run.logical_date.timestamp()
-    if backfill is not None and backfill.run_order == "newest":
-        stamp = -stamp
-    return (_ORIGIN_RANK[RunOrigin(run.origin)], stamp, run.id)
 
 
 def covers(scope: Sequence[str] | None, pipelines: Iterable[str] | None) -> bool:

@@ -358,6 +358,31 @@ def test_a_midnight_of_many_pipelines_creates_their_runs_in_a_few_transactions(
     sched.stop()
 
 
+def test_queued_runs_that_all_wait_for_a_slot_cost_no_write(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _daily(env, "full", catchup=False)  # max_active_runs=1
+    sched = env.scheduler(create_scheduled_runs=False)
+    sched.start()
+    env.trigger("full", ["2024-01-01", "2024-01-02", "2024-01-03"])
+    now = datetime.now(UTC)
+    assert sched.admit_runs(now)  # the first takes the one slot
+    writes: list[int] = []
+    write = sched._write
+
+    def counted(work: Any) -> Any:
+        writes.append(1)
+        return write(work)
+
+    monkeypatch.setattr(sched, "_write", counted)
+    assert not sched.admit_runs(now)
+    assert writes == []  # two queued runs, no free slot: not even a transaction
+    with env.db.read() as conn:
+        states = sorted(r.state for r in repo.list_runs(conn, pipeline="full"))
+    assert states == ["queued", "queued", "running"]
+    sched.stop()
+
+
 def test_scheduled_runs_get_a_free_slot_before_manual_ones(env: Env) -> None:
     _daily(env, "prio", catchup=False)
     sched = env.scheduler(create_scheduled_runs=False)

@@ -322,6 +322,19 @@ def test_without_catchup_only_the_latest_interval_runs(env: Env) -> None:
     sched.stop()
 
 
+def _count_writes(sched: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The scheduler's write transactions from now on, one item each."""
+    writes: list[int] = []
+    write = sched._write
+
+    def counted(work: Any) -> Any:
+        writes.append(1)
+        return write(work)
+
+    monkeypatch.setattr(sched, "_write", counted)
+    return writes
+
+
 def test_a_midnight_of_many_pipelines_creates_their_runs_in_a_few_transactions(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -337,14 +350,7 @@ def test_a_midnight_of_many_pipelines_creates_their_runs_in_a_few_transactions(
     )
     sched = env.scheduler()
     sched.start()
-    writes: list[int] = []
-    write = sched._write
-
-    def counted(work: Any) -> Any:
-        writes.append(1)
-        return write(work)
-
-    monkeypatch.setattr(sched, "_write", counted)
+    writes = _count_writes(sched, monkeypatch)
     assert sched.create_due_runs(datetime(2024, 3, 10, 8, tzinfo=UTC))
     assert len(writes) == 3  # 100 pipelines per transaction
     with env.db.read() as conn:
@@ -367,14 +373,7 @@ def test_queued_runs_that_all_wait_for_a_slot_cost_no_write(
     env.trigger("full", ["2024-01-01", "2024-01-02", "2024-01-03"])
     now = datetime.now(UTC)
     assert sched.admit_runs(now)  # the first takes the one slot
-    writes: list[int] = []
-    write = sched._write
-
-    def counted(work: Any) -> Any:
-        writes.append(1)
-        return write(work)
-
-    monkeypatch.setattr(sched, "_write", counted)
+    writes = _count_writes(sched, monkeypatch)
     assert not sched.admit_runs(now)
     assert writes == []  # two queued runs, no free slot: not even a transaction
     with env.db.read() as conn:

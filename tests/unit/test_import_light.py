@@ -1,30 +1,32 @@
-"""`import reflow` is what every pipeline file and Python task pays for: it stays light."""
+"""`import reflow` is what every pipeline file and Python task pays for, and the command
+line's start-up what every command pays for: both stay light."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
+HEAVY = {"sqlalchemy", "alembic", "typer", "rich", "fastapi", "kubernetes", "psutil"}
 
-def test_importing_reflow_loads_no_database_cli_or_web_framework() -> None:
+
+def loaded(statement: str, heavy: set[str]) -> list[str]:
+    """Which of ``heavy`` (packages, or modules by full name) a fresh interpreter has
+    imported after running ``statement``."""
     code = (
-        "import sys, reflow\n"
-        "heavy = {'sqlalchemy', 'alembic', 'typer', 'rich', 'fastapi', 'kubernetes', 'psutil'}\n"
-        "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))\n"
+        f"import sys\n{statement}\n"
+        "print('\\n'.join(sorted(set(sys.modules) | {m.split('.')[0] for m in sys.modules})))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    return sorted(heavy & set(out.stdout.split()))
+
+
+def test_importing_reflow_loads_no_database_cli_or_web_framework() -> None:
+    assert loaded("import reflow", HEAVY) == []
 
 
 def test_the_pipeline_api_loads_no_database_cli_or_web_framework() -> None:
-    code = (
-        "import sys\n"
-        "from reflow import Pipeline, Python, Shell, SparkSubmit, Pod, Volume, scratch, Param\n"
-        "heavy = {'sqlalchemy', 'alembic', 'typer', 'rich', 'fastapi', 'kubernetes', 'psutil'}\n"
-        "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    api = "from reflow import Pipeline, Python, Shell, SparkSubmit, Pod, Volume, scratch, Param"
+    assert loaded(api, HEAVY) == []
 
 
 def test_an_unknown_name_of_reflow_is_an_attribute_error() -> None:
@@ -43,13 +45,6 @@ def test_an_unknown_name_of_reflow_is_an_attribute_error() -> None:
 def test_the_command_lines_help_loads_no_database_scheduler_or_pipeline_api() -> None:
     """`reflow -h` (and any command's parsing) imports only the command line: each command
     imports the services it runs."""
-    code = (
-        "import sys\n"
-        "from reflow.cli.app import app\n"
-        "loaded = {m.split('.')[0] for m in sys.modules} | set(sys.modules)\n"
-        "heavy = {'sqlalchemy', 'alembic', 'fastapi', 'kubernetes', 'pydantic', 'croniter',\n"
-        "         'reflow.scheduler', 'reflow.store', 'reflow.services.project'}\n"
-        "print(sorted(heavy & loaded))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    heavy = {"sqlalchemy", "alembic", "fastapi", "kubernetes", "pydantic", "croniter"}
+    heavy |= {"reflow.scheduler", "reflow.store", "reflow.services.project"}
+    assert loaded("from reflow.cli.app import app", heavy) == []

@@ -421,3 +421,91 @@ def _record(statements: list[str]) -> Any:
         statements.append(statement)
 
     return before
+
+
+def _unsettled(db: Database) -> list[int]:
+    with db.read() as conn:
+        return sorted(r.id for r in repo.unsettled_runs(conn))
+
+
+def _settle(db: Database, run_pk: int) -> None:
+    db.write(lambda c: repo.settle_runs(c, [run_pk]))
+
+
+def _move(db: Database, run_pk: int, task: str, to: TIState, from_: TIState) -> None:
+    with db.read() as conn:
+        (ti,) = [t for t in repo.run_task_instances(conn, [run_pk]) if t.task_id == task]
+    db.write(lambda c: repo.transition(c, "ti", [ti.id], to, [from_], NOW))
+
+
+def test_a_running_run_is_unsettled_until_the_scheduler_acted_on_its_changes(
+    migrated: Database,
+) -> None:
+    """The invariant the incremental tick relies on: every move that can make something
+    ready or end the run counts on the run; the scheduler's own steps towards a try don't."""
+    quiet, busy = _run(migrated, 1), _run(migrated, 2)
+    assert _unsettled(migrated) == []  # queued: not the tick's business yet
+    for run_pk in (quiet, busy):
+        migrated.write(lambda c, r=run_pk: repo.start_run(c, r, NOW, None))
+    assert _unsettled(migrated) == [quiet, busy]  # new: looked at once
+    _settle(migrated, quiet)
+    _settle(migrated, busy)
+    assert _unsettled(migrated) == []
+    for to, from_ in [
+        (TIState.SCHEDULED, TIState.PENDING),
+        (TIState.QUEUED, TIState.SCHEDULED),
+        (TIState.RUNNING, TIState.QUEUED),
+    ]:
+        _move(migrated, busy, "a", to, from_)
+        assert _unsettled(migrated) == []
+    _move(migrated, busy, "a", TIState.SUCCESS, TIState.RUNNING)  # an outcome
+    assert _unsettled(migrated) == [busy]
+    _settle(migrated, busy)
+    _move(migrated, busy, "a", TIState.PENDING, TIState.SUCCESS)  # a clear
+    assert _unsettled(migrated) == [busy]
+    _settle(migrated, busy)
+    migrated.write(lambda c: repo.add_task_instances(c, busy, ["c"], NOW))  # an edit
+    assert _unsettled(migrated) == [busy]
+    migrated.write(lambda c: repo.finish_run(c, busy, RunState.SUCCESS, NOW))
+    assert _unsettled(migrated) == []  # no longer running
+
+
+def test_decisions_apply_only_to_runs_unchanged_since_they_were_read(
+    migrated: Database,
+) -> None:
+    read, changed, ended = _run(migrated, 1), _run(migrated, 2), _run(migrated, 3)
+    for run_pk in (read, changed, ended):
+        migrated.write(lambda c, r=run_pk: repo.start_run(c, r, NOW, None))
+    with migrated.read() as conn:
+        seen = {r.id: r.change_seq for r in repo.unsettled_runs(conn)}
+    _move(migrated, changed, "a", TIState.SKIPPED, TIState.PENDING)
+    migrated.write(lambda c: repo.finish_run(c, ended, RunState.FAILED, NOW))
+    assert migrated.write(lambda c: repo.hold_unchanged_runs(c, seen)) == {read}
+
+
+def test_retries_fall_due_with_time(migrated: Database) -> None:
+    run_pk = _run(migrated, 1)
+    migrated.write(lambda c: repo.start_run(c, run_pk, NOW, None))
+    with migrated.read() as conn:
+        (ti, _) = repo.run_task_instances(conn, [run_pk])
+    for to, from_ in [
+        (TIState.SCHEDULED, TIState.PENDING),
+        (TIState.QUEUED, TIState.SCHEDULED),
+        (TIState.RUNNING, TIState.QUEUED),
+    ]:
+        migrated.write(lambda c, to=to, f=from_: repo.transition(c, "ti", [ti.id], to, [f], NOW))
+    migrated.write(
+        lambda c: repo.transition(
+            c,
+            "ti",
+            [ti.id],
+            TIState.UP_FOR_RETRY,
+            [TIState.RUNNING],
+            NOW,
+            next_try_at=NOW + timedelta(minutes=5),
+        )
+    )
+    with migrated.read() as conn:
+        assert repo.runs_with_due_retries(conn, NOW) == []
+        due = repo.runs_with_due_retries(conn, NOW + timedelta(minutes=5))
+    assert [r.id for r in due] == [run_pk]

@@ -28,16 +28,11 @@ from reflow.core import trylines
 from reflow.core.config import Settings
 from reflow.core.context import RunInfo, build_context
 from reflow.core.discovery import Catalog
-from reflow.core.edits import being_removed
 from reflow.core.errors import Conflict, Fenced, LeaseLost, ReflowError, StoreUnavailable
 from reflow.core.faults import crash_point
-from reflow.core.pipeline import Pipeline, Task
+from reflow.core.pipeline import Pipeline
 from reflow.core.spec import Outcome, TryRef, TrySpec
 from reflow.core.states import (
-    TI_FAILED_RESULTS,
-    TI_FINISHED,
-    TI_UPSTREAM_BAD,
-    TI_UPSTREAM_OK,
     FailureReason,
     RunOrigin,
     RunState,
@@ -46,6 +41,7 @@ from reflow.core.states import (
 from reflow.launchers.base import Launcher
 from reflow.scheduler import trylog
 from reflow.scheduler.admission import ORIGIN_RANK, admissible
+from reflow.scheduler.readiness import Decision, Shape, decide
 from reflow.store import history, repo
 from reflow.store.db import Database
 from reflow.tasks.build import Remote, build_try
@@ -64,6 +60,11 @@ _NO_RETRY = {
 # few transactions, each short enough not to hold the write lock long.
 _DUE_PER_TRANSACTION = 100
 _MAX_RUNS_PER_TICK = 1000
+# Running runs one transaction of the scheduler acts on: a tick after many outcomes is a
+# few short transactions, not one that holds the write lock long.
+_RUNS_PER_TRANSACTION = 50
+# Every pipeline, for a rescan.
+_ALL: frozenset[str] = frozenset({"*"})
 # Longest wait between two lost tries of one task instance.
 _MAX_LOST_DELAY = 600.0
 
@@ -163,6 +164,12 @@ class Scheduler:
         # scheduler's copy: name -> that version. Not run until the files are read again.
         self._stale: dict[str, str] = {}
         self._said_stale: set[tuple[str, str]] = set()
+        # Pipelines whose running runs are all looked at on the next tick (_ALL: every
+        # one, on start-up and after recovery); otherwise only the runs that changed.
+        self._rescan: set[str] | frozenset[str] = _ALL
+        # Runs a removed task's try holds (nothing else of them starts until it ends).
+        self._held: set[int] = set()
+        self._shapes: dict[tuple[str, str], Shape] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -175,6 +182,7 @@ class Scheduler:
     def start(self) -> None:
         """Register, load pipelines and adopt the tries of dead schedulers."""
         self.db.migrate()
+        self._rescan = _ALL  # the one full look: after this, only what changed
         now = self.clock()
         self.refresh_pipelines(now, force=True)
         self.id = self.db.write(
@@ -335,13 +343,21 @@ class Scheduler:
     # -- pipelines --------------------------------------------------------------------------
     def refresh_pipelines(self, now: datetime, force: bool = False) -> None:
         self._next_parse = now + timedelta(seconds=self.settings.parse_interval)
+        before = {n: p.version for n, p in self.catalog.pipelines.items()}
         if not self.catalog.refresh() and not force:
             return
         for problem in self.catalog.problems:
             log.warning("%s", problem.message)
+        was_stale = set(self._stale)
         self._stale = dict(sync_catalog(self.db, self.catalog, now).stale)
         self._say_stale()
         self._next_due.clear()
+        self._shapes.clear()
+        # The runs of a pipeline that changed (or stops being stale) are all looked at:
+        # they are brought to the new version, and readiness may differ under it.
+        edited = {n for n, p in self.catalog.pipelines.items() if before.get(n) != p.version}
+        if self._rescan is not _ALL:
+            self._rescan = self._rescan | edited | was_stale
 
     def _say_stale(self) -> None:
         for name, version in sorted(self._stale.items()):
@@ -727,131 +743,139 @@ class Scheduler:
 
     # -- task instances -----------------------------------------------------------------
     def schedule(self, now: datetime) -> bool:
-        """Move ready TIs to scheduled, finish done runs, then launch what fits."""
-        with self.db.read() as conn:  # no write lock on ticks with nothing running
-            if not any(n for p, n in repo.count_running_runs(conn).items() if p in self.pipelines):
-                return False
-        launches, changed = self._write(lambda c: self._schedule(c, now))
+        """Act on the running runs that changed since the last look, then launch what is
+        ready and fits. The cost follows what changed, not how much is running."""
+        changed = self._settle(now)
+        launches = self._ready(now)
         if launches:
             changed |= self._launch(launches, now)
         return changed
 
-    def _schedule(self, conn: Connection, now: datetime) -> tuple[list[_Launch], bool]:
+    def _settle(self, now: datetime) -> bool:
+        """Decide the next steps of the runs to look at (readiness, read outside the write
+        lock), then apply them, a chunk of runs per short transaction, to the runs that
+        did not change meanwhile (the others are looked at again next tick)."""
         pipelines = self.pipelines
-        active = [
-            r
-            for r in repo.active_runs(conn, pipelines)
-            if r.state == RunState.RUNNING and self._drives(r.id)
-        ]
-        if not active:
-            return [], False
-        # Runs follow their pipeline's current version, which the store owns: a run is
-        # reconciled to it only when this scheduler's copy is that version.
-        versions = repo.current_versions(conn, {r.pipeline for r in active})
-        stale = {
-            name: version
-            for name, version in versions.items()
-            if version != pipelines[name].version
+        rescan = self._rescan
+        with self.db.read() as conn:
+            looked = {r.id: r for r in repo.unsettled_runs(conn)}
+            looked.update((r.id, r) for r in repo.runs_with_due_retries(conn, now))
+            if rescan:
+                names = None if rescan is _ALL else sorted(rescan & pipelines.keys())
+                looked.update((r.id, r) for r in repo.running_runs(conn, names))
+            mine = [r for r in looked.values() if r.pipeline in pipelines and self._drives(r.id)]
+            if mine:
+                self._check_versions(conn, {r.pipeline for r in mine}, now)
+        mine = [r for r in mine if r.pipeline not in self._stale]
+        changed = False
+        for i in range(0, len(mine), _RUNS_PER_TRANSACTION):
+            changed |= self._settle_chunk(mine[i : i + _RUNS_PER_TRANSACTION], now)
+        # Only once applied: a failed transaction leaves the rescan for the next tick.
+        self._rescan = set() if rescan is _ALL else self._rescan - (rescan or set())
+        return changed
+
+    def _settle_chunk(self, chunk: list[Row[Any]], now: datetime) -> bool:
+        pipelines = self.pipelines
+        current = [r for r in chunk if r.version == pipelines[r.pipeline].version]
+        with self.db.read() as conn:
+            tis = repo.run_task_instances(conn, [r.id for r in current])
+        by_run: dict[int, list[Row[Any]]] = {}
+        for ti in tis:
+            by_run.setdefault(ti.run, []).append(ti)
+        decisions = {
+            r.id: decide(by_run.get(r.id, []), self._shape(pipelines[r.pipeline]), now)
+            for r in current
         }
+        outdated = [r for r in chunk if r.version != pipelines[r.pipeline].version]
+        if not outdated and all(
+            not d.writes and looked.change_seq == looked.seen_seq
+            for looked, d in zip(current, decisions.values(), strict=True)
+        ):
+            self._hold(decisions)
+            return False  # nothing to apply, nothing unseen (a retry not due after all)
+        seen = {r.id: r.change_seq for r in chunk}
+
+        def apply(conn: Connection) -> bool:
+            held = repo.hold_unchanged_runs(conn, seen)
+            changed = False
+            for run in outdated:
+                if run.id in held:
+                    pipeline = pipelines[run.pipeline]
+                    tis = self._reconcile(conn, run, pipeline, now)
+                    decisions[run.id] = decide(tis, self._shape(pipeline), now)
+                    changed = True
+            for run_pk, decision in decisions.items():
+                if run_pk in held:
+                    changed |= _apply(conn, run_pk, decision, now)
+            repo.settle_runs(conn, held)
+            return changed
+
+        changed = self._write(apply)
+        self._hold(decisions)
+        return changed
+
+    def _hold(self, decisions: dict[int, Decision]) -> None:
+        """Remember the runs whose scheduled instances must not launch for now."""
+        for run_pk, decision in decisions.items():
+            if decision.held:
+                self._held.add(run_pk)
+            else:
+                self._held.discard(run_pk)
+
+    def _ready(self, now: datetime) -> list[_Launch]:
+        """The scheduled task instances this scheduler may launch, best first (scheduled
+        runs before backfills, then older dates, then upstream tasks first)."""
+        if self.settings.parallelism - len(self.launcher.watched()) <= 0:
+            return []
+        pipelines = self.pipelines
+        with self.db.read() as conn:
+            rows = [
+                r
+                for r in repo.scheduled_task_instances(conn)
+                if r.pipeline in pipelines and self._drives(r.id) and r.id not in self._held
+            ]
+            if rows:
+                self._check_versions(conn, {r.pipeline for r in rows}, now)
+        candidates = []
+        for row in rows:
+            pipeline = pipelines[row.pipeline]
+            if row.pipeline in self._stale or row.version != pipeline.version:
+                continue  # the run is brought to the current version first
+            rank = (
+                ORIGIN_RANK[RunOrigin(row.origin)],
+                row.logical_date,
+                row.id,
+                self._shape(pipeline).order.get(row.ti_task_id, 0),
+            )
+            candidates.append(_Launch(row.ti_id, row, row.ti_task_id, rank))
+        candidates.sort(key=lambda c: c.rank)
+        return candidates
+
+    def _check_versions(self, conn: Connection, names: set[str], now: datetime) -> None:
+        """Runs follow their pipeline's current version, which the store owns: a pipeline
+        whose current version is not this scheduler's copy is stale (its runs wait) until
+        the files are read again, which the next tick does."""
+        pipelines = self.pipelines
+        versions = repo.current_versions(conn, names)
+        stale = {n: v for n, v in versions.items() if v != pipelines[n].version}
         if stale.keys() - self._stale.keys():
-            self._next_parse = now  # read the files again on the next tick
+            self._next_parse = now
         self._stale = {**{n: v for n, v in self._stale.items() if n not in versions}, **stale}
         self._say_stale()
-        tis_by_run: dict[int, list[Row[Any]]] = {}
-        for ti in repo.run_task_instances(conn, [r.id for r in active if r.pipeline not in stale]):
-            tis_by_run.setdefault(ti.run, []).append(ti)
-        changed = False
-        candidates: list[_Launch] = []
-        for run in active:
-            if run.pipeline in stale:
-                continue
-            pipeline = pipelines[run.pipeline]
-            tis = tis_by_run.get(run.id, [])
-            if run.version != pipeline.version:
-                tis = self._reconcile(conn, run, pipeline, tis, now)
-                changed = True
-            if being_removed(tis, pipeline.tasks):
-                continue  # a removed task's try is being stopped: nothing else starts
-            state = {ti.task_id: TIState(ti.state) for ti in tis}
-            by_task = {ti.task_id: ti for ti in tis}
-            order = {t: i for i, t in enumerate(pipeline.topological())}
-            to_scheduled: dict[TIState, list[int]] = {}
-            to_upstream_failed: list[int] = []
-            no_ops: list[int] = []
-            for task_id in sorted(state, key=lambda t: order.get(t, 0)):
-                ti = by_task[task_id]
-                current = state[task_id]
-                task = pipeline.tasks.get(task_id)
-                if task is None:
-                    continue
-                ready = False
-                if current == TIState.PENDING:
-                    ups = [state.get(u, TIState.PENDING) for u in task.upstream_ids]
-                    if any(u in TI_UPSTREAM_BAD for u in ups):
-                        to_upstream_failed.append(ti.id)
-                        state[task_id] = TIState.UPSTREAM_FAILED
-                    else:
-                        ready = all(u in TI_UPSTREAM_OK for u in ups)
-                elif current == TIState.UP_FOR_RETRY:
-                    ready = ti.next_try_at is None or ti.next_try_at <= now
-                if ready and type(task) is Task:
-                    # A plain Task is a join point: it succeeds once its upstreams allow.
-                    no_ops.append(ti.id)
-                    state[task_id] = TIState.SUCCESS
-                elif ready:
-                    to_scheduled.setdefault(current, []).append(ti.id)
-                    state[task_id] = TIState.SCHEDULED
-                if state[task_id] == TIState.SCHEDULED:
-                    rank = (
-                        ORIGIN_RANK[RunOrigin(run.origin)],
-                        run.logical_date,
-                        run.id,
-                        order.get(task_id, 0),
-                    )
-                    candidates.append(_Launch(ti.id, run, task_id, rank))
-            for source, ids in to_scheduled.items():
-                repo.transition(conn, "ti", ids, TIState.SCHEDULED, [source], now)
-                changed = True
-            if no_ops:
-                repo.transition(
-                    conn,
-                    "ti",
-                    no_ops,
-                    TIState.SUCCESS,
-                    [TIState.PENDING, TIState.UP_FOR_RETRY],
-                    now,
-                    detail="no-op task",
-                    started_at=now,
-                    ended_at=now,
-                )
-                changed = True
-            if to_upstream_failed:
-                repo.transition(
-                    conn,
-                    "ti",
-                    to_upstream_failed,
-                    TIState.UPSTREAM_FAILED,
-                    [TIState.PENDING],
-                    now,
-                    ended_at=now,
-                )
-                changed = True
-            if state and all(s in TI_FINISHED for s in state.values()):
-                failed = any(s in TI_FAILED_RESULTS for s in state.values())
-                repo.finish_run(conn, run.id, RunState.FAILED if failed else RunState.SUCCESS, now)
-                changed = True
-        candidates.sort(key=lambda c: c.rank)
-        return candidates, changed
+
+    def _shape(self, pipeline: Pipeline) -> Shape:
+        key = (pipeline.name, pipeline.version)
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._shapes[key] = Shape.of(pipeline)
+        return shape
 
     def _reconcile(
-        self,
-        conn: Connection,
-        run: Row[Any],
-        pipeline: Pipeline,
-        tis: list[Row[Any]],
-        now: datetime,
+        self, conn: Connection, run: Row[Any], pipeline: Pipeline, now: datetime
     ) -> list[Row[Any]]:
-        """Bring a live run to the pipeline's current version, as ``core.edits`` states."""
+        """Bring a live run to the pipeline's current version, as ``core.edits`` states;
+        returns its task instances after."""
+        tis = repo.run_task_instances(conn, [run.id])
         repo.reconcile_task_instances(
             conn,
             run.id,
@@ -1032,6 +1056,37 @@ class Scheduler:
             log.info("adopted try %s (%s)", row.id, "alive" if alive_now else "gone")
             _note(Path(row.log_path), [trylog.taken_over(self._id, self.host, alive_now)], now)
         return bool(orphans)
+
+
+def _apply(conn: Connection, run_pk: int, decision: Decision, now: datetime) -> bool:
+    """Apply one run's decision; each move is guarded by the state it leaves."""
+    for source, ids in decision.scheduled.items():
+        repo.transition(conn, "ti", ids, TIState.SCHEDULED, [source], now)
+    if decision.no_ops:
+        repo.transition(
+            conn,
+            "ti",
+            decision.no_ops,
+            TIState.SUCCESS,
+            [TIState.PENDING, TIState.UP_FOR_RETRY],
+            now,
+            detail="no-op task",
+            started_at=now,
+            ended_at=now,
+        )
+    if decision.upstream_failed:
+        repo.transition(
+            conn,
+            "ti",
+            decision.upstream_failed,
+            TIState.UPSTREAM_FAILED,
+            [TIState.PENDING],
+            now,
+            ended_at=now,
+        )
+    if decision.outcome is not None:
+        repo.finish_run(conn, run_pk, decision.outcome, now)
+    return decision.writes
 
 
 def target(settings: Settings, pipeline: str, task_id: str) -> dict[str, Any]:

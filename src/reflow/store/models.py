@@ -134,6 +134,10 @@ backfills = Table(
     sqlite_autoincrement=True,
 )
 
+# Runs with changes the scheduler has not acted on: the condition of a partial index that
+# holds only those, written out (not bound) so that the planner matches queries with it.
+UNSEEN_CHANGES = "change_seq <> seen_seq"
+
 runs = Table(
     "runs",
     metadata,
@@ -155,6 +159,13 @@ runs = Table(
     Column("ended_at", UTCDateTime, nullable=True),
     # run_timeout deadline, set when the run starts.
     Column("deadline", UTCDateTime, nullable=True),
+    # Changes that can make one of the run's task instances ready or end the run (an
+    # outcome, a clear, a new task instance, a state of the run), counted by
+    # ``repo.transition`` in the transaction that makes them; ``seen_seq`` is the count
+    # the scheduler last acted on. A running run whose counts differ is the scheduler's
+    # work (migration 0009).
+    Column("change_seq", Integer, nullable=False, default=1, server_default="1"),
+    Column("seen_seq", Integer, nullable=False, default=0, server_default="0"),
     UniqueConstraint("pipeline", "run_id"),
     # The tick's queries filter on state and pipeline: with both in one index the planner
     # never walks a pipeline's whole history instead.
@@ -162,6 +173,13 @@ runs = Table(
     # A backfill's runs in given states (its active runs, every tick): migration 0008.
     Index("ix_runs_backfill_id_state", "backfill_id", "state"),
     Index("ix_runs_pipeline_logical_date", "pipeline", "logical_date"),
+    # Only the runs the scheduler has not acted on: each tick reads just those.
+    Index(
+        "ix_runs_unsettled",
+        "state",
+        sqlite_where=text(UNSEEN_CHANGES),
+        postgresql_where=text(UNSEEN_CHANGES),
+    ),
     # One scheduled/backfill run per (pipeline, logical date); manual runs are free.
     Index(
         "uq_runs_pipeline_logical_date_dated",

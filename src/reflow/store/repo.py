@@ -3,6 +3,13 @@
 Every state change goes through :func:`transition`, which names the states it may come
 from, checks them against the table in ``core.states``, counts the rows it changed and
 writes one event per row, in the caller's transaction.
+
+Invariant the scheduler's tick relies on: every change that can make a task instance of
+a run ready, or end the run, adds one to the run's ``change_seq`` in the transaction that
+makes it (:func:`transition` and :func:`add_task_instances` do it; nothing else writes a
+task instance's state). The scheduler looks again only at running runs whose
+``change_seq`` differs from the ``seen_seq`` it recorded (:func:`unsettled_runs`), at
+retries that fell due, and at runs of pipelines whose version changed.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     true,
     update,
 )
@@ -45,6 +53,7 @@ from reflow.core.states import (
     check_transition,
 )
 from reflow.store.models import (
+    UNSEEN_CHANGES,
     backfills,
     events,
     import_errors,
@@ -70,6 +79,9 @@ _SYNC_LOCK = 0x7265666C6F7701
 Rec: TypeAlias = Row[*tuple[Any, ...]]
 _K = TypeVar("_K", int, str)
 _LIVE_TRY = tries.c.state.in_([TryState.QUEUED.value, TryState.RUNNING.value])
+# Moves of a task instance that make nothing else ready and end nothing: the scheduler's
+# own steps towards a try. Every other move counts as a change of its run.
+_NOT_A_CHANGE = frozenset({TIState.SCHEDULED, TIState.QUEUED, TIState.RUNNING})
 
 
 def _chunks(ids: Sequence[_K]) -> Iterable[Sequence[_K]]:
@@ -102,10 +114,16 @@ def transition(
     wanted = list(dict.fromkeys(ids))
     if not wanted:
         return []
-    extra = {"updated_at": now} if entity in ("ti", "backfill") else {}
+    extra: dict[str, Any] = {"updated_at": now} if entity in ("ti", "backfill") else {}
+    if entity == "run":
+        extra["change_seq"] = runs.c.change_seq + 1
+    counts = entity == "ti" and enum(to) not in _NOT_A_CHANGE
     guards = [guard] if guard is not None else []
     moved: list[tuple[int, str, int | None]] = []
     for chunk in _chunks(wanted):
+        if counts:
+            # Before the rows move: a run is always locked before its task instances.
+            _count_changes(conn, chunk, sources, guards)
         # Events name the run they concern; a backfill's concern several.
         run_col = table.c.id if entity in ("run", "backfill") else table.c.run
         if len(sources) == 1:
@@ -152,6 +170,22 @@ def transition(
             ],
         )
     return [m[0] for m in moved]
+
+
+def _count_changes(
+    conn: Connection,
+    ti_ids: Sequence[int],
+    sources: Iterable[Any],
+    guards: Sequence[ColumnElement[bool]],
+) -> None:
+    """Count a change on the runs of the task instances about to move (see the module's
+    invariant). A move that then loses its race costs the scheduler one needless look."""
+    moving = select(task_instances.c.run).where(
+        task_instances.c.id.in_(ti_ids),
+        task_instances.c.state.in_([s.value for s in sources]),
+        *guards,
+    )
+    conn.execute(update(runs).where(runs.c.id.in_(moving)).values(change_seq=runs.c.change_seq + 1))
 
 
 # -- pipelines ------------------------------------------------------------------------------
@@ -388,6 +422,7 @@ def add_task_instances(
     ]
     if not rows:
         return []
+    conn.execute(update(runs).where(runs.c.id == run_pk).values(change_seq=runs.c.change_seq + 1))
     return list(conn.execute(insert(task_instances).returning(task_instances.c.id), rows).scalars())
 
 
@@ -597,6 +632,80 @@ def run_task_instances(conn: Connection, run_pks: Sequence[int]) -> list[Rec]:
     for chunk in _chunks(list(run_pks)):
         out += conn.execute(select(task_instances).where(task_instances.c.run.in_(chunk))).all()
     return out
+
+
+# -- the scheduler's view of running runs ---------------------------------------------------
+def unsettled_runs(conn: Connection) -> list[Rec]:
+    """Running runs with changes the scheduler has not acted on yet (a partial index holds
+    just those: the cost follows what changed, not how much is running)."""
+    return list(
+        conn.execute(
+            select(runs).where(runs.c.state == RunState.RUNNING.value, text(UNSEEN_CHANGES))
+        ).all()
+    )
+
+
+def runs_with_due_retries(conn: Connection, now: datetime) -> list[Rec]:
+    """Running runs with a task instance whose wait before its next try is over."""
+    due = select(task_instances.c.run).where(
+        task_instances.c.state == TIState.UP_FOR_RETRY.value,
+        or_(task_instances.c.next_try_at.is_(None), task_instances.c.next_try_at <= now),
+    )
+    return list(
+        conn.execute(
+            select(runs).where(runs.c.id.in_(due), runs.c.state == RunState.RUNNING.value)
+        ).all()
+    )
+
+
+def running_runs(conn: Connection, pipeline_names: Iterable[str] | None = None) -> list[Rec]:
+    """Every running run (of ``pipeline_names``): the scheduler's full look, on start-up
+    and after a pipeline's version changed."""
+    stmt = select(runs).where(runs.c.state == RunState.RUNNING.value)
+    if pipeline_names is not None:
+        stmt = stmt.where(runs.c.pipeline.in_(list(pipeline_names)))
+    return list(conn.execute(stmt).all())
+
+
+def hold_unchanged_runs(conn: Connection, seen: Mapping[int, int]) -> set[int]:
+    """Of the runs in ``seen`` (id -> the ``change_seq`` the scheduler read), those still
+    running and unchanged since, locked until the transaction ends (on PostgreSQL; the
+    write lock covers SQLite). Decisions made from that read apply to these only."""
+    held: set[int] = set()
+    for chunk in _chunks(sorted(seen)):
+        rows = conn.execute(
+            select(runs.c.id, runs.c.change_seq)
+            .where(runs.c.id.in_(chunk), runs.c.state == RunState.RUNNING.value)
+            .order_by(runs.c.id)
+            .with_for_update()
+        ).all()
+        held.update(r.id for r in rows if r.change_seq == seen[r.id])
+    return held
+
+
+def settle_runs(conn: Connection, run_pks: Iterable[int]) -> None:
+    """Record that the scheduler has acted on every change of these runs so far."""
+    for chunk in _chunks(sorted(set(run_pks))):
+        conn.execute(update(runs).where(runs.c.id.in_(chunk)).values(seen_seq=runs.c.change_seq))
+
+
+def scheduled_task_instances(conn: Connection) -> list[Rec]:
+    """Task instances ready to launch (``scheduled``) of running runs, each with its run's
+    columns and ``ti_id``/``ti_task_id``."""
+    return list(
+        conn.execute(
+            select(
+                task_instances.c.id.label("ti_id"),
+                task_instances.c.task_id.label("ti_task_id"),
+                *runs.c,
+            )
+            .join(runs, runs.c.id == task_instances.c.run)
+            .where(
+                task_instances.c.state == TIState.SCHEDULED.value,
+                runs.c.state == RunState.RUNNING.value,
+            )
+        ).all()
+    )
 
 
 def start_run(conn: Connection, run_pk: int, now: datetime, deadline: datetime | None) -> bool:

@@ -25,8 +25,8 @@ import httpx
 import uvicorn
 
 from reflow.core.config import Settings
+from reflow.core.naming import run_id_for
 from reflow.core.states import RunOrigin, RunState, TIState
-from reflow.scheduler import run_id_for
 from reflow.services import accounts
 from reflow.services.project import Project
 from reflow.store import repo

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from reflow.core.config import Settings
+from reflow.core.naming import run_id_for
 from reflow.core.states import RunOrigin, RunState
-from reflow.scheduler import run_id_for
 from reflow.services.project import Project
 from reflow.store import repo
 from reflow.store.db import Database

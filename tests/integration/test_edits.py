@@ -205,7 +205,8 @@ def test_a_process_with_an_older_copy_refuses_to_trigger(env: Env) -> None:
     assert env.project.catalog.pipelines["edited"]  # a newer process records the edit
     stale = Project(env.settings, env.db)
     stale._catalog = old.catalog  # the older process, syncing its copy again
-    from reflow.scheduler import sync_catalog, utcnow
+    from reflow.core.naming import utcnow
+    from reflow.scheduler.catalog import sync_catalog
 
     stale.stale = sync_catalog(env.db, old.catalog, utcnow()).stale
     with pytest.raises(Conflict, match="older than its current version"):

@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 
 from reflow.core.errors import Conflict, LeaseLost
+from reflow.core.naming import utcnow
 from reflow.core.spec import Handle, Outcome, TryRef, TrySpec
 from reflow.core.states import FailureReason, RunState, TIState, TryState
 from reflow.launchers.base import Launcher
 from reflow.launchers.local import LocalLauncher
-from reflow.scheduler import Scheduler, utcnow
+from reflow.scheduler import Scheduler
 from reflow.services import history
 from reflow.services import runs as run_service
 from reflow.store import repo

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from reflow.core import trylines
+from reflow.core.naming import utcnow
 from reflow.core.spec import Outcome
 from reflow.core.states import FailureReason, RunState, TIState
 from reflow.launchers.local import LocalLauncher
-from reflow.scheduler import Scheduler, trylog, utcnow
+from reflow.scheduler import Scheduler, trylog
 from reflow.services import history
 from reflow.services import logs as log_service
 from reflow.services import runs as run_service

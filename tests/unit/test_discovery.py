@@ -15,7 +15,7 @@ import pytest
 from reflow.core import pipeline as pipeline_module
 from reflow.core.discovery import Catalog, ImportProblem, discover, load_file, pipeline_files
 from reflow.core.pipeline import Pipeline
-from reflow.scheduler.loop import sync_catalog
+from reflow.scheduler.catalog import sync_catalog
 from reflow.store import repo
 from reflow.store.db import Database
 

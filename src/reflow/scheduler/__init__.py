@@ -1,5 +1,7 @@
 """The scheduling loop."""
 
-from reflow.scheduler.loop import Scheduler, run_id_for, sync_catalog, utcnow
+from reflow.core.naming import utcnow
+from reflow.scheduler.catalog import sync_catalog
+from reflow.scheduler.loop import Scheduler
 
-__all__ = ["Scheduler", "run_id_for", "sync_catalog", "utcnow"]
+__all__ = ["Scheduler", "sync_catalog", "utcnow"]

@@ -20,27 +20,29 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-import psutil
 from sqlalchemy import Connection, Row
 from sqlalchemy.exc import SQLAlchemyError
 
-from reflow.core import trylines
 from reflow.core.config import Settings
 from reflow.core.context import RunInfo, build_context
 from reflow.core.discovery import Catalog
 from reflow.core.errors import Conflict, Fenced, LeaseLost, ReflowError, StoreUnavailable
 from reflow.core.faults import crash_point
+from reflow.core.naming import Clock, log_path, utcnow
 from reflow.core.pipeline import Pipeline
 from reflow.core.spec import Outcome, TryRef, TrySpec
 from reflow.core.states import (
     FailureReason,
     RunOrigin,
-    RunState,
     TIState,
 )
 from reflow.launchers.base import Launcher
 from reflow.scheduler import trylog
 from reflow.scheduler.admission import ORIGIN_RANK, admissible
+from reflow.scheduler.catalog import sync_catalog
+from reflow.scheduler.due import create_due
+from reflow.scheduler.outcomes import record as record_outcome
+from reflow.scheduler.peers import covers, exited
 from reflow.scheduler.readiness import Decision, Shape, decide
 from reflow.store import history, repo
 from reflow.store.db import Database
@@ -49,40 +51,14 @@ from reflow.tasks.build import Remote, build_try
 log = logging.getLogger("reflow.scheduler")
 
 T = TypeVar("T")
-Clock = Callable[[], datetime]
-# Failures that a retry cannot fix: the run is over or a person stopped the try.
-_NO_RETRY = {
-    FailureReason.RUN_TIMED_OUT.value,
-    FailureReason.KILLED.value,
-    FailureReason.TASK_REMOVED.value,
-}
 # Pipelines whose due runs one transaction creates: a midnight with many pipelines is a
 # few transactions, each short enough not to hold the write lock long.
 _DUE_PER_TRANSACTION = 100
-_MAX_RUNS_PER_TICK = 1000
 # Running runs one transaction of the scheduler acts on: a tick after many outcomes is a
 # few short transactions, not one that holds the write lock long.
 _RUNS_PER_TRANSACTION = 50
 # Every pipeline, for a rescan.
 _ALL: frozenset[str] = frozenset({"*"})
-# Longest wait between two lost tries of one task instance.
-_MAX_LOST_DELAY = 600.0
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _note(path: Path, lines: Sequence[str], at: datetime) -> None:
-    """Append lines of reflow's own (see ``trylog``) to a try's log, if it can be written."""
-    try:
-        trylines.write(path, trylines.stamped(at, lines))
-    except OSError as exc:
-        log.warning("cannot write to %s: %s", path, exc)
-
-
-def run_id_for(origin: RunOrigin, logical_date: datetime) -> str:
-    return f"{origin.value}__{logical_date.astimezone(UTC).isoformat()}"
 
 
 def run_info(run: Row[Any], pipeline: Pipeline) -> RunInfo:
@@ -96,10 +72,6 @@ def run_info(run: Row[Any], pipeline: Pipeline) -> RunInfo:
         conf=pipeline.params.render(run.conf),
         timezone=pipeline.schedule.timezone,
     )
-
-
-def log_path(logs: Path, pipeline: str, run_id: str, task_id: str, try_number: int) -> Path:
-    return logs / pipeline / run_id / task_id / f"try-{try_number}.log"
 
 
 @dataclass
@@ -390,7 +362,7 @@ class Scheduler:
         created = False
         for i in range(0, len(due), _DUE_PER_TRANSACTION):
             chunk = due[i : i + _DUE_PER_TRANSACTION]
-            made, next_due = self._write(functools.partial(self._create_due, chunk=chunk, now=now))
+            made, next_due = self._write(functools.partial(create_due, chunk=chunk, now=now))
             # Crash point: the runs are committed; a scheduler dying here leaves them to
             # the next one, which finds them made (no date is created twice).
             if made:
@@ -399,69 +371,6 @@ class Scheduler:
             # Only once committed: a transaction that failed leaves these pipelines due.
             self._next_due.update(next_due)
         return created
-
-    def _create_due(
-        self, conn: Connection, chunk: Sequence[Pipeline], now: datetime
-    ) -> tuple[bool, dict[str, datetime]]:
-        """Create the due runs of ``chunk``'s pipelines; returns whether any was created
-        and when each pipeline is next due. A pipeline that another scheduler holds (it is
-        creating or admitting its runs right now) is skipped: it stays due."""
-        locked = repo.lock_pipelines(conn, [p.name for p in chunk])
-        rows = {row.name: row for row in repo.pipeline_rows(conn, sorted(locked))}
-        created, next_due = False, {}
-        for pipeline in chunk:
-            if pipeline.name in rows:
-                made, nxt = self._create_due_of(conn, pipeline, rows[pipeline.name], now)
-                created |= made
-                next_due[pipeline.name] = pipeline.schedule.interval(nxt)[1]
-        return created, next_due
-
-    def _create_due_of(
-        self, conn: Connection, pipeline: Pipeline, row: Row[Any], now: datetime
-    ) -> tuple[bool, datetime]:
-        """One pipeline's due runs (its row locked); returns whether any was created and
-        its next logical date."""
-        schedule = pipeline.schedule
-        assert pipeline.start_date is not None
-        first = schedule.ceil(pipeline.start_date)
-        nxt = max(row.next_logical_date or first, first)
-        latest = schedule.latest_complete(now)
-        if pipeline.end_date is not None and latest is not None:
-            latest = min(latest, schedule.floor(pipeline.end_date))
-        dates: list[datetime] = []
-        if latest is not None and latest >= nxt:
-            if pipeline.catchup:
-                for d in schedule.logical_dates(nxt, latest):
-                    dates.append(d)
-                    if len(dates) >= _MAX_RUNS_PER_TICK:
-                        break
-            else:
-                dates = [latest]
-        created = False
-        if dates:
-            conf = pipeline.params.resolve({})
-            for logical_date in dates:
-                if repo.dated_run_exists(conn, pipeline.name, logical_date):
-                    continue
-                try:
-                    repo.create_run(
-                        conn,
-                        pipeline=pipeline.name,
-                        run_id=run_id_for(RunOrigin.SCHEDULED, logical_date),
-                        logical_date=logical_date,
-                        interval=schedule.interval(logical_date),
-                        origin=RunOrigin.SCHEDULED,
-                        conf=conf,
-                        version=pipeline.version,
-                        task_ids=pipeline.topological(),
-                        now=now,
-                    )
-                except Conflict:
-                    continue  # a backfill created that date's run a moment ago
-                created = True
-            nxt = schedule.next_after(dates[-1])
-            repo.set_next_logical_date(conn, pipeline.name, nxt)
-        return created, nxt
 
     # -- deadlines and cancellation ----------------------------------------------------------
     def enforce_deadlines(self, now: datetime) -> bool:
@@ -548,7 +457,19 @@ class Scheduler:
 
         def work(conn: Connection) -> list[int]:
             # The launcher's time of the end, not the tick's: latencies stay honest.
-            return [o.try_id for o in pending if self._record(conn, o, o.ended_at)]
+            return [
+                o.try_id
+                for o in pending
+                if record_outcome(
+                    conn,
+                    o,
+                    o.ended_at,
+                    owner=self._id,
+                    pipelines=self.catalog.pipelines,
+                    settings=self.settings,
+                    clock=self.clock,
+                )
+            ]
 
         settled = self._write(work)
         self._unrecorded = []
@@ -557,144 +478,6 @@ class Scheduler:
         crash_point("outcome.recorded")
         self.launcher.release(settled)
         return True
-
-    def _record(self, conn: Connection, outcome: Outcome, now: datetime) -> bool:
-        """Record one outcome. Returns whether its evidence may be cleaned up: False when
-        the try belongs to another scheduler (it adopted it and needs the evidence)."""
-        row = repo.try_row(conn, outcome.try_id)
-        if row is None:
-            return True  # deleted with its run
-        if row.owner != self._id:
-            return False
-        pipeline = self.catalog.pipelines.get(row.pipeline)
-        task = pipeline.tasks.get(row.task_id) if pipeline else None
-        ok = outcome.ok or (row.cancel_reason is not None and outcome.exit_code == 0)
-        reason = None if ok else (row.cancel_reason or (outcome.reason or "error"))
-        app_id = task.app_id_from_log(row.log_path) if task is not None else None
-        # A container that began after the last move of the try's start (it finished
-        # within the deadline given then): the recorded start is the container's.
-        later = outcome.started_at
-        started_at = later if later and row.started_at and later > row.started_at else None
-        if not repo.end_try(
-            conn,
-            row.id,
-            ok=ok,
-            exit_code=outcome.exit_code,
-            reason=reason,
-            detail=outcome.detail or None,
-            now=now,
-            owner=self._id,
-            app_id=app_id,
-            started_at=min(started_at, now) if started_at else None,
-        ):
-            return True  # recorded before
-        # Before the commit: whoever follows the log until the try has ended sees it too.
-        _note(Path(row.log_path), [trylog.ended(row, outcome, ok, reason)], self.clock())
-        live = [TIState.QUEUED, TIState.RUNNING]
-        # The try of a task that left the pipeline: its instance is removed however the try
-        # ended (the try keeps its own outcome), or retried if the task came back meanwhile.
-        stopped_for_edit = row.cancel_reason == FailureReason.TASK_REMOVED
-        gone = pipeline is not None and task is None
-        if (stopped_for_edit or gone) and (task is None or not ok):
-            self._end_for_edit(conn, row, task, now)
-            return True
-        if ok:
-            repo.transition(
-                conn,
-                "ti",
-                [row.ti],
-                TIState.SUCCESS,
-                live,
-                now,
-                ended_at=now,
-                failure_reason=None,
-                lost_streak=0,
-            )
-            return True
-        lost = reason == FailureReason.LOST.value
-        retries = int(task.option("retries")) if task else 0
-        used = row.ti_try_number - row.lost_tries - (1 if lost else 0)
-        # A try lost with its scheduler does not use up a retry, but losing it again and
-        # again (a try that kills its host) ends in failure, with growing waits between.
-        lost_again = lost and row.lost_streak >= self.settings.lost_retry_limit
-        can_retry = (
-            task is not None
-            and row.run_state == RunState.RUNNING
-            and reason not in _NO_RETRY
-            and not lost_again
-            and (lost or used <= retries)
-        )
-        if can_retry:
-            if lost:
-                base = self.settings.lost_retry_delay
-                delay = min(_MAX_LOST_DELAY, base * 2.0**row.lost_streak)
-            else:
-                delay = task.retry_delay_for(used)  # type: ignore[union-attr]
-            repo.transition(
-                conn,
-                "ti",
-                [row.ti],
-                TIState.UP_FOR_RETRY,
-                live,
-                now,
-                detail=reason,
-                failure_reason=reason,
-                next_try_at=now + timedelta(seconds=delay),
-                lost_tries=row.lost_tries + (1 if lost else 0),
-                lost_streak=row.lost_streak + 1 if lost else 0,
-            )
-        else:
-            detail = reason
-            if lost_again:
-                detail = (
-                    f"lost {row.lost_streak + 1} times in a row (its scheduler or host died "
-                    f"while it ran); not retried again (lost_retry_limit = "
-                    f"{self.settings.lost_retry_limit})"
-                )
-            repo.transition(
-                conn,
-                "ti",
-                [row.ti],
-                TIState.FAILED,
-                live,
-                now,
-                detail=detail,
-                failure_reason=reason,
-                ended_at=now,
-                lost_streak=0,
-            )
-        return True
-
-    def _end_for_edit(self, conn: Connection, row: Row[Any], task: Any, now: datetime) -> None:
-        """A try of a task that left the pipeline has ended (stopped, or done before the
-        stop reached it; core.edits): its instance is ``removed``, or tried again when the
-        task came back meanwhile (the stop does not use up a retry)."""
-        live = [TIState.QUEUED, TIState.RUNNING]
-        if task is None:
-            repo.transition(
-                conn,
-                "ti",
-                [row.ti],
-                TIState.REMOVED,
-                live,
-                now,
-                detail="task removed from the pipeline; its try has ended",
-                failure_reason=FailureReason.TASK_REMOVED.value,
-                ended_at=now,
-            )
-            return
-        repo.transition(
-            conn,
-            "ti",
-            [row.ti],
-            TIState.UP_FOR_RETRY,
-            live,
-            now,
-            detail="task back in the pipeline; its stopped try is tried again",
-            failure_reason=FailureReason.TASK_REMOVED.value,
-            next_try_at=now,
-            lost_tries=row.lost_tries + 1,
-        )
 
     def close_backfills(self, now: datetime) -> bool:
         with self.db.read() as conn:
@@ -955,13 +738,13 @@ class Scheduler:
                 opening = trylog.opening(
                     self.settings, self.host, cand.run, pipeline, task, number, spec
                 )
-                _note(path, opening, self.clock())
+                trylog.note(path, opening, self.clock())
                 handle = self.launcher.start(spec)
             except Fenced as exc:
                 # Declared lost by another scheduler while this one was paused: recorded
                 # only if this scheduler still owns it (never, unless the fence is stale).
                 log.warning("try %s not started: %s", try_id, exc)
-                _note(path, [trylog.fenced(str(exc))], self.clock())
+                trylog.note(path, [trylog.fenced(str(exc))], self.clock())
                 failed.append(Outcome(try_id, None, FailureReason.LOST, now, str(exc)))
                 continue
             except Exception as exc:  # one try's error never stops the scheduler
@@ -976,7 +759,7 @@ class Scheduler:
                     opening = trylog.opening(
                         self.settings, self.host, cand.run, pipeline, task, number, None
                     )
-                    _note(path, opening, self.clock())
+                    trylog.note(path, opening, self.clock())
                 failed.append(Outcome(try_id, None, FailureReason.ERROR, now, detail))
                 continue
             # The task timeout counts from here, the start of its process or pod.
@@ -1054,7 +837,8 @@ class Scheduler:
             )
             alive_now = self.launcher.adopt(ref)
             log.info("adopted try %s (%s)", row.id, "alive" if alive_now else "gone")
-            _note(Path(row.log_path), [trylog.taken_over(self._id, self.host, alive_now)], now)
+            taken = trylog.taken_over(self._id, self.host, alive_now)
+            trylog.note(Path(row.log_path), [taken], now)
         return bool(orphans)
 
 
@@ -1097,37 +881,3 @@ def target(settings: Settings, pipeline: str, task_id: str) -> dict[str, Any]:
         k8s = settings.kubernetes
         remote = Remote(k8s.pipelines_folder, k8s.python)
     return {"launcher": launcher, "remote": remote}
-
-
-def covers(scope: Sequence[str] | None, pipelines: Iterable[str] | None) -> bool:
-    """Do a scheduler's scope and a set of pipelines share work? (None means all.)"""
-    if scope is None or pipelines is None:
-        return True
-    return bool(set(scope) & set(pipelines))
-
-
-def exited(row: Row[Any], host: str) -> bool:
-    """Is the scheduler of ``row`` known to be gone: registered on ``host`` (this machine)
-    and its process no longer there? (Elsewhere only silence tells.)"""
-    return row.host == host and not _alive(row)
-
-
-def _alive(row: Row[Any]) -> bool:
-    """Is the scheduler process of ``row`` (on this host) still the one that registered?"""
-    try:
-        proc = psutil.Process(row.pid)
-        started = datetime.fromtimestamp(proc.create_time(), UTC)
-    except psutil.Error:
-        return False
-    return started <= row.started_at + timedelta(seconds=1) and proc.status() != "zombie"
-
-
-def sync_catalog(db: Database, catalog: Catalog, now: datetime) -> repo.Synced:
-    """Record the catalog's pipelines, versions and import problems in the store; the
-    versions only move forward (see ``repo.sync_pipelines``)."""
-    found = {
-        name: (p.version, p.fileloc, p.structure(), catalog.stamp(name))
-        for name, p in catalog.pipelines.items()
-    }
-    problems = {p.path: (p.message, p.detail) for p in catalog.problems}
-    return db.write(lambda c: repo.sync_pipelines(c, found, problems, now))

@@ -3,23 +3,29 @@ output, where whoever looks at a failed try looks first (a killed try has no out
 
 Each line starts with ``[reflow] `` and a UTC timestamp, so readers and parsers can tell it
 from the task's output. Secrets are masked as the log reader masks them. Everything here
-is a pure function of its arguments but :func:`write`.
+is a pure function of its arguments but :func:`note`, which appends lines to a log.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import weakref
 from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+from reflow.core import trylines
 from reflow.core.config import Settings
 from reflow.core.masking import Secrets, scrub
 from reflow.core.pipeline import Pipeline, Task
 from reflow.core.spec import Outcome, TrySpec
 from reflow.core.states import FailureReason, RunState
 from reflow.launchers.kubernetes.manifest import pod_name
+
+log = logging.getLogger("reflow.scheduler")
 
 # Each pipeline's secrets at its version: reading them walks the whole pipeline.
 _SECRETS: weakref.WeakKeyDictionary[Pipeline, tuple[str, Secrets]] = weakref.WeakKeyDictionary()
@@ -188,3 +194,12 @@ def _timeout_of(row: Any) -> float | None:
     if row.deadline is None or since is None:
         return None
     return round(float((row.deadline - since).total_seconds()), 3)
+
+
+def note(path: Path, lines: Sequence[str], at: datetime) -> None:
+    """Append lines of reflow's own to a try's log, if it can be written (a log that
+    cannot be written never stops the scheduler)."""
+    try:
+        trylines.write(path, trylines.stamped(at, lines))
+    except OSError as exc:
+        log.warning("cannot write to %s: %s", path, exc)

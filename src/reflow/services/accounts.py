@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from reflow.core.errors import InvalidInput, NotFound
-from reflow.scheduler import utcnow
+from reflow.core.naming import utcnow
 from reflow.services.project import Project
 from reflow.store import auth as store
 

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Row
 
 from reflow.core.errors import Conflict, InvalidInput, NotFound
+from reflow.core.naming import run_id_for, utcnow
 from reflow.core.pipeline import Pipeline
 from reflow.core.states import (
     RUN_ACTIVE,
@@ -24,7 +25,6 @@ from reflow.core.states import (
     RunState,
     TIState,
 )
-from reflow.scheduler import run_id_for, utcnow
 from reflow.services import runs as run_service
 from reflow.services.project import Project
 from reflow.store import history, repo

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Row
 
 from reflow.core.errors import Conflict, InvalidInput, NotFound
+from reflow.core.naming import utcnow
 from reflow.core.pipeline import Pipeline
 from reflow.core.schedule import to_datetime
 from reflow.core.states import (
@@ -22,7 +23,6 @@ from reflow.core.states import (
     RunOrigin,
     RunState,
 )
-from reflow.scheduler import utcnow
 from reflow.services import runs as run_service
 from reflow.services.backfill import select_tasks
 from reflow.services.project import Project

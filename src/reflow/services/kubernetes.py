@@ -9,10 +9,9 @@ from typing import Any
 from reflow.core.context import RunInfo, build_context
 from reflow.core.errors import NotFound
 from reflow.core.masking import Secrets
+from reflow.core.naming import log_path, run_id_for, utcnow
 from reflow.core.states import RunOrigin
 from reflow.launchers.kubernetes.manifest import claim_manifests, pod_manifest, secret_manifest
-from reflow.scheduler import utcnow
-from reflow.scheduler.loop import log_path, run_id_for
 from reflow.services.project import Project
 from reflow.services.runs import logical_date_for, parse_date
 from reflow.tasks.build import Remote, build_try

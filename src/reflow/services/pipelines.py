@@ -9,9 +9,9 @@ from typing import Any
 
 from reflow.core.discovery import ImportProblem, load_file
 from reflow.core.errors import NotFound, PipelineError
+from reflow.core.naming import utcnow
 from reflow.core.pipeline import Pipeline
 from reflow.core.states import RunState
-from reflow.scheduler import utcnow
 from reflow.services.project import Project
 from reflow.store import repo
 

@@ -9,9 +9,10 @@ from typing import Any
 from reflow.core.config import Settings, load_settings
 from reflow.core.discovery import Catalog
 from reflow.core.errors import Conflict, NotFound
+from reflow.core.naming import utcnow
 from reflow.core.pipeline import Pipeline
 from reflow.launchers.base import Launcher
-from reflow.scheduler import sync_catalog, utcnow
+from reflow.scheduler.catalog import sync_catalog
 from reflow.store import repo
 from reflow.store.db import Database
 

@@ -15,11 +15,12 @@ from sqlalchemy import Row
 
 from reflow.core.errors import Conflict, InvalidInput, NotFound
 from reflow.core.masking import Secrets
+from reflow.core.naming import utcnow
 from reflow.core.pipeline import Pipeline
 from reflow.core.schedule import to_datetime
 from reflow.core.states import RUN_FINISHED, RunOrigin, RunState
-from reflow.scheduler import Scheduler, utcnow
-from reflow.scheduler.loop import covers, exited
+from reflow.scheduler import Scheduler
+from reflow.scheduler.peers import covers, exited
 from reflow.services.project import Project
 from reflow.store import repo
 

@@ -16,13 +16,11 @@ import statistics
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from _scratch import scratch_database
+from _bench import scratch_database, timed_writes
 from sqlalchemy import insert
 
 from reflow.core.config import Settings
@@ -91,29 +89,6 @@ def fill_running(db: Database, version: str, n_runs: int) -> None:
             )
 
         db.write(work)
-
-
-@contextmanager
-def timed_writes(db: Database) -> Iterator[list[float]]:
-    """Record how long each write transaction of ``db`` takes (the write lock's hold)."""
-    holds: list[float] = []
-    original: Callable[..., Any] = db.write
-
-    def write(work: Callable[..., Any], **kwargs: Any) -> Any:
-        def timed(conn: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return work(conn)
-            finally:
-                holds.append((time.perf_counter() - started) * 1000)
-
-        return original(timed, **kwargs)
-
-    db.write = write  # type: ignore[method-assign]
-    try:
-        yield holds
-    finally:
-        db.write = original  # type: ignore[method-assign]
 
 
 def measure(url: str | None, n_runs: int, ticks: int) -> tuple[float, float, float]:

@@ -37,11 +37,11 @@ from reflow.core.states import (
     TIState,
 )
 from reflow.launchers.base import Launcher
+from reflow.scheduler import outcomes as try_outcomes
 from reflow.scheduler import trylog
 from reflow.scheduler.admission import ORIGIN_RANK, admissible
 from reflow.scheduler.catalog import sync_catalog
 from reflow.scheduler.due import create_due
-from reflow.scheduler.outcomes import record as record_outcome
 from reflow.scheduler.peers import covers, exited
 from reflow.scheduler.readiness import Decision, Shape, decide
 from reflow.store import history, repo
@@ -456,20 +456,16 @@ class Scheduler:
         crash_point("outcome.seen")
 
         def work(conn: Connection) -> list[int]:
-            # The launcher's time of the end, not the tick's: latencies stay honest.
-            return [
-                o.try_id
-                for o in pending
-                if record_outcome(
-                    conn,
-                    o,
-                    o.ended_at,
-                    owner=self._id,
-                    pipelines=self.catalog.pipelines,
-                    settings=self.settings,
-                    clock=self.clock,
-                )
-            ]
+            # Each try ends at the launcher's time of its end, not the tick's: latencies
+            # stay honest.
+            return try_outcomes.record(
+                conn,
+                pending,
+                owner=self._id,
+                pipelines=self.catalog.pipelines,
+                settings=self.settings,
+                clock=self.clock,
+            )
 
         settled = self._write(work)
         self._unrecorded = []
@@ -680,36 +676,19 @@ class Scheduler:
         def take(conn: Connection) -> list[tuple[_Launch, int, int]]:
             mine = repo.lock_pipelines(conn, {c.run.pipeline for c in candidates})
             live = repo.count_live_tis(conn)
-            taken: list[tuple[_Launch, int, int]] = []
+            chosen: list[_Launch] = []
             for cand in candidates:
-                if len(taken) >= free:
+                if len(chosen) >= free:
                     break
                 pipeline = pipelines[cand.run.pipeline]
                 if cand.run.pipeline not in mine:
                     continue
                 if live.get(cand.run.pipeline, 0) >= pipeline.max_active_tasks:
                     continue
-                task = pipeline.tasks[cand.task_id]
-                got = repo.queue_try(
-                    conn,
-                    ti_id=cand.ti_id,
-                    run_pk=cand.run.id,
-                    run_attempt=cand.run.attempt,
-                    launcher=self.settings.launcher_for(cand.run.pipeline, cand.task_id),
-                    owner=self._id,
-                    timeout=task.option("timeout"),
-                    log_path_for=lambda n, c=cand: str(
-                        log_path(
-                            self.settings.logs_path, c.run.pipeline, c.run.run_id, c.task_id, n
-                        )
-                    ),
-                    kill_grace=float(task.option("kill_grace")),
-                    now=now,
-                )
-                if got is not None:
-                    live[cand.run.pipeline] = live.get(cand.run.pipeline, 0) + 1
-                    taken.append((cand, *got))
-            return taken
+                live[cand.run.pipeline] = live.get(cand.run.pipeline, 0) + 1
+                chosen.append(cand)
+            got = repo.queue_tries(conn, [self._claim(c) for c in chosen], owner=self._id, now=now)
+            return [(c, *got[c.ti_id]) for c in chosen if c.ti_id in got]
 
         taken = self._write(take)
         if not taken:
@@ -773,27 +752,31 @@ class Scheduler:
             self.record_outcomes(failed, now)
         return True
 
+    def _claim(self, cand: _Launch) -> repo.Claim:
+        task = self.pipelines[cand.run.pipeline].tasks[cand.task_id]
+        run = cand.run
+        logs = self.settings.logs_path
+        return repo.Claim(
+            ti_id=cand.ti_id,
+            run_pk=run.id,
+            run_attempt=run.attempt,
+            launcher=self.settings.launcher_for(run.pipeline, cand.task_id),
+            log_path_for=lambda n: str(log_path(logs, run.pipeline, run.run_id, cand.task_id, n)),
+            timeout=task.option("timeout"),
+            kill_grace=float(task.option("kill_grace")),
+        )
+
     def _mark_started(self) -> None:
         """Record where the started tries run. A try that is no longer queued has ended
         already (its outcome was recorded first); nothing else can have happened to it
         while this scheduler holds its lease."""
         pending = self._unmarked
 
-        def mark(conn: Connection) -> None:
-            for try_id, ti_id, handle, at, timeout in pending:
-                repo.mark_try_started(
-                    conn,
-                    try_id,
-                    ti_id,
-                    owner=self._id,
-                    pid=handle.pid,
-                    host=handle.host,
-                    external_id=handle.external_id,
-                    now=at,
-                    timeout=timeout,
-                )
-
-        self._write(mark)
+        starts = [
+            repo.Start(try_id, ti_id, handle.pid, handle.host, handle.external_id, at, timeout)
+            for try_id, ti_id, handle, at, timeout in pending
+        ]
+        self._write(lambda conn: repo.mark_tries_started(conn, starts, owner=self._id))
         self._unmarked = []
 
     # -- crash recovery -----------------------------------------------------------------

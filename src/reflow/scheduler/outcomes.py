@@ -1,11 +1,16 @@
 """What a try's end means for its task instance: success, a retry after a wait, a failure
-for good, or (for a task that left the pipeline) removed. One function, called in the
-scheduler's transaction that records the outcome."""
+for good, or (for a task that left the pipeline) removed.
+
+:func:`verdict` decides it for one try from its row and outcome (pure); :func:`record`
+applies the verdicts of every outcome a tick collected, in the scheduler's transaction, in
+a few statements however many tries ended.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import datetime, timedelta
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +20,10 @@ from reflow.core.config import Settings
 from reflow.core.naming import Clock
 from reflow.core.pipeline import Pipeline
 from reflow.core.spec import Outcome
-from reflow.core.states import FailureReason, RunState, TIState
+from reflow.core.states import FailureReason, RunState, TIState, TryState
 from reflow.scheduler import trylog
 from reflow.store import repo
+from reflow.store.models import tries
 
 # Failures that a retry cannot fix: the run is over or a person stopped the try.
 _NO_RETRY = {
@@ -27,75 +33,76 @@ _NO_RETRY = {
 }
 # Longest wait between two lost tries of one task instance.
 _MAX_LOST_DELAY = 600.0
+_LIVE_TI = (TIState.QUEUED, TIState.RUNNING)
+_LIVE_TRY = (TryState.QUEUED, TryState.RUNNING)
 
 
-def record(
-    conn: Connection,
-    outcome: Outcome,
-    now: datetime,
-    *,
-    owner: int,
-    pipelines: Mapping[str, Pipeline],
-    settings: Settings,
-    clock: Clock,
-) -> bool:
-    """Record one outcome. Returns whether its evidence may be cleaned up: False when
-    the try belongs to another scheduler (it adopted it and needs the evidence)."""
-    row = repo.try_row(conn, outcome.try_id)
-    if row is None:
-        return True  # deleted with its run
-    if row.owner != owner:
-        return False
+@dataclass(frozen=True)
+class Verdict:
+    """How one try ended (``ok``, ``reason``) and what its task instance becomes: state
+    ``ti_state`` with ``ti_values``, ``ti_detail`` for its event."""
+
+    ok: bool
+    reason: str | None
+    try_values: dict[str, Any]
+    ti_state: TIState
+    ti_values: dict[str, Any] = field(default_factory=dict)
+    ti_detail: str | None = None
+
+
+def verdict(
+    row: Row[Any], outcome: Outcome, pipelines: Mapping[str, Pipeline], settings: Settings
+) -> Verdict:
+    """Decide one try's end from its row (``repo.try_rows``) and its outcome."""
+    now = outcome.ended_at
     pipeline = pipelines.get(row.pipeline)
     task = pipeline.tasks.get(row.task_id) if pipeline else None
     ok = outcome.ok or (row.cancel_reason is not None and outcome.exit_code == 0)
     reason = None if ok else (row.cancel_reason or (outcome.reason or "error"))
-    app_id = task.app_id_from_log(row.log_path) if task is not None else None
-    # A container that began after the last move of the try's start (it finished
-    # within the deadline given then): the recorded start is the container's.
+    # A container that began after the last move of the try's start (it finished within
+    # the deadline given then): the recorded start is the container's.
     later = outcome.started_at
-    started_at = later if later and row.started_at and later > row.started_at else None
-    if not repo.end_try(
-        conn,
-        row.id,
-        ok=ok,
-        exit_code=outcome.exit_code,
-        reason=reason,
-        detail=outcome.detail or None,
-        now=now,
-        owner=owner,
-        app_id=app_id,
-        started_at=min(started_at, now) if started_at else None,
-    ):
-        return True  # recorded before
-    # Before the commit: whoever follows the log until the try has ended sees it too.
-    trylog.note(Path(row.log_path), [trylog.ended(row, outcome, ok, reason)], clock())
-    live = [TIState.QUEUED, TIState.RUNNING]
+    moved_start = later is not None and row.started_at is not None and later > row.started_at
+    try_values = {
+        "ended_at": now,
+        "exit_code": outcome.exit_code,
+        "failure_reason": reason,
+        "app_id": task.app_id_from_log(row.log_path) if task is not None else None,
+        "started_at": min(later, now) if moved_start and later else row.started_at,
+        "detail": outcome.detail or row.detail,
+    }
+
+    def ends(state: TIState, detail: str | None = None, **values: Any) -> Verdict:
+        return Verdict(ok, reason, try_values, state, values, detail)
+
     # The try of a task that left the pipeline: its instance is removed however the try
-    # ended (the try keeps its own outcome), or retried if the task came back meanwhile.
+    # ended (the try keeps its own outcome), or tried again if the task came back meanwhile
+    # (the stop does not use up a retry).
     stopped_for_edit = row.cancel_reason == FailureReason.TASK_REMOVED
     gone = pipeline is not None and task is None
     if (stopped_for_edit or gone) and (task is None or not ok):
-        _end_for_edit(conn, row, task, now)
-        return True
-    if ok:
-        repo.transition(
-            conn,
-            "ti",
-            [row.ti],
-            TIState.SUCCESS,
-            live,
-            now,
-            ended_at=now,
-            failure_reason=None,
-            lost_streak=0,
+        if task is None:
+            return ends(
+                TIState.REMOVED,
+                "task removed from the pipeline; its try has ended",
+                failure_reason=FailureReason.TASK_REMOVED.value,
+                ended_at=now,
+            )
+        return ends(
+            TIState.UP_FOR_RETRY,
+            "task back in the pipeline; its stopped try is tried again",
+            failure_reason=FailureReason.TASK_REMOVED.value,
+            next_try_at=now,
+            lost_tries=row.lost_tries + 1,
+            lost_streak=row.lost_streak,
         )
-        return True
+    if ok:
+        return ends(TIState.SUCCESS, ended_at=now, failure_reason=None, lost_streak=0)
     lost = reason == FailureReason.LOST.value
     retries = int(task.option("retries")) if task else 0
     used = row.ti_try_number - row.lost_tries - (1 if lost else 0)
-    # A try lost with its scheduler does not use up a retry, but losing it again and
-    # again (a try that kills its host) ends in failure, with growing waits between.
+    # A try lost with its scheduler does not use up a retry, but losing it again and again
+    # (a try that kills its host) ends in failure, with growing waits between.
     lost_again = lost and row.lost_streak >= settings.lost_retry_limit
     can_retry = (
         task is not None
@@ -105,74 +112,85 @@ def record(
         and (lost or used <= retries)
     )
     if can_retry:
+        assert task is not None
         if lost:
-            base = settings.lost_retry_delay
-            delay = min(_MAX_LOST_DELAY, base * 2.0**row.lost_streak)
+            delay = min(_MAX_LOST_DELAY, settings.lost_retry_delay * 2.0**row.lost_streak)
         else:
-            delay = task.retry_delay_for(used)  # type: ignore[union-attr]
-        repo.transition(
-            conn,
-            "ti",
-            [row.ti],
+            delay = task.retry_delay_for(used)
+        return ends(
             TIState.UP_FOR_RETRY,
-            live,
-            now,
-            detail=reason,
+            reason,
             failure_reason=reason,
             next_try_at=now + timedelta(seconds=delay),
             lost_tries=row.lost_tries + (1 if lost else 0),
             lost_streak=row.lost_streak + 1 if lost else 0,
         )
-    else:
-        detail = reason
-        if lost_again:
-            detail = (
-                f"lost {row.lost_streak + 1} times in a row (its scheduler or host died "
-                f"while it ran); not retried again (lost_retry_limit = "
-                f"{settings.lost_retry_limit})"
+    detail = reason
+    if lost_again:
+        detail = (
+            f"lost {row.lost_streak + 1} times in a row (its scheduler or host died while it "
+            f"ran); not retried again (lost_retry_limit = {settings.lost_retry_limit})"
+        )
+    return ends(TIState.FAILED, detail, failure_reason=reason, ended_at=now, lost_streak=0)
+
+
+def record(
+    conn: Connection,
+    outcomes: Sequence[Outcome],
+    *,
+    owner: int,
+    pipelines: Mapping[str, Pipeline],
+    settings: Settings,
+    clock: Clock,
+) -> list[int]:
+    """Record how tries ended, each at its outcome's time. Returns the tries whose evidence
+    may be cleaned up: all but those of another scheduler (it adopted them and needs it)."""
+    rows = repo.try_rows(conn, [o.try_id for o in outcomes])
+    settled: list[int] = []
+    verdicts: dict[int, tuple[Row[Any], Outcome, Verdict]] = {}
+    for outcome in outcomes:
+        row = rows.get(outcome.try_id)
+        if row is None:
+            settled.append(outcome.try_id)  # deleted with its run
+        elif row.owner == owner and outcome.try_id not in verdicts:
+            settled.append(outcome.try_id)
+            verdicts[row.id] = (row, outcome, verdict(row, outcome, pipelines, settings))
+    if not verdicts:
+        return settled
+    ended: set[int] = set()
+    for state in (TryState.SUCCESS, TryState.FAILED):
+        mine = {i: v for i, v in verdicts.items() if v[2].ok == (state == TryState.SUCCESS)}
+        ended.update(
+            repo.transition_each(
+                conn,
+                "try",
+                {i: v.try_values for i, (_, _, v) in mine.items()},
+                state,
+                _LIVE_TRY,
+                clock(),
+                detail={i: o.detail or None for i, (_, o, _) in mine.items()},
+                at={i: o.ended_at for i, (_, o, _) in mine.items()},
+                guard=tries.c.owner == owner,
             )
-        repo.transition(
+        )
+    # Tries not ended here were recorded before (an outcome seen again).
+    for try_id in sorted(ended):
+        row, outcome, v = verdicts[try_id]
+        # Before the commit: whoever follows the log until the try has ended sees it too.
+        trylog.note(Path(row.log_path), [trylog.ended(row, outcome, v.ok, v.reason)], clock())
+    moves: dict[tuple[TIState, tuple[str, ...]], list[tuple[Row[Any], Outcome, Verdict]]] = {}
+    for try_id in ended:
+        row, outcome, v = verdicts[try_id]
+        moves.setdefault((v.ti_state, tuple(sorted(v.ti_values))), []).append((row, outcome, v))
+    for (ti_state, _), group in moves.items():
+        repo.transition_each(
             conn,
             "ti",
-            [row.ti],
-            TIState.FAILED,
-            live,
-            now,
-            detail=detail,
-            failure_reason=reason,
-            ended_at=now,
-            lost_streak=0,
+            {row.ti: v.ti_values for row, _, v in group},
+            ti_state,
+            _LIVE_TI,
+            clock(),
+            detail={row.ti: v.ti_detail for row, _, v in group},
+            at={row.ti: o.ended_at for row, o, _ in group},
         )
-    return True
-
-
-def _end_for_edit(conn: Connection, row: Row[Any], task: Any, now: datetime) -> None:
-    """A try of a task that left the pipeline has ended (stopped, or done before the
-    stop reached it; core.edits): its instance is ``removed``, or tried again when the
-    task came back meanwhile (the stop does not use up a retry)."""
-    live = [TIState.QUEUED, TIState.RUNNING]
-    if task is None:
-        repo.transition(
-            conn,
-            "ti",
-            [row.ti],
-            TIState.REMOVED,
-            live,
-            now,
-            detail="task removed from the pipeline; its try has ended",
-            failure_reason=FailureReason.TASK_REMOVED.value,
-            ended_at=now,
-        )
-        return
-    repo.transition(
-        conn,
-        "ti",
-        [row.ti],
-        TIState.UP_FOR_RETRY,
-        live,
-        now,
-        detail="task back in the pipeline; its stopped try is tried again",
-        failure_reason=FailureReason.TASK_REMOVED.value,
-        next_try_at=now,
-        lost_tries=row.lost_tries + 1,
-    )
+    return settled

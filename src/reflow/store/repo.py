@@ -14,7 +14,7 @@ retries that fell due, and at runs of pipelines whose version changed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeAlias, TypeVar
@@ -25,6 +25,7 @@ from sqlalchemy import (
     Row,
     Table,
     and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -153,23 +154,98 @@ def transition(
                     .returning(table.c.id)
                 )
                 moved += [(r[0], old_state, run_of[r[0]]) for r in conn.execute(stmt)]
-    if moved:
+    _record_events(conn, entity, moved, enum(to).value, now, detail)
+    return [m[0] for m in moved]
+
+
+def transition_each(
+    conn: Connection,
+    entity: str,
+    values: Mapping[int, Mapping[str, Any]],
+    to: Any,
+    from_: Iterable[Any],
+    now: datetime,
+    *,
+    detail: str | Mapping[int, str | None] | None = None,
+    at: Mapping[int, datetime] | None = None,
+    guard: ColumnElement[bool] | None = None,
+) -> list[int]:
+    """:func:`transition` for rows that each take values of their own (``values``: id ->
+    column values, the same columns for every row; ``detail`` and the events' time ``at``
+    per row, else for all): a few statements for any number of rows. The rows that can
+    move are read and locked first (FOR UPDATE on PostgreSQL; the write lock on SQLite),
+    then updated, one parameter set each."""
+    table, rules, enum = _TABLES[entity]
+    sources = frozenset(enum(s) for s in from_)
+    check_transition(rules, sources, enum(to))
+    if not values:
+        return []
+    columns = sorted(next(iter(values.values())))
+    if any(sorted(v) != columns for v in values.values()):
+        raise ValueError("transition_each: every row must set the same columns")
+    extra: dict[str, Any] = {"updated_at": now} if entity in ("ti", "backfill") else {}
+    if entity == "run":
+        extra["change_seq"] = runs.c.change_seq + 1
+    counts = entity == "ti" and enum(to) not in _NOT_A_CHANGE
+    guards = [guard] if guard is not None else []
+    run_col = table.c.id if entity in ("run", "backfill") else table.c.run
+    # Parameter names must differ from the columns': those are reserved for the SET clause.
+    stmt = (
+        update(table)
+        .where(table.c.id == bindparam("p_id"), table.c.state == bindparam("p_old"))
+        .values(state=enum(to).value, **extra, **{c: bindparam(f"p_{c}") for c in columns})
+    )
+    moved: list[tuple[int, str, int | None]] = []
+    for chunk in _chunks(list(values)):
+        if counts:
+            _count_changes(conn, chunk, sources, guards)
+        current = conn.execute(
+            select(table.c.id, table.c.state, run_col)
+            .where(table.c.id.in_(chunk), table.c.state.in_([s.value for s in sources]), *guards)
+            .order_by(table.c.id)
+            .with_for_update()
+        ).all()
+        if not current:
+            continue
         conn.execute(
-            insert(events),
+            stmt,
             [
-                {
-                    "at": now,
-                    "entity": entity,
-                    "entity_id": i,
-                    "run": None if entity == "backfill" else run,
-                    "old": old,
-                    "new": enum(to).value,
-                    "detail": detail,
-                }
-                for i, old, run in moved
+                {"p_id": r[0], "p_old": r[1], **{f"p_{c}": values[r[0]][c] for c in columns}}
+                for r in current
             ],
         )
+        moved += [(r[0], r[1], r[2]) for r in current]
+    _record_events(conn, entity, moved, enum(to).value, at or now, detail)
     return [m[0] for m in moved]
+
+
+def _record_events(
+    conn: Connection,
+    entity: str,
+    moved: Sequence[tuple[int, str | None, int | None]],
+    new: str,
+    now: datetime | Mapping[int, datetime],
+    detail: str | Mapping[int, str | None] | None,
+) -> None:
+    """One event per moved row (id, old state, run), in one statement; ``now`` and
+    ``detail`` for all rows, or per row."""
+    if not moved:
+        return
+    conn.execute(
+        insert(events),
+        [
+            {
+                "at": now[i] if isinstance(now, Mapping) else now,
+                "entity": entity,
+                "entity_id": i,
+                "run": None if entity == "backfill" else run,
+                "old": old,
+                "new": new,
+                "detail": detail.get(i) if isinstance(detail, Mapping) else detail,
+            }
+            for i, old, run in moved
+        ],
+    )
 
 
 def _count_changes(
@@ -752,6 +828,81 @@ def set_run_version(conn: Connection, run_pk: int, version: str) -> None:
 
 
 # -- tries ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Claim:
+    """A scheduled task instance that a scheduler takes, with what its new try needs."""
+
+    ti_id: int
+    run_pk: int
+    run_attempt: int
+    launcher: str
+    log_path_for: Callable[[int], str]  # try number -> the try's log
+    timeout: float | None
+    kill_grace: float
+
+
+def queue_tries(
+    conn: Connection, claims: Sequence[Claim], *, owner: int, now: datetime
+) -> dict[int, tuple[int, int]]:
+    """Take scheduled task instances: each moves scheduled -> queued with a new try row of
+    ``owner``. Returns task instance id -> (try id, try number) for those taken; another
+    scheduler took the others first. A few statements for any number of claims."""
+    by_ti = {c.ti_id: c for c in claims}
+    taken = transition(
+        conn,
+        "ti",
+        list(by_ti),
+        TIState.QUEUED,
+        [TIState.SCHEDULED],
+        now,
+        try_number=task_instances.c.try_number + 1,
+        next_try_at=None,
+        failure_reason=None,
+    )
+    if not taken:
+        return {}
+    numbers: dict[int, int] = {}
+    for chunk in _chunks(taken):
+        found = conn.execute(
+            select(task_instances.c.id, task_instances.c.try_number).where(
+                task_instances.c.id.in_(chunk)
+            )
+        ).all()
+        numbers.update((r.id, r.try_number) for r in found)
+    rows = [
+        {
+            "ti": ti_id,
+            "run": by_ti[ti_id].run_pk,
+            "try_number": numbers[ti_id],
+            "run_attempt": by_ti[ti_id].run_attempt,
+            "state": TryState.QUEUED.value,
+            "launcher": by_ti[ti_id].launcher,
+            "owner": owner,
+            "log_path": by_ti[ti_id].log_path_for(numbers[ti_id]),
+            "queued_at": now,
+            # The task timeout counts from the start (mark_tries_started moves it there); a
+            # try adopted before its start was recorded keeps this earlier one.
+            "deadline": (
+                now + timedelta(seconds=timeout) if (timeout := by_ti[ti_id].timeout) else None
+            ),
+            "kill_grace": by_ti[ti_id].kill_grace,
+        }
+        for ti_id in taken
+    ]
+    made = conn.execute(
+        insert(tries).returning(tries.c.id, tries.c.ti, sort_by_parameter_order=True), rows
+    ).all()
+    _record_events(
+        conn,
+        "try",
+        [(r.id, None, by_ti[r.ti].run_pk) for r in made],
+        TryState.QUEUED.value,
+        now,
+        None,
+    )
+    return {r.ti: (r.id, numbers[r.ti]) for r in made}
+
+
 def queue_try(
     conn: Connection,
     *,
@@ -760,52 +911,64 @@ def queue_try(
     run_attempt: int,
     launcher: str,
     owner: int,
-    log_path_for: Any,
+    log_path_for: Callable[[int], str],
     timeout: float | None,
     kill_grace: float,
     now: datetime,
 ) -> tuple[int, int] | None:
-    """Take a scheduled TI: TI scheduled -> queued with a new try row. Returns (try id,
-    try number), or None when another scheduler took it first."""
-    if not transition(conn, "ti", [ti_id], TIState.QUEUED, [TIState.SCHEDULED], now):
-        return None
-    number = int(
-        conn.execute(
-            update(task_instances)
-            .where(task_instances.c.id == ti_id)
-            .values(
-                try_number=task_instances.c.try_number + 1, next_try_at=None, failure_reason=None
-            )
-            .returning(task_instances.c.try_number)
-        ).scalar_one()
+    """:func:`queue_tries` for one task instance: (try id, try number), or None."""
+    claim = Claim(ti_id, run_pk, run_attempt, launcher, log_path_for, timeout, kill_grace)
+    return queue_tries(conn, [claim], owner=owner, now=now).get(ti_id)
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where and when a queued try started running."""
+
+    try_id: int
+    ti_id: int
+    pid: int | None
+    host: str
+    external_id: str
+    at: datetime
+    timeout: float | None = None
+
+
+def mark_tries_started(conn: Connection, starts: Sequence[Start], *, owner: int) -> list[int]:
+    """Record where queued tries of ``owner`` run, each started at its ``at``: its
+    ``timeout`` counts from then. Returns the tries recorded; the others are no longer
+    queued or no longer ``owner``'s (another scheduler declared them lost meanwhile)."""
+    if not starts:
+        return []
+    now = max(s.at for s in starts)
+    moved = transition_each(
+        conn,
+        "try",
+        {
+            s.try_id: {
+                "pid": s.pid,
+                "host": s.host,
+                "external_id": s.external_id,
+                "started_at": s.at,
+                "deadline": s.at + timedelta(seconds=s.timeout) if s.timeout else None,
+            }
+            for s in starts
+        },
+        TryState.RUNNING,
+        [TryState.QUEUED],
+        now,
+        guard=tries.c.owner == owner,
     )
-    try_id = int(
-        conn.execute(
-            insert(tries)
-            .values(
-                ti=ti_id,
-                run=run_pk,
-                try_number=number,
-                run_attempt=run_attempt,
-                state=TryState.QUEUED.value,
-                launcher=launcher,
-                owner=owner,
-                log_path=log_path_for(number),
-                queued_at=now,
-                # The task timeout counts from the start (mark_try_started moves it there);
-                # a try adopted before its start was recorded keeps this earlier one.
-                deadline=now + timedelta(seconds=timeout) if timeout else None,
-                kill_grace=kill_grace,
-            )
-            .returning(tries.c.id)
-        ).scalar_one()
+    recorded = set(moved)
+    transition_each(
+        conn,
+        "ti",
+        {s.ti_id: {"started_at": s.at, "ended_at": None} for s in starts if s.try_id in recorded},
+        TIState.RUNNING,
+        [TIState.QUEUED],
+        now,
     )
-    conn.execute(
-        insert(events).values(
-            at=now, entity="try", entity_id=try_id, run=run_pk, old=None, new=TryState.QUEUED.value
-        )
-    )
-    return try_id, number
+    return moved
 
 
 def mark_try_started(
@@ -820,84 +983,31 @@ def mark_try_started(
     now: datetime,
     timeout: float | None = None,
 ) -> bool:
-    """Record where a queued try of ``owner`` runs, started at ``now``: its ``timeout``
-    counts from then. False when it is no longer queued or no longer ``owner``'s (another
-    scheduler declared it lost meanwhile)."""
-    if not transition(
-        conn,
-        "try",
-        [try_id],
-        TryState.RUNNING,
-        [TryState.QUEUED],
-        now,
-        guard=tries.c.owner == owner,
-        pid=pid,
-        host=host,
-        external_id=external_id,
-        started_at=now,
-        deadline=now + timedelta(seconds=timeout) if timeout else None,
-    ):
-        return False
-    transition(
-        conn, "ti", [ti_id], TIState.RUNNING, [TIState.QUEUED], now, started_at=now, ended_at=None
-    )
-    return True
+    """:func:`mark_tries_started` for one try: False when it was not recorded."""
+    start = Start(try_id, ti_id, pid, host, external_id, now, timeout)
+    return bool(mark_tries_started(conn, [start], owner=owner))
 
 
-def end_try(
-    conn: Connection,
-    try_id: int,
-    *,
-    ok: bool,
-    exit_code: int | None,
-    reason: str | None,
-    detail: str | None,
-    now: datetime,
-    owner: int | None = None,
-    app_id: str | None = None,
-    started_at: datetime | None = None,
-) -> bool:
-    """End a live try (of ``owner`` when given); False when it was not live (or not his).
-    ``started_at``: its own start, when it began later than recorded (a pod's container)."""
-    to = TryState.SUCCESS if ok else TryState.FAILED
-    later_start = {} if started_at is None else {"started_at": started_at}
-    moved = transition(
-        conn,
-        "try",
-        [try_id],
-        to,
-        [TryState.QUEUED, TryState.RUNNING],
-        now,
-        guard=None if owner is None else tries.c.owner == owner,
-        detail=detail,
-        ended_at=now,
-        exit_code=exit_code,
-        failure_reason=reason,
-        app_id=app_id,
-        **later_start,
-    )
-    if moved and detail:
-        # The event holds it too; on the try it is shown with the try.
-        conn.execute(update(tries).where(tries.c.id == try_id).values(detail=detail))
-    return bool(moved)
-
-
-def try_row(conn: Connection, try_id: int) -> Rec | None:
-    """A try with what deciding its outcome needs: its task, TI counters and run."""
-    return conn.execute(
-        select(
-            tries,
-            task_instances.c.task_id,
-            task_instances.c.try_number.label("ti_try_number"),
-            task_instances.c.lost_tries,
-            task_instances.c.lost_streak,
-            runs.c.pipeline,
-            runs.c.state.label("run_state"),
-        )
-        .join(task_instances, task_instances.c.id == tries.c.ti)
-        .join(runs, runs.c.id == tries.c.run)
-        .where(tries.c.id == try_id)
-    ).first()
+def try_rows(conn: Connection, try_ids: Sequence[int]) -> dict[int, Rec]:
+    """Tries with what deciding their outcome needs: their task, TI counters and run."""
+    out: dict[int, Rec] = {}
+    for chunk in _chunks(sorted(set(try_ids))):
+        found = conn.execute(
+            select(
+                tries,
+                task_instances.c.task_id,
+                task_instances.c.try_number.label("ti_try_number"),
+                task_instances.c.lost_tries,
+                task_instances.c.lost_streak,
+                runs.c.pipeline,
+                runs.c.state.label("run_state"),
+            )
+            .join(task_instances, task_instances.c.id == tries.c.ti)
+            .join(runs, runs.c.id == tries.c.run)
+            .where(tries.c.id.in_(chunk))
+        ).all()
+        out.update((r.id, r) for r in found)
+    return out
 
 
 def live_tries(

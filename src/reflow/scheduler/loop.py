@@ -31,11 +31,7 @@ from reflow.core.faults import crash_point
 from reflow.core.naming import Clock, log_path, utcnow
 from reflow.core.pipeline import Pipeline
 from reflow.core.spec import Outcome, TryRef, TrySpec
-from reflow.core.states import (
-    FailureReason,
-    RunOrigin,
-    TIState,
-)
+from reflow.core.states import FailureReason, RunOrigin, RunState, TIState
 from reflow.launchers.base import Launcher
 from reflow.scheduler import outcomes as try_outcomes
 from reflow.scheduler import trylog
@@ -57,6 +53,8 @@ _DUE_PER_TRANSACTION = 100
 # Running runs one transaction of the scheduler acts on: a tick after many outcomes is a
 # few short transactions, not one that holds the write lock long.
 _RUNS_PER_TRANSACTION = 50
+# Queued runs one transaction admits at most.
+_ADMITTED_PER_TRANSACTION = 100
 # Every pipeline, for a rescan.
 _ALL: frozenset[str] = frozenset({"*"})
 
@@ -501,14 +499,18 @@ class Scheduler:
             return admissible(queued, pipelines, running, backfills, running_bf)
 
         def work(conn: Connection) -> bool:
-            admitted = False
-            for run in candidates(conn, lock=True):
-                pipeline = pipelines[run.pipeline]
-                deadline = (
-                    now + timedelta(seconds=pipeline.run_timeout) if pipeline.run_timeout else None
+            # The first few: a backfill of thousands of dates under a high limit is
+            # admitted over a few ticks, each transaction short.
+            chosen = candidates(conn, lock=True)[:_ADMITTED_PER_TRANSACTION]
+            deadlines = {
+                run.id: (
+                    now + timedelta(seconds=timeout)
+                    if (timeout := pipelines[run.pipeline].run_timeout)
+                    else None
                 )
-                admitted |= repo.start_run(conn, run.id, now, deadline)
-            return admitted
+                for run in chosen
+            }
+            return bool(repo.start_runs(conn, deadlines, now))
 
         # Look first without the write lock: ticks with nothing queued, or with queued runs
         # that all wait for a slot (a backfill beyond max_active_runs), write nothing.
@@ -583,9 +585,7 @@ class Scheduler:
                     tis = self._reconcile(conn, run, pipeline, now)
                     decisions[run.id] = decide(tis, self._shape(pipeline), now)
                     changed = True
-            for run_pk, decision in decisions.items():
-                if run_pk in held:
-                    changed |= _apply(conn, run_pk, decision, now)
+            changed |= _apply({pk: d for pk, d in decisions.items() if pk in held}, conn, now)
             repo.settle_runs(conn, held)
             return changed
 
@@ -604,13 +604,26 @@ class Scheduler:
     def _ready(self, now: datetime) -> list[_Launch]:
         """The scheduled task instances this scheduler may launch, best first (scheduled
         runs before backfills, then older dates, then upstream tasks first)."""
-        if self.settings.parallelism - len(self.launcher.watched()) <= 0:
+        free = self.settings.parallelism - len(self.launcher.watched())
+        if free <= 0:
             return []
         pipelines = self.pipelines
         with self.db.read() as conn:
+            # Pipelines at max_active_tasks cannot take one more: read past them, and only
+            # as many of the best as could start (a backlog of thousands costs nothing).
+            live = repo.count_live_tis(conn)
+            full = [
+                p for p, n in live.items() if p in pipelines and n >= pipelines[p].max_active_tasks
+            ]
             rows = [
                 r
-                for r in repo.scheduled_task_instances(conn)
+                for r in repo.scheduled_task_instances(
+                    conn,
+                    rank={o.value: i for o, i in ORIGIN_RANK.items()},
+                    limit=free * 2 + 16,
+                    skip_pipelines=full,
+                    run_pks=self.runs,
+                )
                 if r.pipeline in pipelines and self._drives(r.id) and r.id not in self._held
             ]
             if rows:
@@ -825,35 +838,39 @@ class Scheduler:
         return bool(orphans)
 
 
-def _apply(conn: Connection, run_pk: int, decision: Decision, now: datetime) -> bool:
-    """Apply one run's decision; each move is guarded by the state it leaves."""
-    for source, ids in decision.scheduled.items():
+def _apply(decisions: dict[int, Decision], conn: Connection, now: datetime) -> bool:
+    """Apply the decisions of several runs together; each move is guarded by the state it
+    leaves. Returns whether anything was to be written."""
+    scheduled: dict[TIState, list[int]] = {}
+    no_ops: list[int] = []
+    upstream_failed: list[int] = []
+    ending: dict[RunState, list[int]] = {}
+    for run_pk, decision in decisions.items():
+        for source, ids in decision.scheduled.items():
+            scheduled.setdefault(source, []).extend(ids)
+        no_ops += decision.no_ops
+        upstream_failed += decision.upstream_failed
+        if decision.outcome is not None:
+            ending.setdefault(decision.outcome, []).append(run_pk)
+    for source, ids in scheduled.items():
         repo.transition(conn, "ti", ids, TIState.SCHEDULED, [source], now)
-    if decision.no_ops:
-        repo.transition(
-            conn,
-            "ti",
-            decision.no_ops,
-            TIState.SUCCESS,
-            [TIState.PENDING, TIState.UP_FOR_RETRY],
-            now,
-            detail="no-op task",
-            started_at=now,
-            ended_at=now,
-        )
-    if decision.upstream_failed:
-        repo.transition(
-            conn,
-            "ti",
-            decision.upstream_failed,
-            TIState.UPSTREAM_FAILED,
-            [TIState.PENDING],
-            now,
-            ended_at=now,
-        )
-    if decision.outcome is not None:
-        repo.finish_run(conn, run_pk, decision.outcome, now)
-    return decision.writes
+    repo.transition(
+        conn,
+        "ti",
+        no_ops,
+        TIState.SUCCESS,
+        [TIState.PENDING, TIState.UP_FOR_RETRY],
+        now,
+        detail="no-op task",
+        started_at=now,
+        ended_at=now,
+    )
+    repo.transition(
+        conn, "ti", upstream_failed, TIState.UPSTREAM_FAILED, [TIState.PENDING], now, ended_at=now
+    )
+    for state, run_pks in ending.items():
+        repo.finish_runs(conn, run_pks, state, now)
+    return any(d.writes for d in decisions.values())
 
 
 def target(settings: Settings, pipeline: str, task_id: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -765,62 +766,103 @@ def settle_runs(conn: Connection, run_pks: Iterable[int]) -> None:
         conn.execute(update(runs).where(runs.c.id.in_(chunk)).values(seen_seq=runs.c.change_seq))
 
 
-def scheduled_task_instances(conn: Connection) -> list[Rec]:
-    """Task instances ready to launch (``scheduled``) of running runs, each with its run's
-    columns and ``ti_id``/``ti_task_id``."""
-    return list(
-        conn.execute(
-            select(
-                task_instances.c.id.label("ti_id"),
-                task_instances.c.task_id.label("ti_task_id"),
-                *runs.c,
-            )
-            .join(runs, runs.c.id == task_instances.c.run)
-            .where(
-                task_instances.c.state == TIState.SCHEDULED.value,
-                runs.c.state == RunState.RUNNING.value,
-            )
-        ).all()
+def scheduled_task_instances(
+    conn: Connection,
+    *,
+    rank: Mapping[str, int],
+    limit: int,
+    skip_pipelines: Iterable[str] = (),
+    run_pks: Iterable[int] | None = None,
+) -> list[Rec]:
+    """Up to ``limit`` task instances ready to launch (``scheduled``) of running runs, best
+    first: by their run's origin (``rank``: origin -> its place), logical date and id.
+    Each row has its run's columns and ``ti_id``/``ti_task_id``."""
+    stmt = (
+        select(
+            task_instances.c.id.label("ti_id"),
+            task_instances.c.task_id.label("ti_task_id"),
+            *runs.c,
+        )
+        .join(runs, runs.c.id == task_instances.c.run)
+        .where(
+            task_instances.c.state == TIState.SCHEDULED.value,
+            runs.c.state == RunState.RUNNING.value,
+        )
+        .order_by(
+            case(dict(rank), value=runs.c.origin, else_=len(rank)),
+            runs.c.logical_date,
+            runs.c.id,
+        )
+        .limit(limit)
     )
+    skip = sorted(set(skip_pipelines))
+    if skip:
+        stmt = stmt.where(runs.c.pipeline.not_in(skip))
+    if run_pks is not None:
+        stmt = stmt.where(runs.c.id.in_(sorted(set(run_pks))))
+    return list(conn.execute(stmt).all())
+
+
+def start_runs(
+    conn: Connection, deadlines: Mapping[int, datetime | None], now: datetime
+) -> list[int]:
+    """Start queued runs (id -> its run_timeout deadline, or None); returns those started."""
+    by_deadline: dict[datetime | None, list[int]] = {}
+    for run_pk, deadline in deadlines.items():
+        by_deadline.setdefault(deadline, []).append(run_pk)
+    started: list[int] = []
+    for deadline, run_pks in by_deadline.items():
+        started += transition(
+            conn,
+            "run",
+            run_pks,
+            RunState.RUNNING,
+            [RunState.QUEUED],
+            now,
+            started_at=now,
+            deadline=deadline,
+            ended_at=None,
+        )
+    _close_attempts(conn, started, started_at=now, state=RunState.RUNNING.value)
+    return started
 
 
 def start_run(conn: Connection, run_pk: int, now: datetime, deadline: datetime | None) -> bool:
-    moved = transition(
-        conn,
-        "run",
-        [run_pk],
-        RunState.RUNNING,
-        [RunState.QUEUED],
-        now,
-        started_at=now,
-        deadline=deadline,
-        ended_at=None,
+    return bool(start_runs(conn, {run_pk: deadline}, now))
+
+
+def finish_runs(
+    conn: Connection,
+    run_pks: Sequence[int],
+    state: RunState,
+    now: datetime,
+    detail: str | None = None,
+) -> list[int]:
+    """End runs in ``state`` (from running; cancelled also from queued), with their
+    current attempts; returns those ended."""
+    sources = (
+        [RunState.RUNNING, RunState.QUEUED] if state == RunState.CANCELLED else [RunState.RUNNING]
     )
-    if moved:
-        attempt = conn.execute(select(runs.c.attempt).where(runs.c.id == run_pk)).scalar_one()
-        conn.execute(
-            update(run_attempts)
-            .where(run_attempts.c.run == run_pk, run_attempts.c.attempt == attempt)
-            .values(started_at=now, state=RunState.RUNNING.value)
-        )
-    return bool(moved)
+    moved = transition(conn, "run", run_pks, state, sources, now, detail=detail, ended_at=now)
+    _close_attempts(conn, moved, ended_at=now, state=state.value)
+    return moved
 
 
 def finish_run(
     conn: Connection, run_pk: int, state: RunState, now: datetime, detail: str | None = None
 ) -> bool:
-    sources = (
-        [RunState.RUNNING, RunState.QUEUED] if state == RunState.CANCELLED else [RunState.RUNNING]
-    )
-    moved = transition(conn, "run", [run_pk], state, sources, now, detail=detail, ended_at=now)
-    if moved:
-        attempt = conn.execute(select(runs.c.attempt).where(runs.c.id == run_pk)).scalar_one()
+    return bool(finish_runs(conn, [run_pk], state, now, detail))
+
+
+def _close_attempts(conn: Connection, run_pks: Sequence[int], **values: Any) -> None:
+    """Set ``values`` on the current attempt of each run."""
+    current = select(runs.c.attempt).where(runs.c.id == run_attempts.c.run).scalar_subquery()
+    for chunk in _chunks(list(run_pks)):
         conn.execute(
             update(run_attempts)
-            .where(run_attempts.c.run == run_pk, run_attempts.c.attempt == attempt)
-            .values(ended_at=now, state=state.value)
+            .where(run_attempts.c.run.in_(chunk), run_attempts.c.attempt == current)
+            .values(**values)
         )
-    return bool(moved)
 
 
 def set_run_version(conn: Connection, run_pk: int, version: str) -> None:

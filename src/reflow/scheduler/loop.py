@@ -140,6 +140,9 @@ class Scheduler:
         # Runs a removed task's try holds (nothing else of them starts until it ends).
         self._held: set[int] = set()
         self._shapes: dict[tuple[str, str], Shape] = {}
+        # The queued and running runs (repo.admission_signature) when admission last found
+        # nothing to start: while they stay the same, nothing can start.
+        self._nothing_admissible: tuple[Any, ...] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -323,6 +326,7 @@ class Scheduler:
         self._say_stale()
         self._next_due.clear()
         self._shapes.clear()
+        self._nothing_admissible = None  # a limit may have changed
         # The runs of a pipeline that changed (or stops being stale) are all looked at:
         # they are brought to the new version, and readiness may differ under it.
         edited = {n for n, p in self.catalog.pipelines.items() if before.get(n) != p.version}
@@ -482,41 +486,48 @@ class Scheduler:
 
     # -- admission ------------------------------------------------------------------------
     def admit_runs(self, now: datetime) -> bool:
+        """Start the queued runs that fit under their limits (see admission): decided
+        without the write lock, then asked again in the transaction on fresh counts for
+        the runs chosen. A tick finds nothing to do cheaply: when nothing could start last
+        time and no run was queued, started or ended since, it reads no queued run."""
         pipelines = self.pipelines
 
-        def candidates(conn: Connection, lock: bool) -> list[Row[Any]]:
-            """The queued runs this scheduler drives that may start now (see admission);
-            with ``lock``, of the pipelines whose rows it could lock."""
-            queued = [r for r in repo.queued_runs(conn, pipelines) if self._drives(r.id)]
+        def candidates(conn: Connection, queued: list[Row[Any]]) -> list[Row[Any]]:
             if not queued:
                 return []
-            if lock:
-                mine = repo.lock_pipelines(conn, {r.pipeline for r in queued})
-                queued = [r for r in queued if r.pipeline in mine]
             backfills = history.open_backfills(conn) if any(r.backfill_id for r in queued) else {}
             running = repo.count_running_runs(conn)
             running_bf = repo.count_running_by_backfill(conn, backfills)
             return admissible(queued, pipelines, running, backfills, running_bf)
 
+        with self.db.read() as conn:
+            signature = repo.admission_signature(conn)
+            if signature == self._nothing_admissible:
+                return False
+            queued = [r for r in repo.queued_runs(conn, pipelines) if self._drives(r.id)]
+            # The first few: a backfill of thousands of dates under a high limit is admitted
+            # over a few ticks, each transaction short.
+            chosen = candidates(conn, queued)[:_ADMITTED_PER_TRANSACTION]
+        if not chosen:
+            self._nothing_admissible = signature
+            return False
+        self._nothing_admissible = None
+
         def work(conn: Connection) -> bool:
-            # The first few: a backfill of thousands of dates under a high limit is
-            # admitted over a few ticks, each transaction short.
-            chosen = candidates(conn, lock=True)[:_ADMITTED_PER_TRANSACTION]
+            mine = repo.lock_pipelines(conn, {r.pipeline for r in chosen})
+            # Asked again on what the transaction reads: another scheduler, or a command,
+            # may have started runs since.
+            again = candidates(conn, [r for r in chosen if r.pipeline in mine])
             deadlines = {
                 run.id: (
                     now + timedelta(seconds=timeout)
                     if (timeout := pipelines[run.pipeline].run_timeout)
                     else None
                 )
-                for run in chosen
+                for run in again
             }
             return bool(repo.start_runs(conn, deadlines, now))
 
-        # Look first without the write lock: ticks with nothing queued, or with queued runs
-        # that all wait for a slot (a backfill beyond max_active_runs), write nothing.
-        with self.db.read() as conn:
-            if not candidates(conn, lock=False):
-                return False
         admitted = self._write(work)
         if admitted:
             crash_point("run.admitted")

@@ -678,6 +678,24 @@ def queued_runs(conn: Connection, pipeline_names: Iterable[str] | None = None) -
     return list(conn.execute(stmt).all())
 
 
+def admission_signature(conn: Connection) -> tuple[Any, ...]:
+    """What admission depends on, in brief: which runs are queued and running (count, and
+    largest and summed id of each), and the open backfills' states and limits. The same
+    signature means that the same runs wait under the same limits."""
+    counts = conn.execute(
+        select(runs.c.state, func.count(), func.max(runs.c.id), func.sum(runs.c.id))
+        .where(runs.c.state.in_([RunState.QUEUED.value, RunState.RUNNING.value]))
+        .group_by(runs.c.state)
+        .order_by(runs.c.state)
+    ).all()
+    steering = conn.execute(
+        select(backfills.c.id, backfills.c.state, backfills.c.max_active_runs)
+        .where(backfills.c.state.in_([BackfillState.RUNNING.value, BackfillState.PAUSED.value]))
+        .order_by(backfills.c.id)
+    ).all()
+    return tuple(tuple(r) for r in counts), tuple(tuple(r) for r in steering)
+
+
 def count_running_by_backfill(conn: Connection, ids: Iterable[int]) -> dict[int, int]:
     out: dict[int, int] = {}
     for chunk in _chunks(list(ids)):

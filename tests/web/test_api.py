@@ -234,6 +234,22 @@ def test_bad_requests_are_4xx_with_one_clear_line_and_write_nothing(api: Api) ->
     )
     assert "state" in error("POST", "/pipelines/daily/mark", 422, {"run": "1", "state": "odd"})
     assert "give --run" in error("POST", "/pipelines/daily/clear", 422, {})
+    backwards = {"start": "2024-02-01", "end": "2024-01-01"}
+    for path in ("/runs", "/pipelines/daily/grid"):
+        assert error("GET", path, 422, params=backwards) == (
+            "end 2024-01-01 is before start 2024-02-01"
+        )
+    assert "out of range" in error("GET", "/runs", 422, params={"start": "1066-10-14"})
+    assert "out of range" in error(
+        "GET", "/pipelines/daily/durations", 422, params={"end": "9999-12-31"}
+    )
+    # The pipeline is looked up before the dates are.
+    assert "unknown pipeline" in error(
+        "GET", "/pipelines/nope/grid", 404, params={"start": "9999-12-31"}
+    )
+    assert "unknown run state" in error(
+        "GET", "/runs", 422, params={"state": "bogus", "start": "9999-12-31"}
+    )
     assert _count_runs(api.env) == before == 0
 
 

@@ -138,11 +138,11 @@ def fmt_took(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"
 
 
-def fmt_duration(start: datetime | None, end: datetime | None) -> str:
-    """From start to end (so far, without an end); "-" without a start."""
-    if start is None:
-        return "-"
-    return fmt_took(((end or datetime.now(start.tzinfo)) - start).total_seconds())
+def fmt_run_took(run: Any) -> str:
+    """How long a run ran (so far, while it is active); "-" when it never ran."""
+    from reflow.services import history as history_service
+
+    return fmt_took(history_service.run_span(run).seconds(datetime.now(UTC)))
 
 
 # -- init -----------------------------------------------------------------------------------
@@ -343,7 +343,7 @@ def _wait_and_report(project: Project, pipeline: str, run_pks: list[int]) -> Non
             str(run.id),
             fmt_date(run.logical_date),
             styled(run.state),
-            fmt_duration(run.started_at, run.ended_at),
+            fmt_run_took(run),
             states,
         )
         if run.state != RunState.SUCCESS:
@@ -391,7 +391,7 @@ def runs_list(
             styled(r.state),
             str(r.attempt),
             fmt_time(r.started_at),
-            fmt_duration(r.started_at, r.ended_at),
+            fmt_run_took(r),
             r.run_id,
         )
     console.print(table if rows else "No runs.")
@@ -404,7 +404,6 @@ def runs_show(
     home: HomeOption = None,
 ) -> None:
     """A run: its conf, attempts, task instances and tries."""
-    from reflow.services import history as history_service
     from reflow.services import runs as run_service
 
     project = _project(home)
@@ -416,10 +415,9 @@ def runs_show(
         f"  logical date {r.logical_date.isoformat()}, interval "
         f"[{r.data_interval_start.isoformat()}, {r.data_interval_end.isoformat()})"
     )
-    took = fmt_took(history_service.run_span(r).seconds(datetime.now(UTC)))
     console.print(
         f"  origin {r.origin}, version {r.version}, started {fmt_time(r.started_at) or '-'}, "
-        f"ended {fmt_time(r.ended_at) or '-'}, duration {took}"
+        f"ended {fmt_time(r.ended_at) or '-'}, duration {fmt_run_took(r)}"
     )
     secrets = run_service.secrets_of(project, pipeline)
     console.print(f"  conf {json.dumps(secrets.conf(r.conf), sort_keys=True)}")
@@ -822,7 +820,7 @@ def backfill_show(
             str(run.id),
             styled(run.state),
             str(run.attempt),
-            fmt_duration(run.started_at, run.ended_at),
+            fmt_run_took(run),
         )
     console.print(table)
 

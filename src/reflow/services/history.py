@@ -1,4 +1,5 @@
-"""Managing run history without SQL: clear, mark, delete runs; delete pipelines; clean."""
+"""Managing run history without SQL: clear, mark, delete runs; delete pipelines; clean.
+Reading it: how long runs and tasks ran, and runs side by side by task."""
 
 from __future__ import annotations
 
@@ -40,15 +41,7 @@ def _runs(
         return [run_service.find_run(project, run, pipeline)]
     if not start or not end:
         raise InvalidInput("give --run ID, or --start D and --end D")
-    first, last = run_service.parse_date(start), run_service.parse_date(end)
-    defined = project.catalog.pipelines.get(pipeline)
-    if defined is not None:
-        first = run_service.logical_date_for(defined, first, utcnow())
-        last = run_service.logical_date_for(defined, last, utcnow())
-    else:
-        first, last = to_datetime(first), to_datetime(last)
-    if last < first:
-        raise InvalidInput(f"--end {end} is before --start {start}")
+    first, last = run_service.date_range(project, pipeline, start, end)
     with project.db.read() as conn:
         return history.runs_in_range(conn, pipeline, first, last)
 
@@ -346,3 +339,73 @@ def task_spans(project: Project, task_instances: Sequence[Row[Any]]) -> dict[int
             start, ti.ended_at if finished and start is not None else None, not finished
         )
     return spans
+
+
+# -- runs side by side ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Grid:
+    """A pipeline's task instances, a row per task (upstream first) and a column per run
+    of a :class:`~reflow.services.runs.Window` (oldest first): the state of each, None
+    where a run has no such task."""
+
+    tasks: list[str]
+    runs: list[Row[Any]]
+    states: list[list[str | None]]
+    older: bool  # older runs exist
+
+
+def grid(
+    project: Project,
+    pipeline: str,
+    first: datetime | None = None,
+    last: datetime | None = None,
+    *,
+    offset: int = 0,
+    limit: int = 60,
+) -> Grid:
+    """The task instances of the runs :func:`~reflow.services.runs.window` picks."""
+    page = run_service.window(project, pipeline, first, last, offset=offset, limit=limit)
+    tasks, tis = _by_task(project, pipeline, page.runs)
+    states: list[list[str | None]] = [[None] * len(page.runs) for _ in tasks]
+    for ti, row, column in tis:
+        states[row][column] = ti.state
+    return Grid(tasks, page.runs, states, page.older)
+
+
+@dataclass(frozen=True)
+class Durations:
+    """How long each task ran, a row per task (upstream first) and a column per run
+    (oldest first); None where a run has no such task, or it never ran or runs still."""
+
+    tasks: list[str]
+    runs: list[Row[Any]]
+    seconds: list[list[float | None]]
+
+
+def durations(
+    project: Project, pipeline: str, upto: datetime | None = None, *, limit: int = 30
+) -> Durations:
+    """Each task's duration across the latest ``limit`` runs up to logical date ``upto``
+    (or the latest runs): how long the finished task instances ran."""
+    page = run_service.window(project, pipeline, None, upto, limit=limit)
+    tasks, tis = _by_task(project, pipeline, page.runs)
+    spans = task_spans(project, [ti for ti, _, _ in tis])
+    now = utcnow()
+    seconds: list[list[float | None]] = [[None] * len(page.runs) for _ in tasks]
+    for ti, row, column in tis:
+        if not spans[ti.id].ongoing:  # a running one is not a sample
+            seconds[row][column] = spans[ti.id].seconds(now)
+    return Durations(tasks, page.runs, seconds)
+
+
+def _by_task(
+    project: Project, pipeline: str, runs: Sequence[Row[Any]]
+) -> tuple[list[str], list[tuple[Row[Any], int, int]]]:
+    """The task ids of ``runs`` in order, and their task instances, each with its row (by
+    task) and column (by run)."""
+    with project.db.read() as conn:
+        tis = repo.run_task_instances(conn, [r.id for r in runs])
+    tasks = run_service.task_order(project, pipeline, {t.task_id for t in tis})
+    row_of = {t: i for i, t in enumerate(tasks)}
+    column_of = {r.id: i for i, r in enumerate(runs)}
+    return tasks, [(ti, row_of[ti.task_id], column_of[ti.run]) for ti in tis]

@@ -1,7 +1,8 @@
-"""Use-cases on pipelines: list, show, validate."""
+"""Use-cases on pipelines: list, show (also one whose file is gone), validate."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -78,6 +79,49 @@ def show_pipeline(project: Project, name: str) -> dict[str, Any]:
     data["version"] = pipeline.version
     data["order"] = pipeline.topological()
     return data
+
+
+@dataclass(frozen=True)
+class RecordedPipeline:
+    """A pipeline as the store last recorded it: what is left to show of one whose file
+    is gone."""
+
+    name: str
+    version: str
+    file: str | None
+    active: bool
+    structure: dict[str, Any]
+    order: list[str]  # task ids, upstream first
+
+
+def recorded(project: Project, name: str) -> RecordedPipeline | None:
+    """The pipeline as last recorded, None when the store never saw it."""
+    with project.db.read() as conn:
+        rows = repo.pipeline_rows(conn, [name])
+    if not rows:
+        return None
+    row = rows[0]
+    structure = dict(row.structure)
+    return RecordedPipeline(
+        name=row.name,
+        version=row.version,
+        file=row.fileloc,
+        active=bool(row.active),
+        structure=structure,
+        order=_order(structure.get("tasks") or {}),
+    )
+
+
+def _order(tasks: Mapping[str, Any]) -> list[str]:
+    """Task ids, upstream first, from a recorded structure."""
+    done: list[str] = []
+    remaining = dict(sorted(tasks.items()))
+    while remaining:
+        ready = [t for t, spec in remaining.items() if set(spec.get("upstream", ())) <= set(done)]
+        for t in ready or list(remaining):
+            done.append(t)
+            del remaining[t]
+    return done
 
 
 def validate(project: Project, path: Path | None = None) -> tuple[list[Pipeline], list[str]]:

@@ -6,7 +6,7 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +22,7 @@ from reflow.core.states import RUN_FINISHED, RunOrigin, RunState
 from reflow.scheduler import Scheduler
 from reflow.scheduler.peers import covers, exited
 from reflow.services.project import Project
-from reflow.store import repo
+from reflow.store import history, repo
 
 
 def parse_conf(text: str | None) -> dict[str, Any]:
@@ -242,17 +242,95 @@ def wait(
     return last[-1]
 
 
-def list_runs(
-    project: Project, pipeline: str | None = None, state: str | None = None, limit: int = 50
-) -> list[Row[Any]]:
+def date_range(
+    project: Project,
+    pipeline: str,
+    start: str | None,
+    end: str | None,
+    *,
+    labels: tuple[str, str] = ("--start", "--end"),
+) -> tuple[datetime | None, datetime | None]:
+    """User-given dates ``start`` and ``end`` (None: open) as logical dates of the
+    pipeline's schedule, as a manual trigger picks them; a pipeline whose file is gone
+    has no schedule, so its dates are taken as given (UTC when naive). An end before the
+    start is refused, naming the two by ``labels``."""
+    given = [None if text is None else parse_date(text) for text in (start, end)]
+    defined = project.catalog.pipelines.get(pipeline)
+    if defined is not None:
+        now = utcnow()
+        first, last = (None if d is None else logical_date_for(defined, d, now) for d in given)
+    else:
+        first, last = (None if d is None else to_datetime(d) for d in given)
+    if first is not None and last is not None and last < first:
+        raise InvalidInput(f"{labels[1]} {end} is before {labels[0]} {start}")
+    return first, last
+
+
+def check_run_filter(project: Project, pipeline: str | None, state: str | None) -> None:
+    """Refuse an unknown pipeline or run state (NotFound, InvalidInput)."""
     if pipeline is not None:
         known(project, pipeline)
     if state is not None and state not in {s.value for s in RunState}:
         raise InvalidInput(
             f"unknown run state {state!r} (one of: {', '.join(s.value for s in RunState)})"
         )
+
+
+def list_runs(
+    project: Project,
+    pipeline: str | None = None,
+    state: str | None = None,
+    limit: int = 50,
+    *,
+    start: str | None = None,
+    end: str | None = None,
+    labels: tuple[str, str] = ("--start", "--end"),
+) -> list[Row[Any]]:
+    """Runs, newest logical date first. With ``start`` or ``end``, only those whose
+    logical dates lie in that range of their pipeline's schedule (see :func:`date_range`)."""
+    check_run_filter(project, pipeline, state)
     with project.db.read() as conn:
-        return repo.list_runs(conn, pipeline=pipeline, state=state, limit=limit)
+        if start is None and end is None:
+            return repo.list_runs(conn, pipeline=pipeline, state=state, limit=limit)
+        names = [pipeline] if pipeline is not None else [p.name for p in repo.pipeline_rows(conn)]
+    ranges = {name: date_range(project, name, start, end, labels=labels) for name in names}
+    rows: list[Row[Any]] = []
+    with project.db.read() as conn:
+        for name, (first, last) in ranges.items():
+            rows += history.runs_in_range(conn, name, first, last)
+    if state is not None:
+        rows = [r for r in rows if r.state == state]
+    rows.sort(key=lambda r: (r.logical_date, r.id), reverse=True)
+    return rows[:limit]
+
+
+@dataclass(frozen=True)
+class Window:
+    """A page of a pipeline's runs, oldest first, and whether older ones exist."""
+
+    runs: list[Row[Any]]
+    older: bool
+
+
+def window(
+    project: Project,
+    pipeline: str,
+    first: datetime | None = None,
+    last: datetime | None = None,
+    *,
+    offset: int = 0,
+    limit: int = 60,
+) -> Window:
+    """The ``limit`` newest runs after skipping the ``offset`` newest, of the logical
+    dates from ``first`` to ``last`` (None: open; see :func:`date_range`)."""
+    with project.db.read() as conn:
+        if first is None and last is None:
+            rows = repo.list_runs(conn, pipeline=pipeline, limit=offset + limit + 1)
+            page = rows[offset : offset + limit]
+            return Window(page[::-1], len(rows) > offset + limit)
+        rows = history.runs_in_range(conn, pipeline, first, last)
+    upto = max(0, len(rows) - offset)
+    return Window(rows[max(0, upto - limit) : upto], upto > limit)
 
 
 def known(project: Project, pipeline: str) -> None:
@@ -313,8 +391,9 @@ class RunDetail:
 def run_detail(project: Project, run: Row[Any]) -> RunDetail:
     with project.db.read() as conn:
         tis = repo.run_task_instances(conn, [run.id])
-        order = _task_order(project, run.pipeline)
-        tis.sort(key=lambda t: (order.get(t.task_id, len(order)), t.task_id))
+        order = task_order(project, run.pipeline, {t.task_id for t in tis})
+        rank = {task_id: i for i, task_id in enumerate(order)}
+        tis.sort(key=lambda t: rank[t.task_id])
         return RunDetail(
             run,
             repo.attempts_of(conn, run.id),
@@ -324,9 +403,12 @@ def run_detail(project: Project, run: Row[Any]) -> RunDetail:
         )
 
 
-def _task_order(project: Project, pipeline: str) -> dict[str, int]:
+def task_order(project: Project, pipeline: str, found: Iterable[str] = ()) -> list[str]:
+    """The pipeline's task ids, upstream first, then those of ``found`` it no longer
+    has (recorded in older runs), by name."""
     pl = project.catalog.pipelines.get(pipeline)
-    return {t: i for i, t in enumerate(pl.topological())} if pl else {}
+    order = pl.topological() if pl is not None else []
+    return order + sorted(set(found) - set(order))
 
 
 def secrets_of(project: Project, pipeline: str) -> Secrets:

@@ -34,7 +34,8 @@ from reflow.core.errors import (
     ReflowError,
     TemplateError,
 )
-from reflow.scheduler import sync_catalog, utcnow
+from reflow.core.naming import utcnow
+from reflow.scheduler.catalog import sync_catalog
 from reflow.services.project import Project
 from reflow.web.security import SESSION_COOKIE, AuthError, LoginRequired
 

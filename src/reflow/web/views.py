@@ -5,29 +5,28 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
 from reflow.core.errors import InvalidInput, NotFound
 from reflow.core.masking import MASK, Secrets
-from reflow.core.schedule import to_datetime
+from reflow.core.naming import utcnow
 from reflow.core.states import RUN_ACTIVE, RunState
-from reflow.scheduler import utcnow
 from reflow.services import backfill as backfill_service
 from reflow.services import history as history_service
 from reflow.services import logs as log_service
 from reflow.services import pipelines as pipeline_service
 from reflow.services import runs as run_service
 from reflow.services.project import Project
-from reflow.store import history, repo
 from reflow.web import schemas as s
 
 Action = Literal["create", "reset", "skip"]
 LOG_CHUNK = log_service.LOG_CHUNK
 MAX_ID = 2**31 - 1
 _YEARS = (1900, 2999)
+_LABELS = ("start", "end")  # what the API and the pages call the ends of a date range
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -70,9 +69,8 @@ class Structures:
         if pipeline is not None:
             structure = pipeline.structure()
         else:
-            with project.db.read() as conn:
-                rows = repo.pipeline_rows(conn, [name])
-            structure = dict(rows[0].structure) if rows else {}
+            recorded = pipeline_service.recorded(project, name)
+            structure = recorded.structure if recorded is not None else {}
         secrets = Secrets.of(structure, pipeline.params.secret_names() if pipeline else ())
         if pipeline is not None:
             with self._lock:
@@ -194,26 +192,13 @@ def pipeline(project: Project, name: str) -> s.PipelineOut:
 
 
 def _recorded(project: Project, name: str) -> s.PipelineOut:
-    with project.db.read() as conn:
-        rows = repo.pipeline_rows(conn, [name])
-    if not rows:
+    recorded = pipeline_service.recorded(project, name)
+    if recorded is None:
         project.pipeline(name)  # raises NotFound, naming the known pipelines
-    row = rows[0]
-    data = dict(row.structure)
-    data.update(file=row.fileloc, version=row.version, order=_order(data.get("tasks") or {}))
-    return _pipeline_out(data, STRUCTURES.secrets(project, name), {}, active=bool(row.active))
-
-
-def _order(tasks: Mapping[str, Any]) -> list[str]:
-    """Task ids, upstream first, from a recorded structure."""
-    done: list[str] = []
-    remaining = dict(sorted(tasks.items()))
-    while remaining:
-        ready = [t for t, spec in remaining.items() if set(spec.get("upstream", ())) <= set(done)]
-        for t in ready or list(remaining):
-            done.append(t)
-            del remaining[t]
-    return done
+        raise NotFound(f"unknown pipeline {name!r}")
+    data = dict(recorded.structure)
+    data.update(file=recorded.file, version=recorded.version, order=recorded.order)
+    return _pipeline_out(data, STRUCTURES.secrets(project, name), {}, active=recorded.active)
 
 
 def _pipeline_out(
@@ -241,15 +226,20 @@ def _pipeline_out(
 
 
 # -- runs -----------------------------------------------------------------------------------
-def _bound(project: Project, name: str, text: str | None, what: str) -> datetime | None:
-    """A date-range bound as a logical date of the pipeline's schedule (UTC)."""
-    if not text:
-        return None
-    when = parse_day(text, what)
-    pl = project.catalog.pipelines.get(name)
-    if pl is not None:
-        return run_service.logical_date_for(pl, when, utcnow())
-    return to_datetime(when)
+def _check_days(start: str | None, end: str | None) -> None:
+    """Refuse range ends that are not dates reflow can schedule."""
+    for text, what in ((start, "start"), (end, "end")):
+        if text:
+            parse_day(text, what)
+
+
+def _range(
+    project: Project, name: str, start: str | None, end: str | None
+) -> tuple[datetime | None, datetime | None]:
+    """A date range as logical dates of the pipeline's schedule (UTC), either end open."""
+    run_service.known(project, name)
+    _check_days(start, end)
+    return run_service.date_range(project, name, start or None, end or None, labels=_LABELS)
 
 
 def list_runs(
@@ -261,32 +251,16 @@ def list_runs(
     end: str | None,
     limit: int,
 ) -> s.RunListOut:
-    if not start and not end:
-        rows = run_service.list_runs(project, pipeline, state, limit)
-    else:
-        run_service.list_runs(project, pipeline, state, 1)  # validates pipeline and state
-        names = [pipeline] if pipeline else [p.name for p in _pipeline_rows(project)]
-        rows = []
-        for name in names:
-            first = _bound(project, name, start, "start")
-            last = _bound(project, name, end, "end")
-            if first and last and last < first:
-                raise InvalidInput(f"end {end} is before start {start}")
-            with project.db.read() as conn:
-                rows += history.runs_in_range(conn, name, first, last)
-        if state:
-            rows = [r for r in rows if r.state == state]
-        rows.sort(key=lambda r: (r.logical_date, r.id), reverse=True)
-        rows = rows[:limit]
+    if start or end:
+        run_service.check_run_filter(project, pipeline, state)  # refused before the dates
+        _check_days(start, end)
+    rows = run_service.list_runs(
+        project, pipeline, state, limit, start=start or None, end=end or None, labels=_LABELS
+    )
     now = utcnow()
     return s.RunListOut(
         runs=[run_out(r, STRUCTURES.secrets(project, r.pipeline), now) for r in rows]
     )
-
-
-def _pipeline_rows(project: Project) -> list[Any]:
-    with project.db.read() as conn:
-        return repo.pipeline_rows(conn)
 
 
 def check_run_key(key: str | None) -> None:
@@ -379,34 +353,6 @@ def trigger(project: Project, name: str, body: s.TriggerIn) -> s.TriggerOut:
 
 
 # -- grid -----------------------------------------------------------------------------------
-def _task_order(project: Project, name: str, found: Iterable[str]) -> list[str]:
-    pl = project.catalog.pipelines.get(name)
-    order = pl.topological() if pl is not None else []
-    extra = sorted(set(found) - set(order))
-    return order + extra
-
-
-def _window(
-    project: Project, name: str, start: str | None, end: str | None, offset: int, limit: int
-) -> tuple[list[Any], bool]:
-    """Runs oldest first: the ``limit`` newest after skipping ``offset``; and whether older
-    ones exist."""
-    run_service.known(project, name)
-    first = _bound(project, name, start, "start")
-    last = _bound(project, name, end, "end")
-    if first and last and last < first:
-        raise InvalidInput(f"end {end} is before start {start}")
-    with project.db.read() as conn:
-        if first is None and last is None:
-            rows = repo.list_runs(conn, pipeline=name, limit=offset + limit + 1)
-            window = rows[offset : offset + limit]
-            return window[::-1], len(rows) > offset + limit
-        rows = history.runs_in_range(conn, name, first, last)
-    total = len(rows)
-    hi = max(0, total - offset)
-    return rows[max(0, hi - limit) : hi], hi > limit
-
-
 def _grid_run(row: Any, tz: ZoneInfo, now: datetime) -> s.GridRunOut:
     return s.GridRunOut(
         id=row.id,
@@ -428,25 +374,18 @@ def grid(
     offset: int = 0,
     limit: int = 60,
 ) -> s.GridOut:
-    window, older = _window(project, name, start, end, offset, limit)
-    with project.db.read() as conn:
-        tis = repo.run_task_instances(conn, [r.id for r in window])
-    tasks = _task_order(project, name, {t.task_id for t in tis})
-    column = {r.id: i for i, r in enumerate(window)}
-    row_of = {t: i for i, t in enumerate(tasks)}
-    states: list[list[str | None]] = [[None] * len(window) for _ in tasks]
-    for ti in tis:
-        states[row_of[ti.task_id]][column[ti.run]] = ti.state
+    first, last = _range(project, name, start, end)
+    g = history_service.grid(project, name, first, last, offset=offset, limit=limit)
     tz = STRUCTURES.timezone(project, name)
     now = utcnow()
     return s.GridOut(
         pipeline=name,
-        tasks=tasks,
-        runs=[_grid_run(r, tz, now) for r in window],
-        states=states,
+        tasks=g.tasks,
+        runs=[_grid_run(r, tz, now) for r in g.runs],
+        states=g.states,
         offset=offset,
         limit=limit,
-        older=offset + limit if older else None,
+        older=offset + limit if g.older else None,
         newer=max(0, offset - limit) if offset > 0 else None,
     )
 
@@ -461,29 +400,18 @@ def durations(
 ) -> s.DurationsOut:
     """Each task's duration across the latest ``limit`` runs up to ``end`` (a date as
     typed) or ``upto`` (an exact logical date)."""
-    if upto is not None:
-        run_service.known(project, name)
-        with project.db.read() as conn:
-            window = history.runs_in_range(conn, name, None, upto)[-limit:]
+    if upto is None:
+        _, upto = _range(project, name, None, end)
     else:
-        window, _ = _window(project, name, None, end, 0, limit)
-    with project.db.read() as conn:
-        tis = repo.run_task_instances(conn, [r.id for r in window])
-    tasks = _task_order(project, name, {t.task_id for t in tis})
-    column = {r.id: i for i, r in enumerate(window)}
-    row_of = {t: i for i, t in enumerate(tasks)}
-    values: list[list[float | None]] = [[None] * len(window) for _ in tasks]
-    spans = history_service.task_spans(project, tis)
-    now = utcnow()
-    for ti in tis:
-        if not spans[ti.id].ongoing:  # finished ones only: a running one is not a sample
-            values[row_of[ti.task_id]][column[ti.run]] = took(spans[ti.id], now)
+        run_service.known(project, name)
+    d = history_service.durations(project, name, upto, limit=limit)
     tz = STRUCTURES.timezone(project, name)
+    now = utcnow()
     return s.DurationsOut(
         pipeline=name,
-        tasks=tasks,
-        runs=[_grid_run(r, tz, now) for r in window],
-        durations=values,
+        tasks=d.tasks,
+        runs=[_grid_run(r, tz, now) for r in d.runs],
+        durations=[[None if v is None else round(v, 3) for v in row] for row in d.seconds],
     )
 
 
@@ -622,9 +550,7 @@ def cancel_backfill(project: Project, backfill_id: int) -> s.BackfillCancelOut:
 # -- history --------------------------------------------------------------------------------
 def _check_selection(sel: s.Selection) -> None:
     check_run_key(sel.run)
-    for text, what in ((sel.start, "start"), (sel.end, "end")):
-        if text:
-            parse_day(text, what)
+    _check_days(sel.start, sel.end)
 
 
 def clear(project: Project, name: str, body: s.ClearIn) -> s.ClearOut:

@@ -53,6 +53,8 @@ _DUE_PER_TRANSACTION = 100
 # Running runs one transaction of the scheduler acts on: a tick after many outcomes is a
 # few short transactions, not one that holds the write lock long.
 _RUNS_PER_TRANSACTION = 50
+# How often an idle scheduler looks whether another process committed (SQLite).
+_NOTICE_STEP = 0.02
 # Queued runs one transaction admits at most.
 _ADMITTED_PER_TRANSACTION = 100
 # Every pipeline, for a rescan.
@@ -210,9 +212,27 @@ class Scheduler:
                 if until is not None and until():
                     return
                 if not busy:
-                    self.launcher.wait(idle_wait)
+                    self._idle(idle_wait)
         finally:
             self.stop()
+
+    def _idle(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s for work: a try ending (the launcher wakes up), or, on
+        SQLite, another process committing (a trigger, a backfill, a clear), looked at
+        every ``_NOTICE_STEP`` s at the cost of one pragma."""
+        since = self.db.commits_elsewhere()
+        if since is None:
+            self.launcher.wait(timeout)
+            return
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            step = min(left, _NOTICE_STEP)
+            began = time.monotonic()
+            self.launcher.wait(step)
+            if time.monotonic() - began < step * 0.9:
+                return  # woken early: a try ended
+            if self.db.commits_elsewhere() != since:
+                return
 
     def _on_store_trouble(self, exc: Exception) -> None:
         """A tick failed on the database: say so once, then retry the tick (nothing polled

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row
 
@@ -19,10 +19,12 @@ from reflow.core.naming import utcnow
 from reflow.core.pipeline import Pipeline
 from reflow.core.schedule import to_datetime
 from reflow.core.states import RUN_FINISHED, RunOrigin, RunState
-from reflow.scheduler import Scheduler
 from reflow.scheduler.peers import covers, exited
 from reflow.services.project import Project
 from reflow.store import history, repo
+
+if TYPE_CHECKING:
+    from reflow.scheduler import Scheduler
 
 
 def parse_conf(text: str | None) -> dict[str, Any]:
@@ -186,6 +188,10 @@ def _describe(row: Row[Any], now: datetime, heartbeat_interval: float) -> str:
 def _in_process(project: Project, pipeline: str, run_pks: Sequence[int]) -> Scheduler:
     """A scheduler for a command: it drives ``run_pks`` of ``pipeline`` (and adopts the
     pipeline's orphaned tries), creating no scheduled runs."""
+    # Imported here: only commands that wait drive runs themselves (the scheduler and its
+    # launchers are most of a command's start-up otherwise).
+    from reflow.scheduler import Scheduler
+
     return Scheduler(
         project.db,
         project.settings,

@@ -9,7 +9,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -109,6 +109,7 @@ class Database:
         self.url = normalize_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         self.outage_timeout = outage_timeout
+        self._watcher: Any = None  # see commits_elsewhere
         self._outage_lock = threading.Lock()
         self._down_since: float | None = None
         parsed = make_url(self.url)
@@ -338,7 +339,28 @@ class Database:
                 return None
             time.sleep(0.05)
 
+    def commits_elsewhere(self) -> int | None:
+        """A number that changes when another connection commits to the database (SQLite's
+        ``data_version``, on a connection kept for it), for an idle process to notice new
+        work at once; None where there is no such cheap signal (PostgreSQL)."""
+        if not self.is_sqlite or self.where == ":memory:":
+            return None
+        try:
+            if self._watcher is None:
+                self._watcher = self.engine.raw_connection()
+            return int(self._watcher.execute("PRAGMA data_version").fetchone()[0])
+        except Exception:  # a signal only: a failure here means "look now"
+            self._drop_watcher()
+            return None
+
+    def _drop_watcher(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            with suppress(Exception):
+                watcher.close()
+
     def dispose(self) -> None:
+        self._drop_watcher()
         self.engine.dispose()
 
     # -- failures ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -532,3 +533,49 @@ def test_a_task_timeout_counts_from_the_start_of_its_process(env: Env, tmp_path:
     ran_for = attempt.ended_at.timestamp() - float(began.read_text())
     # Never stopped before its 2 s, however long the start took (it may run longer).
     assert ran_for >= 2.0 - 0.1, ran_for
+
+
+def test_a_pipeline_file_that_takes_long_to_read_never_holds_up_the_ticks(
+    env: Env, tmp_path: Path
+) -> None:
+    """Files are re-read on a thread of their own: while one blocks in its import, the
+    runs of the others go on."""
+    gate, reading = tmp_path / "gate", tmp_path / "reading"
+    env.write(
+        "quick",
+        """
+        from reflow import Pipeline, Shell
+        with Pipeline("quick", schedule="@daily", start_date="2024-01-01"):
+            Shell("a", "true") >> Shell("b", "true")
+        """,
+    )
+    slow = f"""
+        import pathlib, time
+        from reflow import Pipeline, Shell
+        if pathlib.Path({str(gate)!r} + ".armed").exists():
+            pathlib.Path({str(reading)!r}).touch()
+            deadline = time.monotonic() + 120
+            while not pathlib.Path({str(gate)!r}).exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        with Pipeline("slow", schedule="@daily", start_date="2024-01-01"):
+            Shell("t", "true")
+        """
+    env.write("slow", slow)
+    sched = env.scheduler()
+    sched.start()
+    (run_pk,) = env.trigger("quick", ["2024-01-01"])  # (a command reads every file too)
+    try:
+        Path(f"{gate}.armed").touch()
+        path = env.write("slow", slow + "        # edited\n")
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+        deadline = time.monotonic() + 60
+        while not reading.exists():  # the reader is inside the slow file now
+            assert time.monotonic() < deadline, "the edited file was not read again"
+            time.sleep(0.05)
+        env.drive(env.runs_done([run_pk]), timeout=60, scheduler=sched)
+        assert env.run(run_pk).state == RunState.SUCCESS
+        assert not gate.exists()  # ...and it still is
+    finally:
+        gate.touch()
+        sched.stop()

@@ -124,10 +124,12 @@ class Catalog:
         return changed
 
     def snapshot(self) -> Catalog:
-        """A copy of what was read, which later refreshes of this catalog leave alone."""
+        """A copy of what was read: refreshes of either leave the other alone (a refresh of
+        the copy re-reads only the files that changed since)."""
         copy = Catalog(self.folder)
         copy.pipelines, copy.problems = dict(self.pipelines), list(self.problems)
         copy._stamps = dict(self._stamps)
+        copy._files = dict(self._files)
         return copy
 
     def stamp(self, name: str) -> int | None:

@@ -40,6 +40,7 @@ from reflow.scheduler.catalog import sync_catalog
 from reflow.scheduler.due import create_due
 from reflow.scheduler.peers import covers, exited
 from reflow.scheduler.readiness import Decision, Shape, decide
+from reflow.scheduler.reading import FolderReader
 from reflow.store import history, repo
 from reflow.store.db import Database
 from reflow.tasks.build import Remote, build_try
@@ -114,14 +115,17 @@ class Scheduler:
         self.db = db
         self.settings = settings
         self.launcher = launcher
-        self.catalog = catalog or Catalog(settings.pipelines_path)
+        # What this scheduler runs: a copy of the catalog, replaced whole when the reader
+        # (on its own thread) has read changed files.
+        catalog = catalog or Catalog(settings.pipelines_path)
+        self.catalog = catalog.snapshot()
+        self._reader = FolderReader(catalog, lambda: self.settings.parse_interval)
         self.only = set(only) if only is not None else None
         self.runs = set(runs) if runs is not None else None
         self.create_scheduled_runs = create_scheduled_runs
         self.clock = clock
         self.id: int | None = None
         self.host = socket.gethostname()
-        self._next_parse = datetime.min.replace(tzinfo=UTC)
         self._next_heartbeat = datetime.min.replace(tzinfo=UTC)
         self._next_recovery = datetime.min.replace(tzinfo=UTC)
         self._next_due: dict[str, datetime] = {}
@@ -173,6 +177,7 @@ class Scheduler:
                 "SQLite supports one scheduler at a time (use PostgreSQL for several)"
             )
         self.recover(now)
+        self._reader.start()
         log.info("scheduler %s started with %d pipelines", self.id, len(self.pipelines))
 
     def stop(self) -> None:
@@ -185,6 +190,7 @@ class Scheduler:
             # The others find this scheduler silent and take its tries over.
             log.warning("could not record the scheduler's stop: %s", exc)
         finally:
+            self._reader.stop()
             self.launcher.close()
 
     def run(
@@ -318,11 +324,14 @@ class Scheduler:
         if self._unmarked:
             self._mark_started()
         busy = self.record_outcomes(self.launcher.poll(), now)
-        if now >= self._next_parse:
-            self.refresh_pipelines(now)
+        if (fresh := self._reader.take()) is not None:
+            self._take_up(fresh, now)
         if self.create_scheduled_runs:
             busy |= self.create_due_runs(now)
         busy |= self.enforce_deadlines(now)
+        # Runs whose last task just ended are finished first, so that admission can give
+        # their slots to queued runs in this same tick, and those start at once.
+        busy |= self._settle(now)
         busy |= self.admit_runs(now)
         busy |= self.schedule(now)
         busy |= self.close_backfills(now)
@@ -335,10 +344,16 @@ class Scheduler:
 
     # -- pipelines --------------------------------------------------------------------------
     def refresh_pipelines(self, now: datetime, force: bool = False) -> None:
-        self._next_parse = now + timedelta(seconds=self.settings.parse_interval)
+        """Read the pipelines folder now, on this thread (at start-up; the reader's thread
+        does it afterwards), and take up what changed (everything, with ``force``)."""
+        fresh = self._reader.read()
+        if fresh is not None or force:
+            self._take_up(fresh or self.catalog, now)
+
+    def _take_up(self, fresh: Catalog, now: datetime) -> None:
+        """Run the pipelines of ``fresh`` from now on, and record them in the store."""
         before = {n: p.version for n, p in self.catalog.pipelines.items()}
-        if not self.catalog.refresh() and not force:
-            return
+        self.catalog = fresh
         for problem in self.catalog.problems:
             log.warning("%s", problem.message)
         was_stale = set(self._stale)
@@ -682,7 +697,7 @@ class Scheduler:
         versions = repo.current_versions(conn, names)
         stale = {n: v for n, v in versions.items() if v != pipelines[n].version}
         if stale.keys() - self._stale.keys():
-            self._next_parse = now
+            self._reader.ask()  # read the files again now
         self._stale = {**{n: v for n, v in self._stale.items() if n not in versions}, **stale}
         self._say_stale()
 

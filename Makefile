@@ -47,6 +47,10 @@ test-k8s-real: install
 bench: install
 	$(BIN)/python bench/backfill_noop.py
 	$(BIN)/python bench/tick_history.py
+	$(BIN)/python bench/tick_active.py
+	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/user_path.py
+	$(BIN)/python bench/many_pipelines.py
 	$(BIN)/python bench/web_grid.py
 	$(BIN)/python bench/web_overview.py
 	$(BIN)/python bench/k8s_pods.py

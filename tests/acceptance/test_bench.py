@@ -20,6 +20,10 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
         ("web_grid.py", ["--days", "5", "--tasks", "3", "--requests", "3"]),
         ("web_overview.py", ["--pipelines", "5", "--runs", "3", "--requests", "2"]),
         ("k8s_pods.py", ["--days", "2", "--repeat", "1"]),
+        ("tick_active.py", ["--runs", "3", "--ticks", "5"]),
+        ("throughput.py", ["--days", "3"]),
+        ("user_path.py", ["--repeat", "1"]),
+        ("many_pipelines.py", ["--pipelines", "3", "--idle", "1"]),
     ],
 )
 def test_a_benchmark_runs_and_prints_its_figures(script: str, args: list[str]) -> None:

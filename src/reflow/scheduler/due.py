@@ -8,7 +8,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Row
 
-from reflow.core.errors import Conflict
 from reflow.core.naming import run_id_for
 from reflow.core.pipeline import Pipeline
 from reflow.core.states import RunOrigin
@@ -21,25 +20,43 @@ _MAX_RUNS_PER_TICK = 1000
 def create_due(
     conn: Connection, chunk: Sequence[Pipeline], now: datetime
 ) -> tuple[bool, dict[str, datetime]]:
-    """Create the due runs of ``chunk``'s pipelines; returns whether any was created
-    and when each pipeline is next due. A pipeline that another scheduler holds (it is
-    creating or admitting its runs right now) is skipped: it stays due."""
+    """Create the due runs of ``chunk``'s pipelines, together; returns whether any was
+    created and when each pipeline is next due. A pipeline that another scheduler holds
+    (it is creating or admitting its runs right now) is skipped: it stays due."""
     locked = repo.lock_pipelines(conn, [p.name for p in chunk])
     rows = {row.name: row for row in repo.pipeline_rows(conn, sorted(locked))}
-    created, next_due = False, {}
+    due: dict[str, tuple[Pipeline, list[datetime], datetime]] = {}
     for pipeline in chunk:
         if pipeline.name in rows:
-            made, nxt = _create_due_of(conn, pipeline, rows[pipeline.name], now)
-            created |= made
-            next_due[pipeline.name] = pipeline.schedule.interval(nxt)[1]
-    return created, next_due
+            dates, nxt = _due_dates(pipeline, rows[pipeline.name], now)
+            due[pipeline.name] = (pipeline, dates, nxt)
+    wanted = {(name, d) for name, (_, dates, _) in due.items() for d in dates}
+    taken = repo.dated_runs_taken(conn, wanted)
+    new = [
+        repo.NewRun(
+            pipeline=p.name,
+            run_id=run_id_for(RunOrigin.SCHEDULED, d),
+            logical_date=d,
+            interval=p.schedule.interval(d),
+            origin=RunOrigin.SCHEDULED,
+            conf=p.params.resolve({}),
+            version=p.version,
+            task_ids=p.topological(),
+        )
+        for p, dates, _ in due.values()
+        for d in dates
+        if (p.name, d) not in taken
+    ]
+    # None in place of a date that a backfill created a moment ago.
+    made = repo.create_runs(conn, new, now)
+    repo.set_next_logical_dates(conn, {n: nxt for n, (_, dates, nxt) in due.items() if dates})
+    next_due = {n: p.schedule.interval(nxt)[1] for n, (p, _, nxt) in due.items()}
+    return any(m is not None for m in made), next_due
 
 
-def _create_due_of(
-    conn: Connection, pipeline: Pipeline, row: Row[Any], now: datetime
-) -> tuple[bool, datetime]:
-    """One pipeline's due runs (its row locked); returns whether any was created and
-    its next logical date."""
+def _due_dates(pipeline: Pipeline, row: Row[Any], now: datetime) -> tuple[list[datetime], datetime]:
+    """One pipeline's due logical dates (its row locked), and its next logical date after
+    them."""
     schedule = pipeline.schedule
     assert pipeline.start_date is not None
     first = schedule.ceil(pipeline.start_date)
@@ -56,28 +73,6 @@ def _create_due_of(
                     break
         else:
             dates = [latest]
-    created = False
     if dates:
-        conf = pipeline.params.resolve({})
-        for logical_date in dates:
-            if repo.dated_run_exists(conn, pipeline.name, logical_date):
-                continue
-            try:
-                repo.create_run(
-                    conn,
-                    pipeline=pipeline.name,
-                    run_id=run_id_for(RunOrigin.SCHEDULED, logical_date),
-                    logical_date=logical_date,
-                    interval=schedule.interval(logical_date),
-                    origin=RunOrigin.SCHEDULED,
-                    conf=conf,
-                    version=pipeline.version,
-                    task_ids=pipeline.topological(),
-                    now=now,
-                )
-            except Conflict:
-                continue  # a backfill created that date's run a moment ago
-            created = True
         nxt = schedule.next_after(dates[-1])
-        repo.set_next_logical_date(conn, pipeline.name, nxt)
-    return created, nxt
+    return dates, nxt

@@ -412,6 +412,21 @@ def list_import_errors(conn: Connection) -> list[Rec]:
 
 
 # -- runs -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NewRun:
+    """A queued run to create, with its first attempt and a pending TI per task."""
+
+    pipeline: str
+    run_id: str
+    logical_date: datetime
+    interval: tuple[datetime, datetime]
+    origin: RunOrigin
+    conf: Mapping[str, Any]
+    version: str
+    task_ids: Sequence[str]
+    backfill_id: int | None = None
+
+
 def create_run(
     conn: Connection,
     *,
@@ -431,72 +446,116 @@ def create_run(
     Raises Conflict when a dated run already exists for that logical date (or the run id
     is taken); the caller's transaction is left usable.
     """
+    new = NewRun(
+        pipeline, run_id, logical_date, interval, origin, conf, version, task_ids, backfill_id
+    )
     try:
         with conn.begin_nested():
-            run_pk = conn.execute(
-                insert(runs)
-                .values(
-                    pipeline=pipeline,
-                    run_id=run_id,
-                    logical_date=logical_date,
-                    data_interval_start=interval[0],
-                    data_interval_end=interval[1],
-                    origin=origin.value,
-                    state=RunState.QUEUED.value,
-                    conf=dict(conf),
-                    attempt=1,
-                    version=version,
-                    backfill_id=backfill_id,
-                    created_at=now,
-                    queued_at=now,
-                )
-                .returning(runs.c.id)
-            ).scalar_one()
+            (run_pk,) = _insert_runs(conn, [new], now)
     except IntegrityError:
         raise Conflict(
             f"pipeline {pipeline!r} already has a run for {logical_date.isoformat()} ({run_id})"
         ) from None
-    conn.execute(
-        insert(run_attempts).values(
-            run=run_pk,
-            attempt=1,
-            origin=origin.value,
-            conf=dict(conf),
-            version=version,
-            backfill_id=backfill_id,
-            created_at=now,
+    return run_pk
+
+
+def create_runs(conn: Connection, new: Sequence[NewRun], now: datetime) -> list[int | None]:
+    """Insert many queued runs in a few statements; the id of each, or None for one whose
+    date already has a run (created a moment ago by a backfill or another scheduler)."""
+    if not new:
+        return []
+    try:
+        with conn.begin_nested():
+            return list(_insert_runs(conn, new, now))
+    except IntegrityError:  # one of them lost a race: each on its own, skipping those
+        made: list[int | None] = []
+        for n in new:
+            try:
+                with conn.begin_nested():
+                    made += _insert_runs(conn, [n], now)
+            except IntegrityError:
+                made.append(None)
+        return made
+
+
+def _insert_runs(conn: Connection, new: Sequence[NewRun], now: datetime) -> list[int]:
+    ids = [
+        r.id
+        for r in conn.execute(
+            insert(runs).returning(runs.c.id, sort_by_parameter_order=True),
+            [
+                {
+                    "pipeline": n.pipeline,
+                    "run_id": n.run_id,
+                    "logical_date": n.logical_date,
+                    "data_interval_start": n.interval[0],
+                    "data_interval_end": n.interval[1],
+                    "origin": n.origin.value,
+                    "state": RunState.QUEUED.value,
+                    "conf": dict(n.conf),
+                    "attempt": 1,
+                    "version": n.version,
+                    "backfill_id": n.backfill_id,
+                    "created_at": now,
+                    "queued_at": now,
+                }
+                for n in new
+            ],
         )
-    )
-    add_task_instances(conn, run_pk, task_ids, now)
+    ]
     conn.execute(
-        insert(events).values(
-            at=now,
-            entity="run",
-            entity_id=run_pk,
-            run=run_pk,
-            old=None,
-            new=RunState.QUEUED.value,
-            detail=f"created ({origin.value})",
-        )
+        insert(run_attempts),
+        [
+            {
+                "run": run_pk,
+                "attempt": 1,
+                "origin": n.origin.value,
+                "conf": dict(n.conf),
+                "version": n.version,
+                "backfill_id": n.backfill_id,
+                "created_at": now,
+            }
+            for run_pk, n in zip(ids, new, strict=True)
+        ],
     )
-    return int(run_pk)
+    # A new run is unseen by the scheduler already (change_seq 1, seen_seq 0).
+    tis = [_pending(run_pk, t, now) for run_pk, n in zip(ids, new, strict=True) for t in n.task_ids]
+    if tis:
+        conn.execute(insert(task_instances), tis)
+    conn.execute(
+        insert(events),
+        [
+            {
+                "at": now,
+                "entity": "run",
+                "entity_id": run_pk,
+                "run": run_pk,
+                "old": None,
+                "new": RunState.QUEUED.value,
+                "detail": f"created ({n.origin.value})",
+            }
+            for run_pk, n in zip(ids, new, strict=True)
+        ],
+    )
+    return ids
+
+
+def _pending(run_pk: int, task_id: str, now: datetime) -> dict[str, Any]:
+    return {
+        "run": run_pk,
+        "task_id": task_id,
+        "state": TIState.PENDING.value,
+        "try_number": 0,
+        "lost_tries": 0,
+        "lost_streak": 0,
+        "updated_at": now,
+    }
 
 
 def add_task_instances(
     conn: Connection, run_pk: int, task_ids: Iterable[str], now: datetime
 ) -> list[int]:
-    rows = [
-        {
-            "run": run_pk,
-            "task_id": t,
-            "state": TIState.PENDING.value,
-            "try_number": 0,
-            "lost_tries": 0,
-            "lost_streak": 0,
-            "updated_at": now,
-        }
-        for t in task_ids
-    ]
+    rows = [_pending(run_pk, t, now) for t in task_ids]
     if not rows:
         return []
     conn.execute(update(runs).where(runs.c.id == run_pk).values(change_seq=runs.c.change_seq + 1))
@@ -610,6 +669,37 @@ def run_history(conn: Connection, run_pk: int) -> list[Rec]:
         .order_by(events.c.id)
     )
     return list(conn.execute(stmt).all())
+
+
+def dated_runs_taken(
+    conn: Connection, wanted: Iterable[tuple[str, datetime]]
+) -> set[tuple[str, datetime]]:
+    """Of the (pipeline, logical date) pairs ``wanted``, those that have a dated run."""
+    wanted = set(wanted)
+    taken: set[tuple[str, datetime]] = set()
+    for chunk in _chunks(sorted({name for name, _ in wanted})):
+        dates = sorted({d for name, d in wanted if name in chunk})
+        for day in _chunks(dates):  # type: ignore[type-var]
+            rows = conn.execute(
+                select(runs.c.pipeline, runs.c.logical_date).where(
+                    runs.c.pipeline.in_(chunk),
+                    runs.c.logical_date.in_(day),
+                    runs.c.origin != RunOrigin.MANUAL.value,
+                )
+            ).all()
+            taken.update((r.pipeline, r.logical_date) for r in rows)
+    return taken & wanted
+
+
+def set_next_logical_dates(conn: Connection, values: Mapping[str, datetime]) -> None:
+    """Set each pipeline's next logical date, one parameter set per pipeline."""
+    if values:
+        conn.execute(
+            update(pipelines)
+            .where(pipelines.c.name == bindparam("p_name"))
+            .values(next_logical_date=bindparam("p_next")),
+            [{"p_name": name, "p_next": value} for name, value in values.items()],
+        )
 
 
 def dated_run_exists(conn: Connection, pipeline: str, logical_date: datetime) -> bool:

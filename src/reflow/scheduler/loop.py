@@ -54,7 +54,7 @@ _DUE_PER_TRANSACTION = 100
 # Running runs one transaction of the scheduler acts on: a tick after many outcomes is a
 # few short transactions, not one that holds the write lock long.
 _RUNS_PER_TRANSACTION = 50
-# How often an idle scheduler looks whether another process committed (SQLite).
+# How often an idle scheduler looks whether another process committed.
 _NOTICE_STEP = 0.02
 # Queued runs one transaction admits at most.
 _ADMITTED_PER_TRANSACTION = 100
@@ -223,9 +223,9 @@ class Scheduler:
             self.stop()
 
     def _idle(self, timeout: float) -> None:
-        """Wait up to ``timeout`` s for work: a try ending (the launcher wakes up), or, on
-        SQLite, another process committing (a trigger, a backfill, a clear), looked at
-        every ``_NOTICE_STEP`` s at the cost of one pragma."""
+        """Wait up to ``timeout`` s for work: a try ending (the launcher wakes up), or
+        another process committing (a trigger, a backfill, a clear), looked at every
+        ``_NOTICE_STEP`` s at the cost of one tiny query (``Database.commits_elsewhere``)."""
         since = self.db.commits_elsewhere()
         if since is None:
             self.launcher.wait(timeout)
@@ -654,22 +654,31 @@ class Scheduler:
         if free <= 0:
             return []
         pipelines = self.pipelines
+        origins = {o.value: i for o, i in ORIGIN_RANK.items()}
         with self.db.read() as conn:
-            # Pipelines at max_active_tasks cannot take one more: read past them, and only
-            # as many of the best as could start (a backlog of thousands costs nothing).
-            live = repo.count_live_tis(conn)
-            full = [
-                p for p, n in live.items() if p in pipelines and n >= pipelines[p].max_active_tasks
-            ]
+            # Only as many of the best as could start: a backlog of thousands costs nothing.
+            rows = repo.scheduled_task_instances(
+                conn, rank=origins, limit=free * 2 + 16, run_pks=self.runs
+            )
+            if rows:
+                # Pipelines at max_active_tasks cannot take one more: read past them.
+                live = repo.count_live_tis(conn)
+                full = [
+                    p
+                    for p, n in live.items()
+                    if p in pipelines and n >= pipelines[p].max_active_tasks
+                ]
+                if any(r.pipeline in full for r in rows):
+                    rows = repo.scheduled_task_instances(
+                        conn,
+                        rank=origins,
+                        limit=free * 2 + 16,
+                        skip_pipelines=full,
+                        run_pks=self.runs,
+                    )
             rows = [
                 r
-                for r in repo.scheduled_task_instances(
-                    conn,
-                    rank={o.value: i for o, i in ORIGIN_RANK.items()},
-                    limit=free * 2 + 16,
-                    skip_pipelines=full,
-                    run_pks=self.runs,
-                )
+                for r in rows
                 if r.pipeline in pipelines and self._drives(r.id) and r.id not in self._held
             ]
             if rows:

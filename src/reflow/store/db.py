@@ -340,18 +340,35 @@ class Database:
             time.sleep(0.05)
 
     def commits_elsewhere(self) -> int | None:
-        """A number that changes when another connection commits to the database (SQLite's
-        ``data_version``, on a connection kept for it), for an idle process to notice new
-        work at once; None where there is no such cheap signal (PostgreSQL)."""
-        if not self.is_sqlite or self.where == ":memory:":
+        """A number that changes when another connection writes to the database, for an
+        idle process to notice new work at once, read on a connection kept for it. SQLite:
+        ``data_version`` (commits of other connections). PostgreSQL: the server's next
+        transaction id, which moves when any transaction writes (on this database or
+        another of the server: at worst a needless look). None when it cannot be read."""
+        if self.where == ":memory:":
             return None
         try:
             if self._watcher is None:
-                self._watcher = self.engine.raw_connection()
-            return int(self._watcher.execute("PRAGMA data_version").fetchone()[0])
+                watcher = self.engine.raw_connection()
+                if not self.is_sqlite:
+                    # Never idle inside a transaction: each look is a statement of its own.
+                    watcher.driver_connection.autocommit = True  # type: ignore[union-attr]
+                self._watcher = watcher
+            query = "PRAGMA data_version" if self.is_sqlite else self._xmax_query()
+            cursor = self._watcher.cursor()
+            try:
+                cursor.execute(query)
+                return int(cursor.fetchone()[0])
+            finally:
+                cursor.close()
         except Exception:  # a signal only: a failure here means "look now"
             self._drop_watcher()
             return None
+
+    def _xmax_query(self) -> str:
+        if (self.engine.dialect.server_version_info or (0,)) >= (13,):
+            return "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+        return "SELECT txid_snapshot_xmax(txid_current_snapshot())"
 
     def _drop_watcher(self) -> None:
         watcher, self._watcher = self._watcher, None

@@ -54,8 +54,9 @@ _DUE_PER_TRANSACTION = 100
 # Running runs one transaction of the scheduler acts on: a tick after many outcomes is a
 # few short transactions, not one that holds the write lock long.
 _RUNS_PER_TRANSACTION = 50
-# How often an idle scheduler looks whether another process committed.
-_NOTICE_STEP = 0.02
+# How often an idle scheduler looks whether another process committed: SQLite's look is a
+# pragma, PostgreSQL's a round trip to the server.
+_NOTICE_STEP = {"sqlite": 0.02, "postgresql": 0.05}
 # Queued runs one transaction admits at most.
 _ADMITTED_PER_TRANSACTION = 100
 # Every pipeline, for a rescan.
@@ -232,7 +233,7 @@ class Scheduler:
             return
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            step = min(left, _NOTICE_STEP)
+            step = min(left, _NOTICE_STEP["sqlite" if self.db.is_sqlite else "postgresql"])
             began = time.monotonic()
             self.launcher.wait(step)
             if time.monotonic() - began < step * 0.9:

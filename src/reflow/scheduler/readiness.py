@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from reflow.core import edits
 from reflow.core.edits import being_removed
 from reflow.core.pipeline import Pipeline, Task
 from reflow.core.states import (
@@ -31,15 +32,10 @@ from reflow.core.states import (
 )
 
 
-class Instance(Protocol):
-    """What readiness needs of a task instance (a store row has it)."""
+class Instance(edits.Instance, Protocol):
+    """What readiness needs of a task instance (a store row has it): what an edit looks
+    at, and when its next try may start."""
 
-    @property
-    def id(self) -> int: ...
-    @property
-    def task_id(self) -> str: ...
-    @property
-    def state(self) -> str: ...
     @property
     def next_try_at(self) -> datetime | None: ...
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import create_engine, make_url, text
 
+from reflow.store import repo
 from reflow.store.db import Database
 
 
@@ -62,3 +65,15 @@ def percentile(values: list[float], q: float) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def wait_until_scheduling(db: Database, daemon: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait until the `reflow scheduler` process ``daemon`` has registered."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with db.read() as conn:
+            if repo.live_schedulers(conn, datetime.now(UTC), 60):
+                return
+        if time.monotonic() > deadline or daemon.poll() is not None:
+            raise SystemExit("the scheduler did not start")
+        time.sleep(0.1)

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
-from _bench import scratch_database
+from _bench import scratch_database, wait_until_scheduling
 
 from reflow.core.config import Settings
 from reflow.launchers.local import LocalLauncher
@@ -60,14 +60,7 @@ def idle(home: Path, url: str | None, seconds: float) -> tuple[float, float, flo
         [*reflow, "scheduler"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            with db.read() as conn:
-                if repo.live_schedulers(conn, datetime.now(UTC), 60):
-                    break
-            if time.monotonic() > deadline or daemon.poll() is not None:
-                raise SystemExit("the scheduler did not start")
-            time.sleep(0.1)
+        wait_until_scheduling(db, daemon, 300)
         startup = time.perf_counter() - started
         time.sleep(5)  # past its first ticks
         proc = psutil.Process(daemon.pid)

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
-from _bench import scratch_database
+from _bench import scratch_database, wait_until_scheduling
 
 from reflow.core.config import Settings
 from reflow.store import repo
@@ -47,18 +47,11 @@ def once(url: str | None) -> tuple[float, float]:
         settings = Settings(home=home, database_url=url)
         subprocess.run([*REFLOW, "db", "upgrade"], env=env, check=True, capture_output=True)
         daemon = subprocess.Popen(
-            [*REFLOW, "scheduler"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [*REFLOW, "scheduler"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         db = Database(settings.database)
         try:
-            deadline = time.monotonic() + 60
-            while True:  # registered and idle
-                with db.read() as conn:
-                    if repo.live_schedulers(conn, datetime.now(UTC), 30):
-                        break
-                if time.monotonic() > deadline or daemon.poll() is not None:
-                    raise SystemExit("the scheduler did not start")
-                time.sleep(0.1)
+            wait_until_scheduling(db, daemon, 60)
             time.sleep(1.0)  # past its start-up work
             cpu = psutil.Process(daemon.pid).cpu_times()
             started = datetime.now(UTC)

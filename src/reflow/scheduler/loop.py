@@ -333,8 +333,9 @@ class Scheduler:
         # Runs whose last task just ended are finished first, so that admission can give
         # their slots to queued runs in this same tick, and those start at once.
         busy |= self._settle(now)
-        busy |= self.admit_runs(now)
-        busy |= self.schedule(now)
+        admitted = self.admit_runs(now)
+        busy |= admitted
+        busy |= self.schedule(now, settle=admitted)
         busy |= self.close_backfills(now)
         if now >= self._next_heartbeat:
             self.db.write(lambda c: repo.heartbeat(c, self._id, now))
@@ -570,10 +571,11 @@ class Scheduler:
         return admitted
 
     # -- task instances -----------------------------------------------------------------
-    def schedule(self, now: datetime) -> bool:
-        """Act on the running runs that changed since the last look, then launch what is
-        ready and fits. The cost follows what changed, not how much is running."""
-        changed = self._settle(now)
+    def schedule(self, now: datetime, settle: bool = True) -> bool:
+        """Act on the running runs that changed since the last look (unless the caller
+        just did and nothing started since: ``settle=False``), then launch what is ready
+        and fits. The cost follows what changed, not how much is running."""
+        changed = self._settle(now) if settle else False
         launches = self._ready(now)
         if launches:
             changed |= self._launch(launches, now)

@@ -112,13 +112,7 @@ def decide(instances: Iterable[Instance], shape: Shape, now: datetime) -> Decisi
         elif ready:
             decision.scheduled.setdefault(current, []).append(ti.id)
             state[ti.task_id] = TIState.SCHEDULED
-    decision.outcome = outcome_of(state)
+    if state and all(s in TI_FINISHED for s in state.values()):
+        failed = any(s in TI_FAILED_RESULTS for s in state.values())
+        decision.outcome = RunState.FAILED if failed else RunState.SUCCESS
     return decision
-
-
-def outcome_of(states: Mapping[str, TIState]) -> RunState | None:
-    """The end of a run whose instances are in ``states``, or None while one is unfinished."""
-    if not states or not all(s in TI_FINISHED for s in states.values()):
-        return None
-    failed = any(s in TI_FAILED_RESULTS for s in states.values())
-    return RunState.FAILED if failed else RunState.SUCCESS

@@ -79,7 +79,7 @@ _CHUNK = 500
 _SYNC_LOCK = 0x7265666C6F7701
 # A result row of any shape.
 Rec: TypeAlias = Row[*tuple[Any, ...]]
-_K = TypeVar("_K", int, str)
+_K = TypeVar("_K", int, str, datetime)
 _LIVE_TRY = tries.c.state.in_([TryState.QUEUED.value, TryState.RUNNING.value])
 # Moves of a task instance that make nothing else ready and end nothing: the scheduler's
 # own steps towards a try. Every other move counts as a change of its run.
@@ -116,10 +116,7 @@ def transition(
     wanted = list(dict.fromkeys(ids))
     if not wanted:
         return []
-    extra: dict[str, Any] = {"updated_at": now} if entity in ("ti", "backfill") else {}
-    if entity == "run":
-        extra["change_seq"] = runs.c.change_seq + 1
-    counts = entity == "ti" and enum(to) not in _NOT_A_CHANGE
+    extra, counts = _side_effects(entity, enum(to), now)
     guards = [guard] if guard is not None else []
     moved: list[tuple[int, str, int | None]] = []
     for chunk in _chunks(wanted):
@@ -184,10 +181,7 @@ def transition_each(
     columns = sorted(next(iter(values.values())))
     if any(sorted(v) != columns for v in values.values()):
         raise ValueError("transition_each: every row must set the same columns")
-    extra: dict[str, Any] = {"updated_at": now} if entity in ("ti", "backfill") else {}
-    if entity == "run":
-        extra["change_seq"] = runs.c.change_seq + 1
-    counts = entity == "ti" and enum(to) not in _NOT_A_CHANGE
+    extra, counts = _side_effects(entity, enum(to), now)
     guards = [guard] if guard is not None else []
     run_col = table.c.id if entity in ("run", "backfill") else table.c.run
     # Parameter names must differ from the columns': those are reserved for the SET clause.
@@ -218,6 +212,15 @@ def transition_each(
         moved += [(r[0], r[1], r[2]) for r in current]
     _record_events(conn, entity, moved, enum(to).value, at or now, detail)
     return [m[0] for m in moved]
+
+
+def _side_effects(entity: str, to: Any, now: datetime) -> tuple[dict[str, Any], bool]:
+    """What every move of ``entity`` to ``to`` also sets, and whether it counts as a
+    change of its run (see the module's invariant; a run's own moves count on it)."""
+    extra: dict[str, Any] = {"updated_at": now} if entity in ("ti", "backfill") else {}
+    if entity == "run":
+        extra["change_seq"] = runs.c.change_seq + 1
+    return extra, entity == "ti" and to not in _NOT_A_CHANGE
 
 
 def _record_events(
@@ -401,10 +404,6 @@ def pipeline_rows(conn: Connection, names: Iterable[str] | None = None) -> list[
     if names is not None:
         stmt = stmt.where(pipelines.c.name.in_(list(names)))
     return list(conn.execute(stmt).all())
-
-
-def set_next_logical_date(conn: Connection, name: str, value: datetime) -> None:
-    conn.execute(update(pipelines).where(pipelines.c.name == name).values(next_logical_date=value))
 
 
 def list_import_errors(conn: Connection) -> list[Rec]:
@@ -679,7 +678,7 @@ def dated_runs_taken(
     taken: set[tuple[str, datetime]] = set()
     for chunk in _chunks(sorted({name for name, _ in wanted})):
         dates = sorted({d for name, d in wanted if name in chunk})
-        for day in _chunks(dates):  # type: ignore[type-var]
+        for day in _chunks(dates):
             rows = conn.execute(
                 select(runs.c.pipeline, runs.c.logical_date).where(
                     runs.c.pipeline.in_(chunk),
@@ -700,19 +699,6 @@ def set_next_logical_dates(conn: Connection, values: Mapping[str, datetime]) -> 
             .values(next_logical_date=bindparam("p_next")),
             [{"p_name": name, "p_next": value} for name, value in values.items()],
         )
-
-
-def dated_run_exists(conn: Connection, pipeline: str, logical_date: datetime) -> bool:
-    return (
-        conn.execute(
-            select(runs.c.id).where(
-                runs.c.pipeline == pipeline,
-                runs.c.logical_date == logical_date,
-                runs.c.origin != RunOrigin.MANUAL.value,
-            )
-        ).first()
-        is not None
-    )
 
 
 def count_running_runs(conn: Connection) -> dict[str, int]:
@@ -931,7 +917,7 @@ def start_runs(
             deadline=deadline,
             ended_at=None,
         )
-    _close_attempts(conn, started, started_at=now, state=RunState.RUNNING.value)
+    _set_current_attempts(conn, started, started_at=now, state=RunState.RUNNING.value)
     return started
 
 
@@ -952,7 +938,7 @@ def finish_runs(
         [RunState.RUNNING, RunState.QUEUED] if state == RunState.CANCELLED else [RunState.RUNNING]
     )
     moved = transition(conn, "run", run_pks, state, sources, now, detail=detail, ended_at=now)
-    _close_attempts(conn, moved, ended_at=now, state=state.value)
+    _set_current_attempts(conn, moved, ended_at=now, state=state.value)
     return moved
 
 
@@ -962,8 +948,8 @@ def finish_run(
     return bool(finish_runs(conn, [run_pk], state, now, detail))
 
 
-def _close_attempts(conn: Connection, run_pks: Sequence[int], **values: Any) -> None:
-    """Set ``values`` on the current attempt of each run."""
+def _set_current_attempts(conn: Connection, run_pks: Sequence[int], **values: Any) -> None:
+    """Set ``values`` on the current attempt of each run (its start, or its end)."""
     current = select(runs.c.attempt).where(runs.c.id == run_attempts.c.run).scalar_subquery()
     for chunk in _chunks(list(run_pks)):
         conn.execute(
@@ -1119,23 +1105,6 @@ def mark_tries_started(conn: Connection, starts: Sequence[Start], *, owner: int)
         now,
     )
     return moved
-
-
-def mark_try_started(
-    conn: Connection,
-    try_id: int,
-    ti_id: int,
-    *,
-    owner: int,
-    pid: int | None,
-    host: str,
-    external_id: str,
-    now: datetime,
-    timeout: float | None = None,
-) -> bool:
-    """:func:`mark_tries_started` for one try: False when it was not recorded."""
-    start = Start(try_id, ti_id, pid, host, external_id, now, timeout)
-    return bool(mark_tries_started(conn, [start], owner=owner))
 
 
 def try_rows(conn: Connection, try_ids: Sequence[int]) -> dict[int, Rec]:

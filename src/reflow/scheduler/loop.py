@@ -15,7 +15,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,17 +23,16 @@ from sqlalchemy import Connection, Row
 from sqlalchemy.exc import SQLAlchemyError
 
 from reflow.core.config import Settings
-from reflow.core.context import RunInfo, build_context
 from reflow.core.discovery import Catalog
-from reflow.core.errors import Conflict, Fenced, LeaseLost, ReflowError, StoreUnavailable
+from reflow.core.errors import Conflict, LeaseLost, StoreUnavailable
 from reflow.core.faults import crash_point
-from reflow.core.naming import Clock, log_path, utcnow
+from reflow.core.naming import Clock, utcnow
 from reflow.core.pipeline import Pipeline
-from reflow.core.spec import Outcome, TryRef, TrySpec
-from reflow.core.states import FailureReason, RunOrigin, RunState, TIState
+from reflow.core.spec import Outcome, TryRef
+from reflow.core.states import FailureReason
 from reflow.launchers.base import Launcher
+from reflow.scheduler import deadlines, launching, settling, trylog
 from reflow.scheduler import outcomes as try_outcomes
-from reflow.scheduler import trylog
 from reflow.scheduler.admission import ORIGIN_RANK, admissible
 from reflow.scheduler.catalog import sync_catalog
 from reflow.scheduler.due import create_due
@@ -43,7 +41,6 @@ from reflow.scheduler.readiness import Decision, Shape, decide
 from reflow.scheduler.reading import FolderReader
 from reflow.store import history, repo
 from reflow.store.db import Database
-from reflow.tasks.build import Remote, build_try
 
 log = logging.getLogger("reflow.scheduler")
 
@@ -61,27 +58,6 @@ _NOTICE_STEP = {"sqlite": 0.02, "postgresql": 0.05}
 _ADMITTED_PER_TRANSACTION = 100
 # Every pipeline, for a rescan.
 _ALL: frozenset[str] = frozenset({"*"})
-
-
-def run_info(run: Row[Any], pipeline: Pipeline) -> RunInfo:
-    return RunInfo(
-        pipeline=run.pipeline,
-        run_id=run.run_id,
-        logical_date=run.logical_date,
-        data_interval_start=run.data_interval_start,
-        data_interval_end=run.data_interval_end,
-        # Frozen when the run was created, rendered under the current params (core.edits).
-        conf=pipeline.params.render(run.conf),
-        timezone=pipeline.schedule.timezone,
-    )
-
-
-@dataclass
-class _Launch:
-    ti_id: int
-    run: Row[Any]
-    task_id: str
-    rank: tuple[Any, ...]
 
 
 class Scheduler:
@@ -135,7 +111,7 @@ class Scheduler:
         # Outcomes polled but not yet committed, and started tries not yet recorded as
         # started: kept across a failed transaction (a database outage), written next tick.
         self._unrecorded: list[Outcome] = []
-        self._unmarked: list[tuple[int, int, Any, datetime, float | None]] = []
+        self._unmarked: list[launching.Started] = []
         self._store_trouble: str | None = None
         # Pipelines whose current version (recorded by another process) differs from this
         # scheduler's copy: name -> that version. Not run until the files are read again.
@@ -266,8 +242,8 @@ class Scheduler:
         )
         # Tries started but never recorded may not have been found by the new owner: stop
         # them, so that they never run beside the retry it makes.
-        for try_id, *_ in self._unmarked:
-            self.launcher.cancel(try_id, 0)
+        for started in self._unmarked:
+            self.launcher.cancel(started.try_id, 0)
         self.launcher.poll()
         self.launcher.close()
         self._signalled.clear()
@@ -421,10 +397,11 @@ class Scheduler:
             requested = repo.cancel_requested(conn, self._id)
 
         def work(conn: Connection) -> list[Row[Any]]:
-            expired = self._past_timeout(conn, repo.expired_tries(conn, self._id, now), now)
+            expired = repo.expired_tries(conn, self._id, now)
+            expired = deadlines.past_timeout(conn, self.launcher, self._id, expired, now)
             repo.request_cancel(conn, [r.id for r in expired], FailureReason.TIMED_OUT.value)
             for run in repo.expired_runs(conn, now, self.pipelines):
-                self._time_out_run(conn, run.id, now)
+                deadlines.time_out_run(conn, run.id, now)
             return repo.cancel_requested(conn, self._id)
 
         if due:
@@ -439,46 +416,6 @@ class Scheduler:
         if to_signal:
             crash_point("try.cancel_sent")
         return bool(to_signal)
-
-    def _past_timeout(
-        self, conn: Connection, expired: list[Row[Any]], now: datetime
-    ) -> list[Row[Any]]:
-        """The tries past their timeout counted from their real start: one whose process
-        or container began later than recorded (a pod pulling its image) has its start
-        and deadline moved there instead (see ``Launcher.running_since``)."""
-        due = []
-        for row in expired:
-            since = self.launcher.running_since(row.id)
-            if since is not None and row.started_at is not None and since > row.started_at:
-                deadline = since + (row.deadline - row.started_at)
-                repo.move_try_start(conn, row.id, self._id, since, deadline)
-                if deadline > now:
-                    continue
-            due.append(row)
-        return due
-
-    def _time_out_run(self, conn: Connection, run_pk: int, now: datetime) -> None:
-        """Fail a run past its run_timeout: its live tries are stopped (reason
-        ``run_timed_out``) and its unstarted task instances cancelled."""
-        live = repo.live_tries_of_runs(conn, [run_pk])
-        repo.request_cancel(conn, [t.id for t in live], FailureReason.RUN_TIMED_OUT.value)
-        unstarted = [
-            ti.id
-            for ti in repo.run_task_instances(conn, [run_pk])
-            if ti.state in (TIState.PENDING, TIState.SCHEDULED, TIState.UP_FOR_RETRY)
-        ]
-        for state in (TIState.PENDING, TIState.SCHEDULED, TIState.UP_FOR_RETRY):
-            repo.transition(
-                conn,
-                "ti",
-                unstarted,
-                TIState.CANCELLED,
-                [state],
-                now,
-                detail="run timed out",
-                ended_at=now,
-                failure_reason=FailureReason.RUN_TIMED_OUT.value,
-            )
 
     # -- outcomes -------------------------------------------------------------------------
     def record_outcomes(self, outcomes: Sequence[Outcome], now: datetime) -> bool:
@@ -631,10 +568,12 @@ class Scheduler:
             for run in outdated:
                 if run.id in held:
                     pipeline = pipelines[run.pipeline]
-                    tis = self._reconcile(conn, run, pipeline, now)
+                    tis = settling.reconcile(conn, run, pipeline, now)
                     decisions[run.id] = decide(tis, self._shape(pipeline), now)
                     changed = True
-            changed |= _apply({pk: d for pk, d in decisions.items() if pk in held}, conn, now)
+            changed |= settling.apply(
+                {pk: d for pk, d in decisions.items() if pk in held}, conn, now
+            )
             repo.settle_runs(conn, held)
             return changed
 
@@ -650,9 +589,8 @@ class Scheduler:
             else:
                 self._held.discard(run_pk)
 
-    def _ready(self, now: datetime) -> list[_Launch]:
-        """The scheduled task instances this scheduler may launch, best first (scheduled
-        runs before backfills, then older dates, then upstream tasks first)."""
+    def _ready(self, now: datetime) -> list[launching.Launch]:
+        """The scheduled task instances this scheduler may launch, best first."""
         free = self.settings.parallelism - len(self.launcher.watched())
         if free <= 0:
             return []
@@ -679,27 +617,17 @@ class Scheduler:
                         skip_pipelines=full,
                         run_pks=self.runs,
                     )
-            rows = [
-                r
-                for r in rows
-                if r.pipeline in pipelines and self._drives(r.id) and r.id not in self._held
-            ]
+            rows = [r for r in rows if r.pipeline in pipelines]
             if rows:
                 self._check_versions(conn, {r.pipeline for r in rows}, now)
-        candidates = []
-        for row in rows:
-            pipeline = pipelines[row.pipeline]
-            if row.pipeline in self._stale or row.version != pipeline.version:
-                continue  # the run is brought to the current version first
-            rank = (
-                ORIGIN_RANK[RunOrigin(row.origin)],
-                row.logical_date,
-                row.id,
-                self._shape(pipeline).order.get(row.ti_task_id, 0),
-            )
-            candidates.append(_Launch(row.ti_id, row, row.ti_task_id, rank))
-        candidates.sort(key=lambda c: c.rank)
-        return candidates
+        return launching.rank(
+            rows,
+            pipelines,
+            self._shape,
+            skip=lambda r: (
+                not self._drives(r.id) or r.id in self._held or r.pipeline in self._stale
+            ),
+        )
 
     def _check_versions(self, conn: Connection, names: set[str], now: datetime) -> None:
         """Runs follow their pipeline's current version, which the store owns: a pipeline
@@ -720,101 +648,39 @@ class Scheduler:
             shape = self._shapes[key] = Shape.of(pipeline)
         return shape
 
-    def _reconcile(
-        self, conn: Connection, run: Row[Any], pipeline: Pipeline, now: datetime
-    ) -> list[Row[Any]]:
-        """Bring a live run to the pipeline's current version, as ``core.edits`` states;
-        returns its task instances after."""
-        tis = repo.run_task_instances(conn, [run.id])
-        repo.reconcile_task_instances(
-            conn,
-            run.id,
-            tis,
-            pipeline.topological(),
-            now,
-            finished_too=False,
-            version=pipeline.version,
-        )
-        repo.set_run_version(conn, run.id, pipeline.version)
-        return repo.run_task_instances(conn, [run.id])
-
-    def _launch(self, candidates: list[_Launch], now: datetime) -> bool:
+    def _launch(self, candidates: list[launching.Launch], now: datetime) -> bool:
         pipelines = self.pipelines
         free = self.settings.parallelism - len(self.launcher.watched())
         if free <= 0:
             return False
 
-        def take(conn: Connection) -> list[tuple[_Launch, int, int]]:
+        def take(conn: Connection) -> list[tuple[launching.Launch, int, int]]:
             mine = repo.lock_pipelines(conn, {c.run.pipeline for c in candidates})
             live = repo.count_live_tis(conn)
-            chosen: list[_Launch] = []
-            for cand in candidates:
-                if len(chosen) >= free:
-                    break
-                pipeline = pipelines[cand.run.pipeline]
-                if cand.run.pipeline not in mine:
-                    continue
-                if live.get(cand.run.pipeline, 0) >= pipeline.max_active_tasks:
-                    continue
-                live[cand.run.pipeline] = live.get(cand.run.pipeline, 0) + 1
-                chosen.append(cand)
-            got = repo.queue_tries(conn, [self._claim(c) for c in chosen], owner=self._id, now=now)
+            chosen = launching.choose(candidates, pipelines, mine=mine, live=live, free=free)
+            claims = [launching.claim(self.settings, pipelines[c.run.pipeline], c) for c in chosen]
+            got = repo.queue_tries(conn, claims, owner=self._id, now=now)
             return [(c, *got[c.ti_id]) for c in chosen if c.ti_id in got]
 
         taken = self._write(take)
         if not taken:
             return False
+        # Crash point: the tries are queued, no process started. A scheduler dying here
+        # leaves queued tries with no process: the next one adopts them and finds them lost
+        # (retried without using up a retry), never running twice.
         crash_point("try.queued")
-        started: list[tuple[int, int, Any, datetime, float | None]] = []
-        failed: list[Outcome] = []
-        for cand, try_id, number in taken:
-            pipeline = pipelines[cand.run.pipeline]
-            task = pipeline.tasks[cand.task_id]
-            path = log_path(
-                self.settings.logs_path, cand.run.pipeline, cand.run.run_id, cand.task_id, number
-            )
-            spec: TrySpec | None = None
-            try:
-                context = build_context(run_info(cand.run, pipeline), cand.task_id, number)
-                spec = build_try(
-                    task,
-                    context,
-                    try_id=try_id,
-                    log_path=str(path),
-                    pipelines_folder=str(self.settings.pipelines_path),
-                    cwd=str(self.settings.home),
-                    **target(self.settings, cand.run.pipeline, cand.task_id),
-                )
-                opening = trylog.opening(
-                    self.settings, self.host, cand.run, pipeline, task, number, spec
-                )
-                trylog.note(path, opening, self.clock())
-                handle = self.launcher.start(spec)
-            except Fenced as exc:
-                # Declared lost by another scheduler while this one was paused: recorded
-                # only if this scheduler still owns it (never, unless the fence is stale).
-                log.warning("try %s not started: %s", try_id, exc)
-                trylog.note(path, [trylog.fenced(str(exc))], self.clock())
-                failed.append(Outcome(try_id, None, FailureReason.LOST, now, str(exc)))
-                continue
-            except Exception as exc:  # one try's error never stops the scheduler
-                log.warning(
-                    "try %s could not start: %s",
-                    try_id,
-                    exc,
-                    exc_info=not isinstance(exc, ReflowError),
-                )
-                detail = str(exc) or type(exc).__name__
-                if spec is None:  # not rendered: its log says which try failed (how: _record)
-                    opening = trylog.opening(
-                        self.settings, self.host, cand.run, pipeline, task, number, None
-                    )
-                    trylog.note(path, opening, self.clock())
-                failed.append(Outcome(try_id, None, FailureReason.ERROR, now, detail))
-                continue
-            # The task timeout counts from here, the start of its process or pod.
-            started.append((try_id, cand.ti_id, handle, self.clock(), task.option("timeout")))
+        started, failed = launching.start_tries(
+            taken,
+            pipelines,
+            settings=self.settings,
+            launcher=self.launcher,
+            host=self.host,
+            clock=self.clock,
+            now=now,
+        )
         if started:
+            # Crash point: processes run but are recorded as queued; the next scheduler
+            # adopts them by their log and exit files (local) or labels (pods).
             crash_point("try.launched")
             self._unmarked += started
             self._mark_started()
@@ -823,30 +689,11 @@ class Scheduler:
             self.record_outcomes(failed, now)
         return True
 
-    def _claim(self, cand: _Launch) -> repo.Claim:
-        task = self.pipelines[cand.run.pipeline].tasks[cand.task_id]
-        run = cand.run
-        logs = self.settings.logs_path
-        return repo.Claim(
-            ti_id=cand.ti_id,
-            run_pk=run.id,
-            run_attempt=run.attempt,
-            launcher=self.settings.launcher_for(run.pipeline, cand.task_id),
-            log_path_for=lambda n: str(log_path(logs, run.pipeline, run.run_id, cand.task_id, n)),
-            timeout=task.option("timeout"),
-            kill_grace=float(task.option("kill_grace")),
-        )
-
     def _mark_started(self) -> None:
         """Record where the started tries run. A try that is no longer queued has ended
         already (its outcome was recorded first); nothing else can have happened to it
         while this scheduler holds its lease."""
-        pending = self._unmarked
-
-        starts = [
-            repo.Start(try_id, ti_id, handle.pid, handle.host, handle.external_id, at, timeout)
-            for try_id, ti_id, handle, at, timeout in pending
-        ]
+        starts = [s.record() for s in self._unmarked]
         self._write(lambda conn: repo.mark_tries_started(conn, starts, owner=self._id))
         self._unmarked = []
 
@@ -894,48 +741,3 @@ class Scheduler:
             taken = trylog.taken_over(self._id, self.host, alive_now)
             trylog.note(Path(row.log_path), [taken], now)
         return bool(orphans)
-
-
-def _apply(decisions: dict[int, Decision], conn: Connection, now: datetime) -> bool:
-    """Apply the decisions of several runs together; each move is guarded by the state it
-    leaves. Returns whether anything was to be written."""
-    scheduled: dict[TIState, list[int]] = {}
-    no_ops: list[int] = []
-    upstream_failed: list[int] = []
-    ending: dict[RunState, list[int]] = {}
-    for run_pk, decision in decisions.items():
-        for source, ids in decision.scheduled.items():
-            scheduled.setdefault(source, []).extend(ids)
-        no_ops += decision.no_ops
-        upstream_failed += decision.upstream_failed
-        if decision.outcome is not None:
-            ending.setdefault(decision.outcome, []).append(run_pk)
-    for source, ids in scheduled.items():
-        repo.transition(conn, "ti", ids, TIState.SCHEDULED, [source], now)
-    repo.transition(
-        conn,
-        "ti",
-        no_ops,
-        TIState.SUCCESS,
-        [TIState.PENDING, TIState.UP_FOR_RETRY],
-        now,
-        detail="no-op task",
-        started_at=now,
-        ended_at=now,
-    )
-    repo.transition(
-        conn, "ti", upstream_failed, TIState.UPSTREAM_FAILED, [TIState.PENDING], now, ended_at=now
-    )
-    for state, run_pks in ending.items():
-        repo.finish_runs(conn, run_pks, state, now)
-    return any(d.writes for d in decisions.values())
-
-
-def target(settings: Settings, pipeline: str, task_id: str) -> dict[str, Any]:
-    """Where a task's tries run: the launcher's name and, for pods, the image's layout."""
-    launcher = settings.launcher_for(pipeline, task_id)
-    remote = None
-    if launcher == "kubernetes":
-        k8s = settings.kubernetes
-        remote = Remote(k8s.pipelines_folder, k8s.python)
-    return {"launcher": launcher, "remote": remote}

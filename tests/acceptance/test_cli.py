@@ -120,6 +120,8 @@ def test_init_creates_a_project_whose_example_runs(project: Path) -> None:
         (["runs", "delete", "example", "--start", "x", "--end", "y"], "bad date 'x'"),
         (["db", "clean", "--before", "yesterday"], "bad date 'yesterday'"),
         (["pipelines", "delete", "example"], "remove the file first"),
+        (["pipelines", "pause", "nope"], "unknown pipeline 'nope'"),
+        (["pipelines", "history", "nope"], "unknown pipeline 'nope'"),
         # Usage errors too: one line that says where the help is.
         (["nosuch"], "No such command 'nosuch'. (see 'reflow -h')"),
         (["trigger"], "Missing argument 'pipeline'. (see 'reflow trigger -h')"),
@@ -155,6 +157,30 @@ def test_a_failed_run_makes_trigger_wait_exit_non_zero(project: Path) -> None:
     assert "did not succeed" in result.stderr
     log = reflow(project, "logs", "example", "2024-01-02", "report", "--try", "1")
     assert "only 5 events, expected at least 100" in log.stdout
+
+
+def test_pausing_from_the_command_line(project: Path) -> None:
+    paused = reflow(project, "pipelines", "pause", "example", "--reason", "source late")
+    assert paused.returncode == 0, paused.stderr
+    assert "Paused example" in paused.stdout
+    assert "example (paused)" in reflow(project, "pipelines", "list").stdout
+    again = reflow(project, "pipelines", "pause", "example")
+    assert "was paused already" in again.stdout
+    # --wait would wait for someone to unpause: refused, nothing written.
+    waited = reflow(project, "trigger", "example", "--date", "2024-01-02", "--wait")
+    assert waited.returncode == 2
+    assert "is paused: unpause it first" in waited.stderr
+    assert len(waited.stderr.strip().splitlines()) == 1
+    assert _run_count(project) == 0
+    queued = reflow(project, "trigger", "example", "--date", "2024-01-02")
+    assert queued.returncode == 0
+    assert "is paused: its runs wait until" in queued.stdout
+    unpaused = reflow(project, "pipelines", "unpause", "example")
+    assert "Unpaused example. 1 queued runs may start now." in unpaused.stdout
+    history = reflow(project, "pipelines", "history", "example")
+    lines = history.stdout.splitlines()
+    assert "paused" in lines[1] and "(cli)" in lines[1] and "source late" in lines[1]
+    assert "unpaused" in lines[2]
 
 
 def test_pipelines_validate_reports_broken_files(project: Path) -> None:

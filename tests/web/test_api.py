@@ -470,3 +470,32 @@ def test_a_secret_cut_by_the_read_limit_is_masked_in_both_pieces(api: Api) -> No
     # Reading from an offset inside the secret shows none of its rest either.
     inside = api.get(path, params={"offset": whole.rindex("***") + 5})
     assert inside["data"].startswith("***\n") and secret[5:] not in inside["data"]
+
+
+def test_a_pipeline_is_paused_and_unpaused_through_the_api_with_its_history(api: Api) -> None:
+    paused = api.post("/pipelines/daily/pause", {"reason": "warehouse maintenance"})
+    assert paused == {
+        "pipeline": "daily",
+        "paused": True,
+        "changed": True,
+        "running": 0,
+        "queued": 0,
+    }
+    assert api.post("/pipelines/daily/pause")["changed"] is False
+    assert api.get("/pipelines")["pipelines"][0]["paused"] is True
+    assert api.get("/pipelines/daily")["paused"] is True
+    (run_id,) = _trigger(api, ["2024-01-01"])
+    assert api.post("/pipelines/daily/unpause")["queued"] == 1
+    api.drive([run_id])
+    history = api.get("/pipelines/daily/history")
+    assert [(h["action"], h["actor"], h["detail"]) for h in history] == [
+        ("paused", "token tests (api)", "warehouse maintenance"),
+        ("unpaused", "token tests (api)", None),
+    ]
+    missing = api.client.post("/api/v1/pipelines/nope/pause", headers=api.auth)
+    assert missing.status_code == 404 and "unknown pipeline 'nope'" in missing.json()["detail"]
+    too_long = api.client.post(
+        "/api/v1/pipelines/daily/pause", json={"reason": "x" * 1001}, headers=api.auth
+    )
+    assert too_long.status_code == 422
+    assert api.get("/pipelines/daily")["paused"] is False

@@ -13,6 +13,7 @@ from httpx import Response
 
 from reflow.services import accounts
 from reflow.services import runs as run_service
+from reflow.store import pauses
 
 from .conftest import Env, TestClient, csrf_of, make_app, write_daily
 
@@ -212,3 +213,21 @@ def test_the_page_of_a_pipeline_whose_file_is_gone_shows_its_history(browser: Br
     assert "its file is gone" in page and 'data-task="c"' in page and "/trigger" not in page
     assert "(no file)" in browser.page("/")
     assert "Gantt" in browser.page(f"/pipelines/daily/runs/{run}")
+
+
+def test_the_pipeline_page_pauses_and_unpauses_as_the_signed_in_user(browser: Browser) -> None:
+    page = browser.page("/pipelines/daily")
+    assert 'action="/pipelines/daily/pause"' in page and "Unpause" not in page
+    refused = browser.client.post("/pipelines/daily/pause", data={})
+    assert refused.status_code == 403  # no CSRF token: nothing changes
+    done = browser.submit("/pipelines/daily/pause", {}, page="/pipelines/daily")
+    assert done.status_code == 200 and "Paused daily" in done.text
+    assert 'action="/pipelines/daily/unpause"' in done.text
+    assert "paused" in browser.page("/")
+    browser.submit("/pipelines/daily/unpause", {}, page="/pipelines/daily")
+    with browser.env.db.read() as conn:
+        changes = pauses.history(conn, "daily")
+    assert [(c.action, c.actor) for c in changes] == [
+        ("paused", "alice (web)"),
+        ("unpaused", "alice (web)"),
+    ]

@@ -67,7 +67,9 @@ app = typer.Typer(
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-pipelines_app = typer.Typer(help="List, inspect and validate pipelines.", no_args_is_help=True)
+pipelines_app = typer.Typer(
+    help="List, inspect, validate and pause pipelines.", no_args_is_help=True
+)
 runs_app = typer.Typer(help="Inspect runs and repair their history.", no_args_is_help=True)
 tasks_app = typer.Typer(help="Inspect the task instances of a run.", no_args_is_help=True)
 db_app = typer.Typer(help="The metadata database.", no_args_is_help=True)
@@ -188,6 +190,8 @@ def pipelines_list(home: HomeOption = None) -> None:
     )
     for s in summaries:
         name = s.name if s.active else f"[grey50]{s.name} (no file)[/]"
+        if s.paused:
+            name += " [yellow](paused)[/]"
         latest = " ".join(styled(state) for _, state in s.latest[:5])
         table.add_row(
             name,
@@ -251,6 +255,77 @@ def pipelines_show(
     console.print(table)
 
 
+@pipelines_app.command("pause")
+def pipelines_pause(
+    name: Annotated[str, typer.Argument(help="Pipeline name.")],
+    reason: Annotated[
+        str | None, typer.Option("--reason", "-r", help="Why, for the pipeline's history.")
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """Stop a pipeline's new work: no scheduled run is created and no task instance
+    starts (manual runs and backfills wait too); tries that run finish."""
+    from reflow.services import pipelines as pipeline_service
+
+    done = pipeline_service.set_paused(_project(home), name, True, actor=_actor(), reason=reason)
+    if not done.changed:
+        console.print(f"Pipeline {name} was paused already.")
+        return
+    busy = f" Its {done.running} running runs finish the tries they started" if done.running else ""
+    console.print(
+        f"Paused {name}: nothing new of it starts until [bold]reflow pipelines unpause "
+        f"{name}[/].{busy}{'.' if busy else ''}"
+    )
+
+
+@pipelines_app.command("unpause")
+def pipelines_unpause(
+    name: Annotated[str, typer.Argument(help="Pipeline name.")],
+    reason: Annotated[
+        str | None, typer.Option("--reason", "-r", help="Why, for the pipeline's history.")
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """Let a paused pipeline run again: its waiting runs go on, and the scheduler creates
+    the scheduled runs missed meanwhile (all of them with catchup, else the latest)."""
+    from reflow.services import pipelines as pipeline_service
+
+    done = pipeline_service.set_paused(_project(home), name, False, actor=_actor(), reason=reason)
+    if not done.changed:
+        console.print(f"Pipeline {name} was not paused.")
+        return
+    waiting = f" {done.queued} queued runs may start now." if done.queued else ""
+    console.print(f"Unpaused {name}.{waiting}")
+
+
+@pipelines_app.command("history")
+def pipelines_history(
+    name: Annotated[str, typer.Argument(help="Pipeline name.")],
+    home: HomeOption = None,
+) -> None:
+    """Who paused and unpaused a pipeline, and when."""
+    from reflow.services import pipelines as pipeline_service
+
+    changes = pipeline_service.history(_project(home), name)
+    if not changes:
+        console.print(f"Pipeline {name} was never paused.")
+        return
+    table = Table("at", "action", "by", "reason", box=None)
+    for c in changes:
+        table.add_row(fmt_date(c.at), c.action, escape(c.actor), escape(c.detail or ""))
+    console.print(table)
+
+
+def _actor() -> str:
+    """Who runs this command, for the history: the OS user."""
+    import getpass
+
+    try:
+        return f"{getpass.getuser()} (cli)"
+    except (KeyError, OSError):
+        return "unknown (cli)"
+
+
 @pipelines_app.command("validate")
 def pipelines_validate(
     path: Annotated[Path | None, typer.Argument(help="A pipeline file (default: all).")] = None,
@@ -302,6 +377,8 @@ def trigger(
     from reflow.services import runs as run_service
 
     project = _project(home)
+    if wait:
+        run_service.refuse_wait_if_paused(project, pipeline, "reflow trigger")
     created = run_service.trigger(project, pipeline, date or [], run_service.parse_conf(conf))
     for run in created:
         console.print(
@@ -309,6 +386,18 @@ def trigger(
         )
     if wait:
         _wait_and_report(project, pipeline, [r.id for r in created])
+    else:
+        _say_if_paused(project, pipeline)
+
+
+def _say_if_paused(project: Project, pipeline: str) -> None:
+    from reflow.services import runs as run_service
+
+    if run_service.is_paused(project, pipeline):
+        console.print(
+            f"[yellow]Pipeline {pipeline} is paused[/]: its runs wait until "
+            f"[bold]reflow pipelines unpause {pipeline}[/]."
+        )
 
 
 def _wait_and_report(project: Project, pipeline: str, run_pks: list[int]) -> None:
@@ -660,6 +749,8 @@ def backfill_create(
     if dry_run:
         _print_plan(plan)
         return
+    if wait:
+        run_service.refuse_wait_if_paused(project, pipeline, "reflow backfill")
     busy = [d.run for d in plan.dates if d.run is not None and d.existing in RUN_ACTIVE]
     if wait and busy and not plan.count("create") and not plan.count("reset"):
         # The same backfill again, after its `--wait` was stopped: see its runs through.
@@ -680,6 +771,8 @@ def backfill_create(
     )
     if wait:
         _follow_backfill(project, backfill_id)
+    else:
+        _say_if_paused(project, pipeline)
 
 
 def _print_plan(plan: Any) -> None:

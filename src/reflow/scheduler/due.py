@@ -22,12 +22,14 @@ def create_due(
 ) -> tuple[bool, dict[str, datetime]]:
     """Create the due runs of ``chunk``'s pipelines, together; returns whether any was
     created and when each pipeline is next due. A pipeline that another scheduler holds
-    (it is creating or admitting its runs right now) is skipped: it stays due."""
+    (it is creating or admitting its runs right now), or a paused one, is skipped: it
+    stays due."""
     locked = repo.lock_pipelines(conn, [p.name for p in chunk])
     rows = {row.name: row for row in repo.pipeline_rows(conn, sorted(locked))}
     due: dict[str, tuple[Pipeline, list[datetime], datetime]] = {}
     for pipeline in chunk:
-        if pipeline.name in rows:
+        # Paused since the tick read it: stays due, its runs made once it is unpaused.
+        if pipeline.name in rows and not rows[pipeline.name].paused:
             dates, nxt = _due_dates(pipeline, rows[pipeline.name], now)
             due[pipeline.name] = (pipeline, dates, nxt)
     wanted = {(name, d) for name, (_, dates, _) in due.items() for d in dates}

@@ -39,7 +39,7 @@ from reflow.scheduler.due import create_due
 from reflow.scheduler.peers import covers, exited
 from reflow.scheduler.readiness import Decision, Shape, decide
 from reflow.scheduler.reading import FolderReader
-from reflow.store import history, repo
+from reflow.store import history, pauses, repo
 from reflow.store.db import Database
 
 log = logging.getLogger("reflow.scheduler")
@@ -126,6 +126,9 @@ class Scheduler:
         # The queued and running runs (repo.admission_signature) when admission last found
         # nothing to start: while they stay the same, nothing can start.
         self._nothing_admissible: tuple[Any, ...] | None = None
+        # Paused pipelines (store.pauses), read at each tick's start: they get no new run
+        # and start nothing; what runs finishes.
+        self._paused: frozenset[str] = frozenset()
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -303,6 +306,8 @@ class Scheduler:
         busy = self.record_outcomes(self.launcher.poll(), now)
         if (fresh := self._reader.take()) is not None:
             self._take_up(fresh, now)
+        with self.db.read() as conn:
+            self._paused = pauses.paused_pipelines(conn)
         if self.create_scheduled_runs:
             busy |= self.create_due_runs(now)
         busy |= self.enforce_deadlines(now)
@@ -373,6 +378,7 @@ class Scheduler:
             if not pipeline.schedule.is_manual
             and self._next_due.get(name, now) <= now
             and name not in self._stale
+            and name not in self._paused  # stays due: its missed runs come when unpaused
         ]
         created = False
         for i in range(0, len(due), _DUE_PER_TRANSACTION):
@@ -475,10 +481,14 @@ class Scheduler:
             return admissible(queued, pipelines, running, backfills, running_bf)
 
         with self.db.read() as conn:
-            signature = repo.admission_signature(conn)
+            signature = (repo.admission_signature(conn), self._paused)
             if signature == self._nothing_admissible:
                 return False
-            queued = [r for r in repo.queued_runs(conn, pipelines) if self._drives(r.id)]
+            queued = [
+                r
+                for r in repo.queued_runs(conn, pipelines)
+                if self._drives(r.id) and r.pipeline not in self._paused
+            ]
             # The first few: a backfill of thousands of dates under a high limit is admitted
             # over a few ticks, each transaction short.
             chosen = candidates(conn, queued)[:_ADMITTED_PER_TRANSACTION]
@@ -488,7 +498,9 @@ class Scheduler:
         self._nothing_admissible = None
 
         def work(conn: Connection) -> bool:
+            # Locked, then asked whether paused: a pause committed since the read wins.
             mine = repo.lock_pipelines(conn, {r.pipeline for r in chosen})
+            mine -= pauses.paused_pipelines(conn)
             # Asked again on what the transaction reads: another scheduler, or a command,
             # may have started runs since.
             again = candidates(conn, [r for r in chosen if r.pipeline in mine])
@@ -599,7 +611,11 @@ class Scheduler:
         with self.db.read() as conn:
             # Only as many of the best as could start: a backlog of thousands costs nothing.
             rows = repo.scheduled_task_instances(
-                conn, rank=origins, limit=free * 2 + 16, run_pks=self.runs
+                conn,
+                rank=origins,
+                limit=free * 2 + 16,
+                skip_pipelines=self._paused,
+                run_pks=self.runs,
             )
             if rows:
                 # Pipelines at max_active_tasks cannot take one more: read past them.
@@ -614,7 +630,7 @@ class Scheduler:
                         conn,
                         rank=origins,
                         limit=free * 2 + 16,
-                        skip_pipelines=full,
+                        skip_pipelines=[*full, *self._paused],
                         run_pks=self.runs,
                     )
             rows = [r for r in rows if r.pipeline in pipelines]
@@ -655,7 +671,10 @@ class Scheduler:
             return False
 
         def take(conn: Connection) -> list[tuple[launching.Launch, int, int]]:
+            # Locked, then asked whether paused: once a pause is committed, nothing of its
+            # pipeline starts.
             mine = repo.lock_pipelines(conn, {c.run.pipeline for c in candidates})
+            mine -= pauses.paused_pipelines(conn)
             live = repo.count_live_tis(conn)
             chosen = launching.choose(candidates, pipelines, mine=mine, live=live, free=free)
             claims = [launching.claim(self.settings, pipelines[c.run.pipeline], c) for c in chosen]

@@ -14,7 +14,8 @@ from reflow.core.naming import utcnow
 from reflow.core.pipeline import Pipeline
 from reflow.core.states import RunState
 from reflow.services.project import Project
-from reflow.store import repo
+from reflow.store import pauses, repo
+from reflow.store.pauses import PipelineChange
 
 LATEST_RUNS = 5  # shown per pipeline in the lists
 
@@ -29,6 +30,7 @@ class PipelineSummary:
     latest: list[tuple[datetime, str]]  # (logical date, state) of the latest runs
     running: int
     queued: int
+    paused: bool = False
 
 
 def list_pipelines(project: Project) -> tuple[list[PipelineSummary], list[ImportProblem]]:
@@ -53,6 +55,7 @@ def list_pipelines(project: Project) -> tuple[list[PipelineSummary], list[Import
                 latest=[(r.logical_date, r.state) for r in latest.get(row.name, [])],
                 running=active.get((row.name, RunState.RUNNING.value), 0),
                 queued=active.get((row.name, RunState.QUEUED.value), 0),
+                paused=bool(row.paused),
             )
         )
     return out, catalog.problems
@@ -78,6 +81,8 @@ def show_pipeline(project: Project, name: str) -> dict[str, Any]:
     data["file"] = pipeline.fileloc
     data["version"] = pipeline.version
     data["order"] = pipeline.topological()
+    with project.db.read() as conn:
+        data["paused"] = name in pauses.paused_pipelines(conn)
     return data
 
 
@@ -92,6 +97,7 @@ class RecordedPipeline:
     active: bool
     structure: dict[str, Any]
     order: list[str]  # task ids, upstream first
+    paused: bool = False
 
 
 def recorded(project: Project, name: str) -> RecordedPipeline | None:
@@ -109,6 +115,7 @@ def recorded(project: Project, name: str) -> RecordedPipeline | None:
         active=bool(row.active),
         structure=structure,
         order=_order(structure.get("tasks") or {}),
+        paused=bool(row.paused),
     )
 
 
@@ -135,3 +142,53 @@ def validate(project: Project, path: Path | None = None) -> tuple[list[Pipeline]
         return load_file(path), []
     except PipelineError as exc:
         return [], [str(exc)]
+
+
+@dataclass(frozen=True)
+class PauseResult:
+    """What a pause or unpause did: ``changed`` is False when the pipeline already was in
+    that state; ``running`` and ``queued`` count its active runs."""
+
+    name: str
+    paused: bool
+    changed: bool
+    running: int
+    queued: int
+
+
+def set_paused(
+    project: Project, name: str, paused: bool, *, actor: str, reason: str | None = None
+) -> PauseResult:
+    """Pause a pipeline (no new scheduled run, no new task instance; what runs finishes)
+    or unpause it (the scheduler then creates the runs it missed, under ``catchup``).
+    The change is recorded in the pipeline's history with ``actor`` and ``reason``."""
+    _ = project.catalog  # a pipeline whose file loads is recorded in the store from here on
+    now = utcnow()
+
+    def work(conn: Any) -> bool | None:
+        return pauses.set_paused(conn, name, paused, actor=actor, now=now, detail=reason)
+
+    changed = project.db.write(work)
+    if changed is None:
+        project.pipeline(name)  # names the problem: unknown, or a file that does not load
+        raise NotFound(f"unknown pipeline {name!r}")
+    with project.db.read() as conn:
+        active = repo.count_active_runs(conn)
+    return PauseResult(
+        name=name,
+        paused=paused,
+        changed=changed,
+        running=active.get((name, RunState.RUNNING.value), 0),
+        queued=active.get((name, RunState.QUEUED.value), 0),
+    )
+
+
+def history(project: Project, name: str) -> list[PipelineChange]:
+    """Who paused and unpaused the pipeline, and when (oldest first)."""
+    with project.db.read() as conn:
+        known = repo.pipeline_rows(conn, [name])
+        changes = pauses.history(conn, name)
+    if not known:
+        project.pipeline(name)
+        raise NotFound(f"unknown pipeline {name!r}")
+    return changes

@@ -21,7 +21,7 @@ from reflow.core.schedule import to_datetime
 from reflow.core.states import RUN_FINISHED, RunOrigin, RunState
 from reflow.scheduler.peers import covers, exited
 from reflow.services.project import Project
-from reflow.store import history, repo
+from reflow.store import history, pauses, repo
 
 if TYPE_CHECKING:
     from reflow.scheduler import Scheduler
@@ -159,6 +159,21 @@ def progress(project: Project, run_pks: Sequence[int]) -> Progress:
     )
 
 
+def is_paused(project: Project, pipeline: str) -> bool:
+    with project.db.read() as conn:
+        return pipeline in pauses.paused_pipelines(conn)
+
+
+def refuse_wait_if_paused(project: Project, pipeline: str, command: str) -> None:
+    """``--wait`` on a paused pipeline would wait until someone unpauses it: refused,
+    before anything is written."""
+    if is_paused(project, pipeline):
+        raise Conflict(
+            f"pipeline {pipeline!r} is paused: unpause it first (reflow pipelines unpause "
+            f"{pipeline}), or run `{command}` without --wait (its runs then wait for the unpause)"
+        )
+
+
 def scheduler_is_running(project: Project, pipeline: str | None = None) -> bool:
     """Is a live scheduler working on ``pipeline`` (or on every pipeline)?"""
     return _driver(project, pipeline, any_scope=True) is not None
@@ -224,6 +239,8 @@ def wait(
     def finished() -> bool:
         p = progress(project, run_pks)
         p.note = note[0]
+        if is_paused(project, pipeline):
+            p.note = f"pipeline {pipeline} is paused: its runs wait until it is unpaused"
         if not last or p != last[-1]:
             on_progress(p)
         last[:] = [p]

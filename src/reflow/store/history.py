@@ -25,6 +25,7 @@ from reflow.core.states import (
     RunState,
     TIState,
 )
+from reflow.store import pauses
 from reflow.store.models import (
     backfills,
     events,
@@ -608,6 +609,7 @@ def purge_pipeline(conn: Connection, name: str) -> dict[str, Any]:
         delete(backfills).where(backfills.c.pipeline == name)
     ).rowcount
     conn.execute(delete(pipeline_versions).where(pipeline_versions.c.pipeline == name))
+    pauses.forget(conn, name)
     conn.execute(delete(pipelines).where(pipelines.c.name == name))
     return counts
 

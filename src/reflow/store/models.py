@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.types import TypeDecorator
@@ -75,6 +76,21 @@ pipelines = Table(
     Column("next_logical_date", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # No new scheduled run and no new task instance while set (migration 0010).
+    Column("paused", Boolean, nullable=False, default=False, server_default=false()),
+)
+
+# Pauses and unpauses of each pipeline: who, when and why, oldest first.
+pipeline_history = Table(
+    "pipeline_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("pipeline", String(NAME), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("actor", String(NAME), nullable=False),
+    Column("detail", Text, nullable=True),
+    Index("ix_pipeline_history_pipeline_at", "pipeline", "at"),
 )
 
 pipeline_versions = Table(

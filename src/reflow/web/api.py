@@ -81,6 +81,37 @@ def show_pipeline(name: Name, project: ProjectDep) -> s.PipelineOut:
     return views.pipeline(project, name)
 
 
+@router.post("/pipelines/{name}/pause", tags=["pipelines"], summary="Pause a pipeline")
+def pause_pipeline(
+    name: Name,
+    project: ProjectDep,
+    who: Annotated[Identity, Depends(identity)],
+    body: s.PauseIn | None = None,
+) -> s.PauseOut:
+    """No new scheduled run is created and no task instance starts (manual runs and
+    backfills wait too); tries that run finish. Recorded in the pipeline's history."""
+    return views.pause(project, name, True, body or s.PauseIn(), f"{who.label} (api)")
+
+
+@router.post("/pipelines/{name}/unpause", tags=["pipelines"], summary="Unpause a pipeline")
+def unpause_pipeline(
+    name: Name,
+    project: ProjectDep,
+    who: Annotated[Identity, Depends(identity)],
+    body: s.PauseIn | None = None,
+) -> s.PauseOut:
+    """Its waiting runs go on; the scheduler creates the scheduled runs missed meanwhile
+    (all of them with catchup, else the latest)."""
+    return views.pause(project, name, False, body or s.PauseIn(), f"{who.label} (api)")
+
+
+@router.get(
+    "/pipelines/{name}/history", tags=["pipelines"], summary="Who paused and unpaused it, when"
+)
+def pipeline_history(name: Name, project: ProjectDep) -> list[s.PipelineChangeOut]:
+    return views.pipeline_history(project, name)
+
+
 @router.get("/pipelines/{name}/params", tags=["pipelines"], summary="JSON schema of the run conf")
 def params_schema(name: Name, project: ProjectDep) -> dict[str, Any]:
     return views.pipeline(project, name).params_schema

@@ -44,6 +44,7 @@ class PipelineSummaryOut(Model):
     latest: list[LatestRun]
     running: int
     queued: int
+    paused: bool = Field(description="No new run or task instance starts while paused.")
 
 
 class ImportErrorOut(Model):
@@ -61,6 +62,7 @@ class PipelineOut(Model):
     version: str
     file: str | None
     active: bool = Field(description="False once its file is gone (history is kept).")
+    paused: bool = Field(description="No new run or task instance starts while paused.")
     schedule: str | None
     timezone: str
     start_date: str | None
@@ -186,6 +188,27 @@ class LogOut(Model):
     size: int = Field(description="Bytes in the log file now.")
     complete: bool = Field(description="The try has ended and the whole log was read.")
     data: str
+
+
+class PauseIn(Model):
+    reason: Annotated[str, StringConstraints(max_length=1000)] | None = Field(
+        default=None, description="Why, for the pipeline's history."
+    )
+
+
+class PauseOut(Model):
+    pipeline: str
+    paused: bool
+    changed: bool = Field(description="False when the pipeline already was in that state.")
+    running: int = Field(description="Its running runs (their started tries finish).")
+    queued: int = Field(description="Its queued runs (they wait while it is paused).")
+
+
+class PipelineChangeOut(Model):
+    at: datetime
+    action: Literal["paused", "unpaused"]
+    actor: str
+    detail: str | None
 
 
 class TriggerIn(Model):

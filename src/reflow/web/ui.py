@@ -222,6 +222,37 @@ def pipeline_page(
     )
 
 
+@router.post("/pipelines/{name}/pause")
+async def pause_pipeline(request: Request, name: str, who: Who) -> Response:
+    return await _pause_action(request, name, True, who)
+
+
+@router.post("/pipelines/{name}/unpause")
+async def unpause_pipeline(request: Request, name: str, who: Who) -> Response:
+    return await _pause_action(request, name, False, who)
+
+
+async def _pause_action(request: Request, name: str, paused: bool, actor: Identity) -> Response:
+    """Pause or unpause from the pipeline's page (recorded as the signed-in user)."""
+    form = await form_of(request)
+    try:
+        body = s.PauseIn(reason=str(form.get("reason") or "") or None)
+        done = await run_in_threadpool(
+            views.pause, project_of(request), name, paused, body, f"{actor.label} (web)"
+        )
+        if not done.changed:
+            flash(request, f"{name} was {'paused' if done.paused else 'not paused'} already.")
+        elif done.paused:
+            flash(request, f"Paused {name}: nothing new of it starts until it is unpaused.")
+        else:
+            flash(request, f"Unpaused {name}.")
+    except ValidationError as exc:
+        flash(request, exc.errors()[0]["msg"], "error")
+    except ReflowError as exc:
+        flash(request, str(exc), "error")
+    return redirect(f"/pipelines/{name}")
+
+
 @router.get("/pipelines/{name}/runs")
 def runs_page(
     request: Request,

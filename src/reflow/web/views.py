@@ -169,6 +169,7 @@ def pipelines(project: Project) -> s.PipelineListOut:
                 latest=[s.LatestRun(logical_date=d, state=st) for d, st in p.latest],
                 running=p.running,
                 queued=p.queued,
+                paused=p.paused,
             )
             for p in summaries
         ],
@@ -197,7 +198,9 @@ def _recorded(project: Project, name: str) -> s.PipelineOut:
         project.pipeline(name)  # raises NotFound, naming the known pipelines
         raise NotFound(f"unknown pipeline {name!r}")
     data = dict(recorded.structure)
-    data.update(file=recorded.file, version=recorded.version, order=recorded.order)
+    data.update(
+        file=recorded.file, version=recorded.version, order=recorded.order, paused=recorded.paused
+    )
     return _pipeline_out(data, STRUCTURES.secrets(project, name), {}, active=recorded.active)
 
 
@@ -210,6 +213,7 @@ def _pipeline_out(
         version=data["version"],
         file=data.get("file"),
         active=active,
+        paused=bool(data.get("paused")),
         schedule=data.get("schedule"),
         timezone=data.get("timezone") or "UTC",
         start_date=data.get("start_date"),
@@ -223,6 +227,24 @@ def _pipeline_out(
         order=list(data["order"]),
         tasks=masked["tasks"],
     )
+
+
+def pause(project: Project, name: str, paused: bool, body: s.PauseIn, actor: str) -> s.PauseOut:
+    done = pipeline_service.set_paused(project, name, paused, actor=actor, reason=body.reason)
+    return s.PauseOut(
+        pipeline=done.name,
+        paused=done.paused,
+        changed=done.changed,
+        running=done.running,
+        queued=done.queued,
+    )
+
+
+def pipeline_history(project: Project, name: str) -> list[s.PipelineChangeOut]:
+    return [
+        s.PipelineChangeOut(at=c.at, action=cast(Any, c.action), actor=c.actor, detail=c.detail)
+        for c in pipeline_service.history(project, name)
+    ]
 
 
 # -- runs -----------------------------------------------------------------------------------

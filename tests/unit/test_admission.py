@@ -5,17 +5,25 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from types import SimpleNamespace as Row
 
-from reflow.core.states import BackfillState
+from reflow.core.states import PRIORITY, BackfillState, RunOrigin
 from reflow.scheduler.admission import admissible
 
 
-def run(id: int, pipeline: str = "p", day: int = 1, origin: str = "scheduled", backfill=None):  # type: ignore[no-untyped-def]
+def run(  # type: ignore[no-untyped-def]
+    id: int,
+    pipeline: str = "p",
+    day: int = 1,
+    origin: str = "scheduled",
+    backfill=None,
+    priority: int | None = None,
+):
     return Row(
         id=id,
         pipeline=pipeline,
         origin=origin,
         logical_date=datetime(2024, 1, day, tzinfo=UTC),
         backfill_id=backfill,
+        priority=PRIORITY[RunOrigin(origin)] if priority is None else priority,
     )
 
 
@@ -67,3 +75,14 @@ def test_a_backfill_may_ask_for_the_newest_dates_first() -> None:
     queued = [run(i, day=i, origin="backfill", backfill=7) for i in (1, 2, 3)]
     newest = backfill(7, limit=1, order="newest")
     assert ids(admissible(queued, limits(p=10), {}, {7: newest}, {})) == [3]
+
+
+def test_a_backfill_given_a_higher_priority_goes_before_scheduled_runs() -> None:
+    queued = [
+        run(1, day=1, origin="scheduled"),
+        run(2, day=2, origin="backfill", backfill=7, priority=3),
+        run(3, day=3, origin="manual"),
+        run(4, day=4, origin="backfill", backfill=8),
+    ]
+    chosen = admissible(queued, limits(p=3), {}, {7: backfill(7), 8: backfill(8)}, {})
+    assert [r.id for r in chosen] == [2, 1, 3]

@@ -499,3 +499,30 @@ def test_a_pipeline_is_paused_and_unpaused_through_the_api_with_its_history(api:
     )
     assert too_long.status_code == 422
     assert api.get("/pipelines/daily")["paused"] is False
+
+
+def test_pools_are_listed_set_and_reset_through_the_api(api: Api) -> None:
+    api.write(
+        "pooled",
+        """
+from reflow import Pipeline, Shell
+with Pipeline("pooled", schedule="@daily", start_date="2024-01-01"):
+    Shell("load", "true", pool="warehouse", pool_slots=2)
+""",
+    )
+    (undefined,) = api.get("/pools")
+    assert undefined["name"] == "warehouse" and undefined["origin"] == "undefined"
+    assert undefined["slots"] == 0 and undefined["tasks"] == ["pooled.load"]
+    changed = api.post("/pools/warehouse", {"slots": 4})
+    assert (changed["slots"], changed["origin"], changed["updated_by"]) == (
+        4,
+        "set",
+        "token tests (api)",
+    )
+    assert (
+        api.client.post("/api/v1/pools/warehouse", json={"slots": -1}, headers=api.auth).status_code
+        == 422
+    )
+    assert api.post("/pools/warehouse/reset")["origin"] == "undefined"
+    missing = api.client.post("/api/v1/pools/nope/reset", headers=api.auth)
+    assert missing.status_code == 404 and "no pool 'nope'" in missing.json()["detail"]

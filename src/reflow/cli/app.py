@@ -47,6 +47,7 @@ class _MainGroup(TyperGroup):
         "up",
         "users",
         "tokens",
+        "pools",
         "k8s",
         "db",
     )
@@ -78,6 +79,11 @@ app.add_typer(pipelines_app, name="pipelines")
 app.add_typer(runs_app, name="runs")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(db_app, name="db")
+pools_app = typer.Typer(
+    help="Pools: slots shared by every pipeline's tasks (pool=... on a task).",
+    no_args_is_help=True,
+)
+app.add_typer(pools_app, name="pools")
 app.add_typer(k8s_app, name="k8s")
 register_web(app)
 
@@ -314,6 +320,57 @@ def pipelines_history(
     for c in changes:
         table.add_row(fmt_date(c.at), c.action, escape(c.actor), escape(c.detail or ""))
     console.print(table)
+
+
+# -- pools ----------------------------------------------------------------------------------
+@pools_app.command("list")
+def pools_list(home: HomeOption = None) -> None:
+    """Each pool: its slots, those in use, the task instances waiting, its tasks."""
+    from reflow.services import pools as pool_service
+
+    found = pool_service.list_pools(_project(home))
+    if not found:
+        console.print(
+            "No pools: give a task pool=NAME and its slots in reflow.toml [reflow.pools]."
+        )
+        return
+    table = Table("pool", "slots", "used", "waiting", "from", "tasks", box=None)
+    for p in found:
+        origin = {
+            "config": "reflow.toml",
+            "set": f"set by {escape(p.updated_by or '?')}",
+            "undefined": "[red]undefined: its tasks wait[/]",
+        }[p.origin]
+        table.add_row(p.name, str(p.slots), str(p.used), str(p.waiting), origin, ", ".join(p.tasks))
+    console.print(table)
+
+
+@pools_app.command("set")
+def pools_set(
+    name: Annotated[str, typer.Argument(help="Pool name.")],
+    slots: Annotated[int, typer.Argument(help="Slots from now on (kept until reset).")],
+    home: HomeOption = None,
+) -> None:
+    """Set a pool's slots at run time (over reflow.toml's until `reflow pools reset`)."""
+    from reflow.services import pools as pool_service
+
+    p = pool_service.set_slots(_project(home), name, slots, actor=_actor())
+    note = " (no try is stopped: new ones wait until enough end)" if p.used > p.slots else ""
+    console.print(f"Pool {p.name}: {p.slots} slots, {p.used} in use{note}.")
+
+
+@pools_app.command("reset")
+def pools_reset(
+    name: Annotated[str, typer.Argument(help="Pool name.")],
+    home: HomeOption = None,
+) -> None:
+    """Give a pool the slots of reflow.toml again (one it does not name has none)."""
+    from reflow.services import pools as pool_service
+
+    p = pool_service.reset(_project(home), name, actor=_actor())
+    console.print(
+        f"Pool {p.name}: {p.slots} slots ({'reflow.toml' if p.origin == 'config' else p.origin})."
+    )
 
 
 def _actor() -> str:
@@ -715,6 +772,15 @@ def backfill_create(
             "--from-task", help="This task and everything downstream of it.", show_default=False
         ),
     ] = None,
+    priority: Annotated[
+        int | None,
+        typer.Option(
+            "--priority",
+            help="Its runs' priority, higher first: scheduled runs have 2, manual 1, "
+            "backfills 0 by default (3 puts this one before today's scheduled runs).",
+            show_default=False,
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan; write nothing.")
     ] = False,
@@ -745,6 +811,7 @@ def backfill_create(
         from_task=from_task,
         max_active_runs=max_active_runs,
         order=order,
+        priority=priority,
     )
     if dry_run:
         _print_plan(plan)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from reflow.core.errors import ConfigError
 
@@ -32,6 +32,7 @@ _K8S_ENV = {
     "image": "REFLOW_K8S_IMAGE",
 }
 LauncherName = Literal["local", "kubernetes"]
+PoolName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")]
 
 
 class KubernetesSettings(BaseModel):
@@ -99,6 +100,10 @@ class Settings(BaseModel):
         default_factory=dict, description="launcher per pipeline or per 'pipeline.task'"
     )
     kubernetes: KubernetesSettings = Field(default_factory=lambda: KubernetesSettings())
+    pools: dict[PoolName, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="slots of each pool, shared by every pipeline ([reflow.pools] spark = 4)",
+    )
 
     def launcher_for(self, pipeline: str, task: str) -> LauncherName:
         """The launcher of one task: ``pipeline.task`` overrides ``pipeline`` overrides the

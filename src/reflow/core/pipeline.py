@@ -63,11 +63,15 @@ class TaskDefaults:
     env: Mapping[str, str] = field(default_factory=dict)
     pod: Pod | None = None
     scratch: Scratch | None = None
+    pool: str | None = None
+    pool_slots: int = 1
+    priority_weight: int = 1
 
     def __post_init__(self) -> None:
         # Durations may be given as seconds, timedeltas or strings like "45m".
         for name in ("retry_delay", "max_retry_delay", "timeout", "kill_grace"):
             object.__setattr__(self, name, to_seconds(getattr(self, name), f"default {name}"))
+        _check_slots("default", self.pool, self.pool_slots, self.priority_weight)
         _check_kind(self.pod, Pod, "default pod", "Pod(...)")
         _check_kind(self.scratch, Scratch, "default scratch", "scratch(size, ...)")
         if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
@@ -86,6 +90,22 @@ class TaskDefaults:
         if unknown:
             raise PipelineError(f"unknown task default {', '.join(unknown)}")
         return cls(**value)
+
+
+def _check_slots(what: str, pool: Any, slots: Any, weight: Any) -> None:
+    """A pool's name, the slots a try takes in it, and a priority weight."""
+    if pool is not None and (not isinstance(pool, str) or not _ID.match(pool)):
+        raise PipelineError(f"{what} pool: bad name {pool!r}: use letters, digits, '_', '-', '.'")
+    for name, value, least in (("pool_slots", slots, 1), ("priority_weight", weight, None)):
+        if value is None:
+            continue
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or (least is not None and value < least)
+        ):
+            need = "a positive integer" if least else "an integer"
+            raise PipelineError(f"{what} {name} must be {need}, got {value!r}")
 
 
 def _check_kind(value: Any, kind: type, what: str, example: str) -> None:
@@ -126,6 +146,9 @@ class Task:
         env: Mapping[str, str] | None = None,
         pod: Pod | None = None,
         scratch: Scratch | None = None,
+        pool: str | None = None,
+        pool_slots: int | None = None,
+        priority_weight: int | None = None,
         pipeline: Pipeline | None = None,
     ) -> None:
         if not isinstance(task_id, str) or not _ID.match(task_id):
@@ -146,6 +169,12 @@ class Task:
         _check_kind(scratch, Scratch, f"task {task_id!r} scratch", "scratch(size, ...)")
         self.pod = pod
         self.scratch = scratch
+        _check_slots(f"task {task_id!r}", pool, pool_slots, priority_weight)
+        # Tries of a task in a pool take ``pool_slots`` of its slots, shared by every
+        # pipeline; ``priority_weight`` orders task instances that compete for slots.
+        self.pool = pool
+        self.pool_slots = pool_slots
+        self.priority_weight = priority_weight
         self.upstream_ids: set[str] = set()
         self.pipeline: Pipeline | None = None
         owner = pipeline or Pipeline.current()
@@ -228,6 +257,10 @@ class Task:
             out["pod"] = _plain(pod.to_plain())
         if (space := self.resolved_scratch()) is not None:
             out["scratch"] = scratch_plain(space)
+        # Only when set, like the pod: pipelines without them keep their version.
+        for name, default in (("pool", None), ("pool_slots", 1), ("priority_weight", 1)):
+            if (value := self.option(name)) != default:
+                out[name] = value
         return out
 
     def extra_fields(self) -> tuple[str, ...]:

@@ -78,6 +78,16 @@ class RunOrigin(StrEnum):
     BACKFILL = "backfill"
 
 
+# A run's priority unless its backfill sets one (``--priority``): higher runs are admitted
+# first and their task instances get free slots first. Scheduled runs (today's data) go
+# before manual ones, which go before backfills.
+PRIORITY: dict[RunOrigin, int] = {
+    RunOrigin.SCHEDULED: 2,
+    RunOrigin.MANUAL: 1,
+    RunOrigin.BACKFILL: 0,
+}
+
+
 RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     # success/failed from queued: a run marked by hand before it started.
     RunState.QUEUED: frozenset(

@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from reflow.core.states import BackfillState, RunOrigin
-
-ORIGIN_RANK = {RunOrigin.SCHEDULED: 0, RunOrigin.MANUAL: 1, RunOrigin.BACKFILL: 2}
+from reflow.core.states import BackfillState
 
 
 class Limits(Protocol):
@@ -21,12 +19,13 @@ class Limits(Protocol):
 
 
 def admission_rank(run: Any, backfill: Any | None) -> tuple[Any, ...]:
-    """Scheduled runs first, then manual, then backfill; within each, oldest logical date
-    first, unless the run's backfill asked for newest first."""
+    """Higher priority first (by default scheduled runs, then manual, then backfill: see
+    ``core.states.PRIORITY``); within one, oldest logical date first, unless the run's
+    backfill asked for newest first."""
     stamp = run.logical_date.timestamp()
     if backfill is not None and backfill.run_order == "newest":
         stamp = -stamp
-    return (ORIGIN_RANK[RunOrigin(run.origin)], stamp, run.id)
+    return (-run.priority, stamp, run.id)
 
 
 def admissible(
@@ -38,7 +37,7 @@ def admissible(
 ) -> list[Any]:
     """The queued runs to start, in admission order: each within its pipeline's
     ``max_active_runs`` and its backfill's own limit, none of a paused backfill, counting
-    the runs admitted before it. ``queued`` holds rows with ``pipeline``, ``origin``,
+    the runs admitted before it. ``queued`` holds rows with ``pipeline``, ``priority``,
     ``logical_date``, ``id`` and ``backfill_id``; ``backfills`` the open ones by id."""
     ordered = sorted(queued, key=lambda r: admission_rank(r, backfills.get(r.backfill_id)))
     per_pipeline = dict(running)

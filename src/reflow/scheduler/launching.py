@@ -24,10 +24,9 @@ from reflow.core.errors import Fenced, ReflowError
 from reflow.core.naming import Clock, log_path
 from reflow.core.pipeline import Pipeline
 from reflow.core.spec import Outcome, TrySpec
-from reflow.core.states import FailureReason, RunOrigin
+from reflow.core.states import FailureReason
 from reflow.launchers.base import Launcher
 from reflow.scheduler import trylog
-from reflow.scheduler.admission import ORIGIN_RANK
 from reflow.scheduler.readiness import Shape
 from reflow.store import repo
 from reflow.tasks.build import Remote, build_try
@@ -81,16 +80,20 @@ def rank(
     shape: Callable[[Pipeline], Shape],
     skip: Callable[[Any], bool],
 ) -> list[Launch]:
-    """The launchable rows, best first: scheduled runs before backfills, then older dates,
-    then upstream tasks first. A row of a run not on its pipeline's current version waits
-    (the run is brought to it first); ``skip`` drops others (held runs, stale pipelines)."""
+    """The launchable rows, best first: higher run priority (scheduled runs before
+    backfills, unless a backfill says otherwise), higher task priority weight, then older
+    dates, then upstream tasks first. A row of a run not on its pipeline's current version
+    waits (the run is brought to it first); ``skip`` drops others (held runs, paused or
+    stale pipelines)."""
     launches = []
     for row in rows:
         pipeline = pipelines.get(row.pipeline)
         if pipeline is None or skip(row) or row.version != pipeline.version:
             continue
+        task = pipeline.tasks.get(row.ti_task_id)
         place = (
-            ORIGIN_RANK[RunOrigin(row.origin)],
+            -row.priority,
+            -(task.option("priority_weight") if task is not None else 1),
             row.logical_date,
             row.id,
             shape(pipeline).order.get(row.ti_task_id, 0),
@@ -107,20 +110,36 @@ def choose(
     mine: set[str],
     live: dict[str, int],
     free: int,
+    pool_free: dict[str, int] | None = None,
 ) -> list[Launch]:
     """The candidates that start now: at most ``free``, of the pipelines this scheduler
     locked (``mine``), each pipeline under its ``max_active_tasks`` counting its ``live``
-    task instances (updated as candidates are taken)."""
+    task instances, each task of a pool only when the pool has its slots free
+    (``pool_free``: pool -> free slots). The counts are updated as candidates are taken;
+    a candidate that does not fit leaves its place to the next (a smaller one may fit)."""
     chosen: list[Launch] = []
+    pool_free = {} if pool_free is None else pool_free
     for cand in candidates:
         if len(chosen) >= free:
             break
         name = cand.run.pipeline
         if name not in mine or live.get(name, 0) >= pipelines[name].max_active_tasks:
             continue
+        pool, slots = pool_of(pipelines[name], cand.task_id)
+        if pool is not None:
+            if pool_free.get(pool, 0) < slots:
+                continue
+            pool_free[pool] -= slots
         live[name] = live.get(name, 0) + 1
         chosen.append(cand)
     return chosen
+
+
+def pool_of(pipeline: Pipeline, task_id: str) -> tuple[str | None, int]:
+    """The pool a task's tries take slots of, and how many (None: no pool)."""
+    task = pipeline.tasks[task_id]
+    pool = task.option("pool")
+    return pool, int(task.option("pool_slots")) if pool is not None else 0
 
 
 def claim(settings: Settings, pipeline: Pipeline, cand: Launch) -> repo.Claim:
@@ -128,6 +147,7 @@ def claim(settings: Settings, pipeline: Pipeline, cand: Launch) -> repo.Claim:
     task = pipeline.tasks[cand.task_id]
     run = cand.run
     logs = settings.logs_path
+    pool, slots = pool_of(pipeline, cand.task_id)
     return repo.Claim(
         ti_id=cand.ti_id,
         run_pk=run.id,
@@ -136,6 +156,8 @@ def claim(settings: Settings, pipeline: Pipeline, cand: Launch) -> repo.Claim:
         log_path_for=lambda n: str(log_path(logs, run.pipeline, run.run_id, cand.task_id, n)),
         timeout=task.option("timeout"),
         kill_grace=float(task.option("kill_grace")),
+        pool=pool,
+        pool_slots=slots if pool is not None else 1,
     )
 
 

@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,13 +33,13 @@ from reflow.core.states import FailureReason
 from reflow.launchers.base import Launcher
 from reflow.scheduler import deadlines, launching, settling, trylog
 from reflow.scheduler import outcomes as try_outcomes
-from reflow.scheduler.admission import ORIGIN_RANK, admissible
+from reflow.scheduler.admission import admissible
 from reflow.scheduler.catalog import sync_catalog
 from reflow.scheduler.due import create_due
 from reflow.scheduler.peers import covers, exited
 from reflow.scheduler.readiness import Decision, Shape, decide
 from reflow.scheduler.reading import FolderReader
-from reflow.store import history, pauses, repo
+from reflow.store import history, pauses, pools, repo
 from reflow.store.db import Database
 
 log = logging.getLogger("reflow.scheduler")
@@ -129,6 +129,11 @@ class Scheduler:
         # Paused pipelines (store.pauses), read at each tick's start: they get no new run
         # and start nothing; what runs finishes.
         self._paused: frozenset[str] = frozenset()
+        # Tasks that compete for slots: (pipeline, task) -> priority weight (those not 1),
+        # and -> (pool, slots) for those in a pool (store.pools).
+        self._weights: dict[tuple[str, str], int] = {}
+        self._pooled: dict[tuple[str, str], tuple[str, int]] = {}
+        self._said_poolless: set[str] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -144,6 +149,8 @@ class Scheduler:
         self._rescan = _ALL  # the one full look: after this, only what changed
         now = self.clock()
         self.refresh_pipelines(now, force=True)
+        if self.settings.pools:
+            self.db.write(lambda c: pools.sync_config(c, self.settings.pools, now))
         self.id = self.db.write(
             lambda c: repo.register_scheduler(c, self.host, os.getpid(), now, self.only)
         )
@@ -345,6 +352,7 @@ class Scheduler:
         self._next_due.clear()
         self._shapes.clear()
         self._nothing_admissible = None  # a limit may have changed
+        self._weights, self._pooled = _slot_rules(self.pipelines)
         # The runs of a pipeline that changed (or stops being stale) are all looked at:
         # they are brought to the new version, and readiness may differ under it.
         edited = {n for n, p in self.catalog.pipelines.items() if before.get(n) != p.version}
@@ -607,30 +615,33 @@ class Scheduler:
         if free <= 0:
             return []
         pipelines = self.pipelines
-        origins = {o.value: i for o, i in ORIGIN_RANK.items()}
+        limit = free * 2 + 16
         with self.db.read() as conn:
             # Only as many of the best as could start: a backlog of thousands costs nothing.
             rows = repo.scheduled_task_instances(
                 conn,
-                rank=origins,
-                limit=free * 2 + 16,
+                limit=limit,
+                weights=self._weights,
                 skip_pipelines=self._paused,
                 run_pks=self.runs,
             )
             if rows:
-                # Pipelines at max_active_tasks cannot take one more: read past them.
+                # Pipelines at max_active_tasks and tasks whose pool is full cannot take
+                # one more: read past them.
                 live = repo.count_live_tis(conn)
                 full = [
                     p
                     for p, n in live.items()
                     if p in pipelines and n >= pipelines[p].max_active_tasks
                 ]
-                if any(r.pipeline in full for r in rows):
+                crowded = self._crowded(conn)
+                if any(r.pipeline in full or (r.pipeline, r.ti_task_id) in crowded for r in rows):
                     rows = repo.scheduled_task_instances(
                         conn,
-                        rank=origins,
-                        limit=free * 2 + 16,
+                        limit=limit,
+                        weights=self._weights,
                         skip_pipelines=[*full, *self._paused],
+                        skip_tasks=crowded,
                         run_pks=self.runs,
                     )
             rows = [r for r in rows if r.pipeline in pipelines]
@@ -644,6 +655,26 @@ class Scheduler:
                 not self._drives(r.id) or r.id in self._held or r.pipeline in self._stale
             ),
         )
+
+    def _crowded(self, conn: Connection) -> set[tuple[str, str]]:
+        """The (pipeline, task) pairs whose pool has fewer slots free than they take."""
+        if not self._pooled:
+            return set()
+        limits = pools.slots(conn, {pool for pool, _ in self._pooled.values()})
+        used = pools.in_use(conn)
+        for pool in sorted({pool for pool, _ in self._pooled.values()} - limits.keys()):
+            if pool not in self._said_poolless:
+                self._said_poolless.add(pool)
+                log.warning(
+                    "pool %r has no slots (neither reflow.toml's [reflow.pools] nor `reflow "
+                    "pools set` names it): its tasks wait",
+                    pool,
+                )
+        return {
+            key
+            for key, (pool, slots) in self._pooled.items()
+            if limits.get(pool, 0) - used.get(pool, 0) < slots
+        }
 
     def _check_versions(self, conn: Connection, names: set[str], now: datetime) -> None:
         """Runs follow their pipeline's current version, which the store owns: a pipeline
@@ -676,7 +707,21 @@ class Scheduler:
             mine = repo.lock_pipelines(conn, {c.run.pipeline for c in candidates})
             mine -= pauses.paused_pipelines(conn)
             live = repo.count_live_tis(conn)
-            chosen = launching.choose(candidates, pipelines, mine=mine, live=live, free=free)
+            # The pools' rows are locked before their slots are counted: two schedulers
+            # never fill the same free slots (PostgreSQL; SQLite's write lock does it).
+            wanted = {
+                pool
+                for c in candidates
+                if (pool := self._pooled.get((c.run.pipeline, c.task_id), (None, 0))[0])
+            }
+            pool_free: dict[str, int] = {}
+            if wanted:
+                limits = pools.slots(conn, wanted, lock=True)
+                used = pools.in_use(conn)
+                pool_free = {p: limits.get(p, 0) - used.get(p, 0) for p in wanted}
+            chosen = launching.choose(
+                candidates, pipelines, mine=mine, live=live, free=free, pool_free=pool_free
+            )
             claims = [launching.claim(self.settings, pipelines[c.run.pipeline], c) for c in chosen]
             got = repo.queue_tries(conn, claims, owner=self._id, now=now)
             return [(c, *got[c.ti_id]) for c in chosen if c.ti_id in got]
@@ -760,3 +805,20 @@ class Scheduler:
             taken = trylog.taken_over(self._id, self.host, alive_now)
             trylog.note(Path(row.log_path), [taken], now)
         return bool(orphans)
+
+
+def _slot_rules(
+    pipelines: Mapping[str, Pipeline],
+) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], tuple[str, int]]]:
+    """(pipeline, task) -> priority weight for the tasks whose weight is not 1, and ->
+    (pool, slots) for the tasks in a pool."""
+    weights: dict[tuple[str, str], int] = {}
+    pooled: dict[tuple[str, str], tuple[str, int]] = {}
+    for name, pipeline in pipelines.items():
+        for task_id, task in pipeline.tasks.items():
+            if (weight := task.option("priority_weight")) != 1:
+                weights[(name, task_id)] = weight
+            pool, slots = launching.pool_of(pipeline, task_id)
+            if pool is not None:
+                pooled[(name, task_id)] = (pool, slots)
+    return weights, pooled

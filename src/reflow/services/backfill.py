@@ -55,6 +55,7 @@ class Plan:
     max_active_runs: int | None
     order: str
     dates: list[PlannedDate]
+    priority: int | None = None  # of its runs; None: the backfill default (PRIORITY)
 
     def count(self, action: str) -> int:
         return sum(1 for d in self.dates if d.action == action)
@@ -104,8 +105,12 @@ def plan(
     from_task: str | None = None,
     max_active_runs: int | None = None,
     order: str = "oldest",
+    priority: int | None = None,
 ) -> Plan:
-    """What a backfill would do, date by date. Validates everything; writes nothing."""
+    """What a backfill would do, date by date. Validates everything; writes nothing.
+
+    ``priority`` orders its runs among every other (higher first; scheduled runs have 2,
+    manual ones 1, backfills 0 unless they say otherwise)."""
     pipeline = project.pipeline(name)
     try:
         policy = Reprocess(reprocess)
@@ -121,6 +126,8 @@ def plan(
     last = run_service.logical_date_for(pipeline, run_service.parse_date(end), utcnow())
     if last < first:
         raise InvalidInput(f"--end {end} is before --start {start}")
+    if priority is not None and not -1000 <= priority <= 1000:
+        raise InvalidInput("--priority must be between -1000 and 1000")
     if max_active_runs is not None and max_active_runs < 1:
         raise InvalidInput("--max-active-runs must be at least 1")
     if max_active_runs is not None and max_active_runs > pipeline.max_active_runs:
@@ -150,6 +157,7 @@ def plan(
         max_active_runs,
         order,
         planned,
+        priority,
     )
 
 
@@ -217,6 +225,7 @@ def create(project: Project, plan: Plan) -> int:
             tasks=plan.tasks if plan.selected else None,
             planned=_counts(dates),
             now=now,
+            priority=plan.priority,
         )
         written = [_write_date(conn, plan, item, backfill_id, now) for item in dates]
         counts = _counts(written)
@@ -262,6 +271,7 @@ def _write_date(
                     task_ids=pipeline.topological(),
                     now=now,
                     backfill_id=backfill_id,
+                    priority=plan.priority,
                 )
             except Conflict:
                 pass  # a run for this date was committed since it was read
@@ -281,6 +291,7 @@ def _write_date(
                 version=pipeline.version,
                 now=now,
                 backfill_id=backfill_id,
+                priority=plan.priority,
             )
             if done is not None:
                 return item

@@ -21,7 +21,7 @@ from reflow.core.schedule import to_datetime
 from reflow.core.states import RUN_FINISHED, RunOrigin, RunState
 from reflow.scheduler.peers import covers, exited
 from reflow.services.project import Project
-from reflow.store import history, pauses, repo
+from reflow.store import history, pauses, pools, repo
 
 if TYPE_CHECKING:
     from reflow.scheduler import Scheduler
@@ -164,6 +164,17 @@ def is_paused(project: Project, pipeline: str) -> bool:
         return pipeline in pauses.paused_pipelines(conn)
 
 
+def _empty_pools(project: Project, pipeline: str) -> list[str]:
+    """The pools the pipeline's tasks use that have no slots at all."""
+    defined = project.catalog.pipelines.get(pipeline)
+    wanted = {t.option("pool") for t in defined.tasks.values()} - {None} if defined else set()
+    if not wanted:
+        return []
+    with project.db.read() as conn:
+        slots = pools.slots(conn, wanted)
+    return sorted(p for p in wanted if not slots.get(p))
+
+
 def refuse_wait_if_paused(project: Project, pipeline: str, command: str) -> None:
     """``--wait`` on a paused pipeline would wait until someone unpauses it: refused,
     before anything is written."""
@@ -241,6 +252,8 @@ def wait(
         p.note = note[0]
         if is_paused(project, pipeline):
             p.note = f"pipeline {pipeline} is paused: its runs wait until it is unpaused"
+        elif empty := _empty_pools(project, pipeline):
+            p.note = f"pool {empty[0]} has no slots: its tasks wait (reflow pools set {empty[0]} N)"
         if not last or p != last[-1]:
             on_progress(p)
         last[:] = [p]

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, and_, delete, func, insert, select, update
 
 from reflow.core.errors import Conflict
 from reflow.core.states import (
+    PRIORITY,
     RUN_ACTIVE,
     RUN_FINISHED,
     TI_FINISHED,
@@ -65,6 +66,7 @@ def create_backfill(
     tasks: Sequence[str] | None,
     planned: Mapping[str, int],
     now: datetime,
+    priority: int | None = None,
 ) -> int:
     values = {
         "pipeline": pipeline,
@@ -77,6 +79,7 @@ def create_backfill(
         "tasks": list(tasks) if tasks is not None else None,
         "state": BackfillState.RUNNING.value,
         "planned": dict(planned),
+        "priority": priority,
         "created_at": now,
         "updated_at": now,
     }
@@ -316,6 +319,7 @@ def reset_run(
     now: datetime,
     backfill_id: int | None = None,
     new_attempt: bool = True,
+    priority: int | None = None,
 ) -> Reset | None:
     """Reset the task instances ``clear`` of ``run`` to pending and queue the run again.
 
@@ -345,6 +349,8 @@ def reset_run(
             origin=origin.value,
             version=version,
             backfill_id=backfill_id if backfill_id is not None else run.backfill_id,
+            # A new attempt takes its origin's priority, or the one its backfill gives.
+            priority=PRIORITY[origin] if priority is None else priority,
             queued_at=now,
             started_at=None,
             ended_at=None,

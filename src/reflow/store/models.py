@@ -80,6 +80,18 @@ pipelines = Table(
     Column("paused", Boolean, nullable=False, default=False, server_default=false()),
 )
 
+# Slots of each pool, shared by every pipeline: from reflow.toml (origin "config") or set at
+# run time (origin "set", kept until reset).
+pools = Table(
+    "pools",
+    metadata,
+    Column("name", String(NAME), primary_key=True),
+    Column("slots", Integer, nullable=False),
+    Column("origin", String(8), nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("updated_by", String(NAME), nullable=True),
+)
+
 # Pauses and unpauses of each pipeline: who, when and why, oldest first.
 pipeline_history = Table(
     "pipeline_history",
@@ -145,6 +157,8 @@ backfills = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("ended_at", UTCDateTime, nullable=True),
+    # The priority of its runs; None: the backfill default (migration 0011).
+    Column("priority", Integer, nullable=True),
     Index("ix_backfills_state", "state"),
     # Backfill numbers are never given again (see runs).
     sqlite_autoincrement=True,
@@ -182,6 +196,8 @@ runs = Table(
     # work (migration 0009).
     Column("change_seq", Integer, nullable=False, default=1, server_default="1"),
     Column("seen_seq", Integer, nullable=False, default=0, server_default="0"),
+    # Higher first, for admission and for slots (migration 0011): see core.states.PRIORITY.
+    Column("priority", Integer, nullable=False, default=0, server_default="0"),
     UniqueConstraint("pipeline", "run_id"),
     # The tick's queries filter on state and pipeline: with both in one index the planner
     # never walks a pipeline's whole history instead.
@@ -281,6 +297,9 @@ tries = Table(
     Column("detail", Text, nullable=True),
     # An id the try's program reported (the Spark application id).
     Column("app_id", String(255), nullable=True),
+    # The pool whose slots the try holds while it is live, and how many (migration 0011).
+    Column("pool", String(NAME), nullable=True),
+    Column("pool_slots", Integer, nullable=False, default=1, server_default="1"),
     UniqueConstraint("ti", "try_number"),
     Index("ix_tries_state", "state"),
     # At most one live try per task instance.

@@ -34,6 +34,7 @@ from sqlalchemy import (
     select,
     text,
     true,
+    tuple_,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -42,6 +43,7 @@ from reflow.core.edits import Edit, edit_for
 from reflow.core.errors import Conflict, LeaseLost
 from reflow.core.states import (
     BACKFILL_TRANSITIONS,
+    PRIORITY,
     RUN_ACTIVE,
     RUN_TRANSITIONS,
     TI_TRANSITIONS,
@@ -424,6 +426,7 @@ class NewRun:
     version: str
     task_ids: Sequence[str]
     backfill_id: int | None = None
+    priority: int | None = None  # None: its origin's (core.states.PRIORITY)
 
 
 def create_run(
@@ -439,6 +442,7 @@ def create_run(
     task_ids: Sequence[str],
     now: datetime,
     backfill_id: int | None = None,
+    priority: int | None = None,
 ) -> int:
     """Insert a queued run with its first attempt and a pending TI per task.
 
@@ -446,7 +450,16 @@ def create_run(
     is taken); the caller's transaction is left usable.
     """
     new = NewRun(
-        pipeline, run_id, logical_date, interval, origin, conf, version, task_ids, backfill_id
+        pipeline,
+        run_id,
+        logical_date,
+        interval,
+        origin,
+        conf,
+        version,
+        task_ids,
+        backfill_id,
+        priority,
     )
     try:
         with conn.begin_nested():
@@ -495,6 +508,7 @@ def _insert_runs(conn: Connection, new: Sequence[NewRun], now: datetime) -> list
                     "attempt": 1,
                     "version": n.version,
                     "backfill_id": n.backfill_id,
+                    "priority": PRIORITY[n.origin] if n.priority is None else n.priority,
                     "created_at": now,
                     "queued_at": now,
                 }
@@ -747,7 +761,12 @@ def latest_runs(conn: Connection, per_pipeline: int) -> dict[str, list[Rec]]:
 
 def queued_runs(conn: Connection, pipeline_names: Iterable[str] | None = None) -> list[Rec]:
     stmt = select(
-        runs.c.id, runs.c.pipeline, runs.c.origin, runs.c.logical_date, runs.c.backfill_id
+        runs.c.id,
+        runs.c.pipeline,
+        runs.c.origin,
+        runs.c.priority,
+        runs.c.logical_date,
+        runs.c.backfill_id,
     ).where(runs.c.state == RunState.QUEUED.value)
     if pipeline_names is not None:
         stmt = stmt.where(runs.c.pipeline.in_(list(pipeline_names)))
@@ -863,14 +882,28 @@ def settle_runs(conn: Connection, run_pks: Iterable[int]) -> None:
 def scheduled_task_instances(
     conn: Connection,
     *,
-    rank: Mapping[str, int],
     limit: int,
+    weights: Mapping[tuple[str, str], int] | None = None,
     skip_pipelines: Iterable[str] = (),
+    skip_tasks: Iterable[tuple[str, str]] = (),
     run_pks: Iterable[int] | None = None,
 ) -> list[Rec]:
     """Up to ``limit`` task instances ready to launch (``scheduled``) of running runs, best
-    first: by their run's origin (``rank``: origin -> its place), logical date and id.
-    Each row has its run's columns and ``ti_id``/``ti_task_id``."""
+    first: by their run's priority, their task's priority weight (``weights``: (pipeline,
+    task) -> weight, for those not 1), then logical date and run. ``skip_tasks`` are
+    (pipeline, task) pairs that cannot start now (their pool is full). Each row has its
+    run's columns and ``ti_id``/``ti_task_id``."""
+    weight = (
+        case(
+            *[
+                (and_(runs.c.pipeline == p, task_instances.c.task_id == t), w)
+                for (p, t), w in sorted(weights.items())
+            ],
+            else_=1,
+        )
+        if weights
+        else None
+    )
     stmt = (
         select(
             task_instances.c.id.label("ti_id"),
@@ -883,7 +916,8 @@ def scheduled_task_instances(
             runs.c.state == RunState.RUNNING.value,
         )
         .order_by(
-            case(dict(rank), value=runs.c.origin, else_=len(rank)),
+            runs.c.priority.desc(),
+            *([weight.desc()] if weight is not None else []),
             runs.c.logical_date,
             runs.c.id,
         )
@@ -892,6 +926,9 @@ def scheduled_task_instances(
     skip = sorted(set(skip_pipelines))
     if skip:
         stmt = stmt.where(runs.c.pipeline.not_in(skip))
+    pairs = sorted(set(skip_tasks))
+    if pairs:
+        stmt = stmt.where(tuple_(runs.c.pipeline, task_instances.c.task_id).not_in(pairs))
     if run_pks is not None:
         stmt = stmt.where(runs.c.id.in_(sorted(set(run_pks))))
     return list(conn.execute(stmt).all())
@@ -975,6 +1012,8 @@ class Claim:
     log_path_for: Callable[[int], str]  # try number -> the try's log
     timeout: float | None
     kill_grace: float
+    pool: str | None = None
+    pool_slots: int = 1
 
 
 def queue_tries(
@@ -1022,6 +1061,8 @@ def queue_tries(
                 now + timedelta(seconds=timeout) if (timeout := by_ti[ti_id].timeout) else None
             ),
             "kill_grace": by_ti[ti_id].kill_grace,
+            "pool": by_ti[ti_id].pool,
+            "pool_slots": by_ti[ti_id].pool_slots,
         }
         for ti_id in taken
     ]

@@ -112,6 +112,25 @@ def pipeline_history(name: Name, project: ProjectDep) -> list[s.PipelineChangeOu
     return views.pipeline_history(project, name)
 
 
+@router.get("/pools", tags=["pools"], summary="Pools: slots, use, waiting task instances")
+def list_pools(project: ProjectDep) -> list[s.PoolOut]:
+    return views.pools(project)
+
+
+@router.post("/pools/{pool}", tags=["pools"], summary="Set a pool's slots (until reset)")
+def set_pool(
+    pool: Name, body: s.PoolIn, project: ProjectDep, who: Annotated[Identity, Depends(identity)]
+) -> s.PoolOut:
+    return views.set_pool(project, pool, body, f"{who.label} (api)")
+
+
+@router.post("/pools/{pool}/reset", tags=["pools"], summary="Back to reflow.toml's slots")
+def reset_pool(
+    pool: Name, project: ProjectDep, who: Annotated[Identity, Depends(identity)]
+) -> s.PoolOut:
+    return views.reset_pool(project, pool, f"{who.label} (api)")
+
+
 @router.get("/pipelines/{name}/params", tags=["pipelines"], summary="JSON schema of the run conf")
 def params_schema(name: Name, project: ProjectDep) -> dict[str, Any]:
     return views.pipeline(project, name).params_schema

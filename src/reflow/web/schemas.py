@@ -204,6 +204,24 @@ class PauseOut(Model):
     queued: int = Field(description="Its queued runs (they wait while it is paused).")
 
 
+class PoolOut(Model):
+    name: str
+    slots: int
+    origin: Literal["config", "set", "undefined"] = Field(
+        description="config: from reflow.toml; set: at run time, until reset; undefined: "
+        "named by tasks only (no slots: they wait)."
+    )
+    used: int = Field(description="Slots held by live tries.")
+    waiting: int = Field(description="Task instances ready to start, waiting for slots.")
+    tasks: list[str] = Field(description="Its tasks, as pipeline.task.")
+    updated_at: datetime | None
+    updated_by: str | None
+
+
+class PoolIn(Model):
+    slots: int = Field(ge=0, le=1_000_000, description="Slots from now on (kept until reset).")
+
+
 class PipelineChangeOut(Model):
     at: datetime
     action: Literal["paused", "unpaused"]
@@ -265,6 +283,12 @@ class BackfillIn(Model):
     order: Literal["oldest", "newest"] = "oldest"
     tasks: list[Text] | None = Field(default=None, max_length=1000)
     from_task: Text | None = None
+    priority: int | None = Field(
+        default=None,
+        ge=-1000,
+        le=1000,
+        description="Its runs' priority, higher first (scheduled 2, manual 1, backfill 0).",
+    )
 
 
 class PlannedDateOut(Model):

@@ -18,6 +18,7 @@ from reflow.services import backfill as backfill_service
 from reflow.services import history as history_service
 from reflow.services import logs as log_service
 from reflow.services import pipelines as pipeline_service
+from reflow.services import pools as pool_service
 from reflow.services import runs as run_service
 from reflow.services.project import Project
 from reflow.web import schemas as s
@@ -247,6 +248,31 @@ def pipeline_history(project: Project, name: str) -> list[s.PipelineChangeOut]:
     ]
 
 
+def pools(project: Project) -> list[s.PoolOut]:
+    return [_pool_out(p) for p in pool_service.list_pools(project)]
+
+
+def set_pool(project: Project, name: str, body: s.PoolIn, actor: str) -> s.PoolOut:
+    return _pool_out(pool_service.set_slots(project, name, body.slots, actor=actor))
+
+
+def reset_pool(project: Project, name: str, actor: str) -> s.PoolOut:
+    return _pool_out(pool_service.reset(project, name, actor=actor))
+
+
+def _pool_out(p: pool_service.PoolStatus) -> s.PoolOut:
+    return s.PoolOut(
+        name=p.name,
+        slots=p.slots,
+        origin=cast(Any, p.origin),
+        used=p.used,
+        waiting=p.waiting,
+        tasks=p.tasks,
+        updated_at=p.updated_at,
+        updated_by=p.updated_by,
+    )
+
+
 # -- runs -----------------------------------------------------------------------------------
 def _check_days(start: str | None, end: str | None) -> None:
     """Refuse range ends that are not dates reflow can schedule."""
@@ -452,6 +478,7 @@ def plan(project: Project, name: str, body: s.BackfillIn) -> tuple[Any, s.PlanOu
         from_task=body.from_task or None,
         max_active_runs=body.max_active_runs,
         order=body.order,
+        priority=body.priority,
     )
     secrets = STRUCTURES.secrets(project, name)
     tz = STRUCTURES.timezone(project, name)

@@ -23,8 +23,10 @@ from reflow.core.masking import scrub
 from reflow.core.states import RUN_ACTIVE, RunState
 
 if TYPE_CHECKING:  # each command imports the services it uses: `reflow -h` stays quick
+    from reflow.services import backfill as backfill_service
     from reflow.services import runs as run_service
     from reflow.services.project import Project
+    from reflow.services.records import Run, TaskTry
 
 # Piped output gets wide lines rather than truncated table cells.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -146,7 +148,7 @@ def fmt_took(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"
 
 
-def fmt_run_took(run: Any) -> str:
+def fmt_run_took(run: Run) -> str:
     """How long a run ran (so far, while it is active); "-" when it never ran."""
     from reflow.services import history as history_service
 
@@ -585,7 +587,7 @@ def runs_show(
 def _print_tis(project: Project, detail: run_service.RunDetail) -> None:
     from reflow.services import history as history_service
 
-    tries: dict[str, list[Any]] = {}
+    tries: dict[str, list[TaskTry]] = {}
     for t in detail.tries:
         tries.setdefault(t.task_id, []).append(t)
     spans = history_service.task_spans(project, detail.task_instances)
@@ -842,7 +844,7 @@ def backfill_create(
         _say_if_paused(project, pipeline)
 
 
-def _print_plan(plan: Any) -> None:
+def _print_plan(plan: backfill_service.Plan) -> None:
     table = Table("logical date", "existing", "action", "why", "conf change", box=None)
     style = {"create": "green", "reset": "yellow", "skip": "grey50"}
     for item in plan.dates:

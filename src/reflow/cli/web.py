@@ -22,6 +22,8 @@ from rich.table import Table
 from reflow.core.errors import ConfigError, InvalidInput
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from reflow.services.project import Project
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -76,7 +78,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(tokens_app, name="tokens")
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
 
 

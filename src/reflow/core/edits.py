@@ -36,7 +36,7 @@ from reflow.core.states import TI_FINISHED, TI_LIVE, TIState
 
 
 class Instance(Protocol):
-    """The part of a task instance an edit looks at (a store row has it)."""
+    """The part of a task instance an edit looks at (a store record has it)."""
 
     @property
     def id(self) -> int: ...

@@ -19,6 +19,7 @@ from reflow.core.errors import InvalidInput, NotFound
 from reflow.core.naming import utcnow
 from reflow.services.project import Project
 from reflow.store import auth as store
+from reflow.store.records import TokenWithUser, User
 
 # scrypt cost: ~16 MiB and a few tens of ms per check, once per login.
 _N, _R, _P, _DKLEN = 2**14, 8, 1, 32
@@ -105,7 +106,7 @@ def set_password(project: Project, name: str, password: str) -> None:
         raise NotFound(f"no user {name!r} (see `reflow users list`)")
 
 
-def list_users(project: Project) -> list[Any]:
+def list_users(project: Project) -> list[User]:
     with project.db.read() as conn:
         return store.list_users(conn)
 
@@ -168,7 +169,7 @@ def create_token(
     return token
 
 
-def list_tokens(project: Project, *, include_revoked: bool = False) -> list[Any]:
+def list_tokens(project: Project, *, include_revoked: bool = False) -> list[TokenWithUser]:
     with project.db.read() as conn:
         return store.list_tokens(conn, include_revoked=include_revoked)
 

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row
-
 from reflow.core.errors import Conflict, InvalidInput, NotFound
 from reflow.core.naming import run_id_for, utcnow
 from reflow.core.pipeline import Pipeline
@@ -28,6 +26,7 @@ from reflow.core.states import (
 from reflow.services import runs as run_service
 from reflow.services.project import Project
 from reflow.store import history, repo
+from reflow.store.records import Backfill, Run
 
 ORDERS = ("oldest", "newest")
 
@@ -39,7 +38,7 @@ class PlannedDate:
     action: str  # create | reset | skip
     reason: str = ""
     conf_diff: dict[str, tuple[Any, Any]] = field(default_factory=dict)
-    run: Row[Any] | None = None
+    run: Run | None = None
 
 
 @dataclass
@@ -174,7 +173,7 @@ def _check_in_range(pipeline: Pipeline, first: datetime, last: datetime) -> None
 
 
 def _plan_date(
-    logical_date: datetime, run: Row[Any] | None, policy: Reprocess, conf: Mapping[str, Any]
+    logical_date: datetime, run: Run | None, policy: Reprocess, conf: Mapping[str, Any]
 ) -> PlannedDate:
     if run is None:
         if policy == Reprocess.FAILED:
@@ -323,7 +322,7 @@ def _skip_unselected(conn: Any, run_pk: int, selected: set[str], now: datetime) 
 # -- reading and steering -------------------------------------------------------------------
 @dataclass
 class BackfillStatus:
-    row: Row[Any]
+    row: Backfill
     runs: dict[str, int]  # state -> count
 
     @property
@@ -335,7 +334,7 @@ class BackfillStatus:
         return sum(n for s, n in self.runs.items() if s not in RUN_ACTIVE)
 
 
-def get(project: Project, backfill_id: int) -> Row[Any]:
+def get(project: Project, backfill_id: int) -> Backfill:
     with project.db.read() as conn:
         row = history.get_backfill(conn, backfill_id)
     if row is None:
@@ -352,7 +351,7 @@ def list_backfills(project: Project, pipeline: str | None = None) -> list[Backfi
     return [BackfillStatus(r, counts.get(r.id, {})) for r in rows]
 
 
-def show(project: Project, backfill_id: int) -> tuple[BackfillStatus, list[Row[Any]]]:
+def show(project: Project, backfill_id: int) -> tuple[BackfillStatus, list[Run]]:
     row = get(project, backfill_id)
     with project.db.read() as conn:
         runs = history.backfill_runs(conn, backfill_id)

@@ -10,8 +10,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row
-
 from reflow.core.errors import Conflict, InvalidInput, NotFound
 from reflow.core.naming import utcnow
 from reflow.core.pipeline import Pipeline
@@ -28,11 +26,12 @@ from reflow.services import runs as run_service
 from reflow.services.backfill import select_tasks
 from reflow.services.project import Project
 from reflow.store import history, repo
+from reflow.store.records import Run, TaskInstance
 
 
 def _runs(
     project: Project, pipeline: str, run: str | None, start: str | None, end: str | None
-) -> list[Row[Any]]:
+) -> list[Run]:
     """The runs a history command works on: one run, or every run in a date range."""
     run_service.known(project, pipeline)
     if run is not None and (start or end):
@@ -73,7 +72,7 @@ def clear(
 
     def work(conn: Any) -> Cleared:
         result = Cleared()
-        tis_by_run: dict[int, list[Row[Any]]] = {}
+        tis_by_run: dict[int, list[TaskInstance]] = {}
         for ti in repo.run_task_instances(conn, [r.id for r in rows]):
             tis_by_run.setdefault(ti.run, []).append(ti)
         for row in repo.runs_by_pk(conn, [r.id for r in rows]):
@@ -126,7 +125,7 @@ def _with_downstream(pipeline: Pipeline, task_ids: Sequence[str]) -> list[str]:
 
 
 # -- mark -----------------------------------------------------------------------------------
-def mark(project: Project, pipeline: str, run: str, state: str, wait: float = 30.0) -> Row[Any]:
+def mark(project: Project, pipeline: str, run: str, state: str, wait: float = 30.0) -> Run:
     """Set a run (and its task instances) to success or failed; its running tries are
     stopped first."""
     run_service.known(project, pipeline)
@@ -316,7 +315,7 @@ class Span:
         return max(0.0, (end - self.started_at).total_seconds())
 
 
-def run_span(run: Row[Any]) -> Span:
+def run_span(run: Run) -> Span:
     """A run ran from its start to its end; one that ended (marked, cancelled) before it
     started never ran."""
     if run.started_at is None:
@@ -325,7 +324,7 @@ def run_span(run: Row[Any]) -> Span:
     return Span(run.started_at, None if active else run.ended_at, ongoing=active)
 
 
-def task_spans(project: Project, task_instances: Sequence[Row[Any]]) -> dict[int, Span]:
+def task_spans(project: Project, task_instances: Sequence[TaskInstance]) -> dict[int, Span]:
     """When each task instance ran (by id): from the start of its first try since it was
     last cleared to its end. One whose try never started (pending, removed,
     upstream_failed, marked before it ran, a no-op task) never ran."""
@@ -349,7 +348,7 @@ class Grid:
     where a run has no such task."""
 
     tasks: list[str]
-    runs: list[Row[Any]]
+    runs: list[Run]
     states: list[list[str | None]]
     older: bool  # older runs exist
 
@@ -378,7 +377,7 @@ class Durations:
     (oldest first); None where a run has no such task, or it never ran or runs still."""
 
     tasks: list[str]
-    runs: list[Row[Any]]
+    runs: list[Run]
     seconds: list[list[float | None]]
 
 
@@ -399,8 +398,8 @@ def durations(
 
 
 def _by_task(
-    project: Project, pipeline: str, runs: Sequence[Row[Any]]
-) -> tuple[list[str], list[tuple[Row[Any], int, int]]]:
+    project: Project, pipeline: str, runs: Sequence[Run]
+) -> tuple[list[str], list[tuple[TaskInstance, int, int]]]:
     """The task ids of ``runs`` in order, and their task instances, each with its row (by
     task) and column (by run)."""
     with project.db.read() as conn:

@@ -7,15 +7,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import Row
 
 from reflow.core.errors import NotFound
 from reflow.core.masking import LogMask
 from reflow.services import runs as run_service
 from reflow.services.project import Project
 from reflow.store import repo
+from reflow.store.records import Run, TaskTry
 
 # The most a read returns at once.
 LOG_CHUNK = 256 * 1024
@@ -32,9 +30,7 @@ class LogChunk:
     text: str
 
 
-def find_try(
-    project: Project, run: Row[Any], task_id: str, try_number: int | None = None
-) -> Row[Any]:
+def find_try(project: Project, run: Run, task_id: str, try_number: int | None = None) -> TaskTry:
     """The try (latest unless ``try_number``) of a task in a run."""
     with project.db.read() as conn:
         tries = [t for t in repo.tries_of(conn, run_pk=run.id) if t.task_id == task_id]
@@ -54,7 +50,7 @@ def find_try(
     raise NotFound(f"task {task_id!r} has no try {try_number} (tries: {numbers})")
 
 
-def secret_values(project: Project, run: Row[Any]) -> list[str]:
+def secret_values(project: Project, run: Run) -> list[str]:
     """Every secret that may appear in a log of ``run``: the values of the pipeline's
     secret params in the conf of each attempt (a try of an earlier attempt ran with its
     own), their defaults, and the literal secret env values."""
@@ -69,7 +65,7 @@ def secret_values(project: Project, run: Row[Any]) -> list[str]:
 class TryLog:
     """The log of one try, read with every secret of its run masked."""
 
-    def __init__(self, project: Project, run: Row[Any], attempt: Row[Any]) -> None:
+    def __init__(self, project: Project, run: Run, attempt: TaskTry) -> None:
         self.project = project
         self.run = run
         self.attempt = attempt
@@ -134,6 +130,6 @@ class TryLog:
             self.refresh()
 
 
-def try_log(project: Project, run: Row[Any], task_id: str, try_number: int | None = None) -> TryLog:
+def try_log(project: Project, run: Run, task_id: str, try_number: int | None = None) -> TryLog:
     """The log of a task's try (the latest unless ``try_number``) in ``run``."""
     return TryLog(project, run, find_try(project, run, task_id, try_number))

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row
-
 from reflow.core.errors import Conflict, InvalidInput, NotFound
 from reflow.core.masking import Secrets
 from reflow.core.naming import utcnow
@@ -22,6 +20,14 @@ from reflow.core.states import RUN_FINISHED, RunOrigin, RunState
 from reflow.scheduler.peers import covers, exited
 from reflow.services.project import Project
 from reflow.store import history, pauses, pools, repo
+from reflow.store.records import (
+    HistoryEvent,
+    Run,
+    RunAttempt,
+    SchedulerRecord,
+    TaskInstance,
+    TaskTry,
+)
 
 if TYPE_CHECKING:
     from reflow.scheduler import Scheduler
@@ -102,7 +108,7 @@ def trigger(
     name: str,
     dates: Sequence[str] = (),
     conf: Mapping[str, Any] | None = None,
-) -> list[Row[Any]]:
+) -> list[Run]:
     """Create one manual run per date (or for the latest interval), all or nothing."""
     pipeline = project.pipeline(name)
     resolved = pipeline.params.resolve(conf)
@@ -190,7 +196,7 @@ def scheduler_is_running(project: Project, pipeline: str | None = None) -> bool:
     return _driver(project, pipeline, any_scope=True) is not None
 
 
-def _driver(project: Project, pipeline: str | None, *, any_scope: bool) -> Row[Any] | None:
+def _driver(project: Project, pipeline: str | None, *, any_scope: bool) -> SchedulerRecord | None:
     """A live scheduler that drives ``pipeline``'s runs: a daemon (which drives every
     run), or with ``any_scope`` any scheduler covering the pipeline."""
     with project.db.read() as conn:
@@ -198,14 +204,15 @@ def _driver(project: Project, pipeline: str | None, *, any_scope: bool) -> Row[A
     wanted = None if pipeline is None else [pipeline]
     host = socket.gethostname()
     for row in live:
-        if exited(row, host):
+        # peers.exited is still annotated with sqlalchemy.Row; the record has what it reads.
+        if exited(row, host):  # type: ignore[arg-type]
             continue  # killed on this machine: no need to wait for its silence
         if row.scope is None or (any_scope and covers(row.scope, wanted)):
             return row
     return None
 
 
-def _describe(row: Row[Any], now: datetime, heartbeat_interval: float) -> str:
+def _describe(row: SchedulerRecord, now: datetime, heartbeat_interval: float) -> str:
     silent = (now - row.heartbeat_at).total_seconds()
     quiet = f", silent for {silent:.0f}s" if silent >= 2 * heartbeat_interval else ""
     return f"waiting for scheduler {row.id} (pid {row.pid} on {row.host}{quiet})"
@@ -321,7 +328,7 @@ def list_runs(
     start: str | None = None,
     end: str | None = None,
     labels: tuple[str, str] = ("--start", "--end"),
-) -> list[Row[Any]]:
+) -> list[Run]:
     """Runs, newest logical date first. With ``start`` or ``end``, only those whose
     logical dates lie in that range of their pipeline's schedule (see :func:`date_range`)."""
     check_run_filter(project, pipeline, state)
@@ -330,7 +337,7 @@ def list_runs(
             return repo.list_runs(conn, pipeline=pipeline, state=state, limit=limit)
         names = [pipeline] if pipeline is not None else [p.name for p in repo.pipeline_rows(conn)]
     ranges = {name: date_range(project, name, start, end, labels=labels) for name in names}
-    rows: list[Row[Any]] = []
+    rows: list[Run] = []
     with project.db.read() as conn:
         for name, (first, last) in ranges.items():
             rows += history.runs_in_range(conn, name, first, last)
@@ -344,7 +351,7 @@ def list_runs(
 class Window:
     """A page of a pipeline's runs, oldest first, and whether older ones exist."""
 
-    runs: list[Row[Any]]
+    runs: list[Run]
     older: bool
 
 
@@ -377,7 +384,7 @@ def known(project: Project, pipeline: str) -> None:
     project.pipeline(pipeline)
 
 
-def find_run(project: Project, key: str, pipeline: str | None = None) -> Row[Any]:
+def find_run(project: Project, key: str, pipeline: str | None = None) -> Run:
     """A run by its numeric id, its run id, or (with a pipeline) its logical date."""
     by_date = False
     with project.db.read() as conn:
@@ -416,15 +423,15 @@ def find_run(project: Project, key: str, pipeline: str | None = None) -> Row[Any
 
 @dataclass
 class RunDetail:
-    run: Row[Any]
-    attempts: list[Row[Any]]
-    task_instances: list[Row[Any]]
-    tries: list[Row[Any]]
+    run: Run
+    attempts: list[RunAttempt]
+    task_instances: list[TaskInstance]
+    tries: list[TaskTry]
     # What happened to it, oldest first: attempts, clears, marks, pipeline edits, failures.
-    history: list[Row[Any]]
+    history: list[HistoryEvent]
 
 
-def run_detail(project: Project, run: Row[Any]) -> RunDetail:
+def run_detail(project: Project, run: Run) -> RunDetail:
     with project.db.read() as conn:
         tis = repo.run_task_instances(conn, [run.id])
         order = task_order(project, run.pipeline, {t.task_id for t in tis})

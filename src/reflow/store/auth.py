@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from reflow.core.errors import Conflict
 from reflow.store.models import api_tokens, users
-from reflow.store.repo import Rec
+from reflow.store.records import TokenWithUser, User
 
 
 # -- users ----------------------------------------------------------------------------------
@@ -32,12 +32,12 @@ def create_user(conn: Connection, name: str, password_hash: str, now: datetime) 
         raise Conflict(f"user {name!r} already exists") from None
 
 
-def get_user(conn: Connection, name: str) -> Rec | None:
-    return conn.execute(select(users).where(users.c.name == name)).first()
+def get_user(conn: Connection, name: str) -> User | None:
+    return User.first_of(conn.execute(select(users).where(users.c.name == name)))
 
 
-def list_users(conn: Connection) -> list[Rec]:
-    return list(conn.execute(select(users).order_by(users.c.name)).all())
+def list_users(conn: Connection) -> list[User]:
+    return User.from_result(conn.execute(select(users).order_by(users.c.name)))
 
 
 def set_password(conn: Connection, name: str, password_hash: str) -> bool:
@@ -94,17 +94,19 @@ def create_token(
         raise Conflict(f"a token named {name!r} already exists (revoke it first)") from None
 
 
-def token_by_hash(conn: Connection, token_hash: str, now: datetime) -> Rec | None:
+def token_by_hash(conn: Connection, token_hash: str, now: datetime) -> TokenWithUser | None:
     """The live token (not revoked, not expired) with this hash, with its user's name."""
-    return conn.execute(
-        select(api_tokens, users.c.name.label("user_name"))
-        .outerjoin(users, users.c.id == api_tokens.c.user_id)
-        .where(
-            api_tokens.c.token_hash == token_hash,
-            api_tokens.c.revoked_at.is_(None),
-            or_(api_tokens.c.expires_at.is_(None), api_tokens.c.expires_at > now),
+    return TokenWithUser.first_of(
+        conn.execute(
+            select(api_tokens, users.c.name.label("user_name"))
+            .outerjoin(users, users.c.id == api_tokens.c.user_id)
+            .where(
+                api_tokens.c.token_hash == token_hash,
+                api_tokens.c.revoked_at.is_(None),
+                or_(api_tokens.c.expires_at.is_(None), api_tokens.c.expires_at > now),
+            )
         )
-    ).first()
+    )
 
 
 def touch_token(conn: Connection, token_id: int, now: datetime, every: timedelta) -> None:
@@ -119,13 +121,15 @@ def touch_token(conn: Connection, token_id: int, now: datetime, every: timedelta
     )
 
 
-def list_tokens(conn: Connection, *, include_revoked: bool = False) -> list[Rec]:
+def list_tokens(conn: Connection, *, include_revoked: bool = False) -> list[TokenWithUser]:
     stmt = select(api_tokens, users.c.name.label("user_name")).outerjoin(
         users, users.c.id == api_tokens.c.user_id
     )
     if not include_revoked:
         stmt = stmt.where(api_tokens.c.revoked_at.is_(None))
-    return list(conn.execute(stmt.order_by(api_tokens.c.name, api_tokens.c.id)).all())
+    return TokenWithUser.from_result(
+        conn.execute(stmt.order_by(api_tokens.c.name, api_tokens.c.id))
+    )
 
 
 def revoke_token(conn: Connection, name: str, now: datetime) -> bool:

@@ -38,8 +38,8 @@ from reflow.store.models import (
     task_instances,
     tries,
 )
+from reflow.store.records import Backfill, Run, TaskInstance
 from reflow.store.repo import (
-    Rec,
     _chunks,
     live_tries_of_runs,
     pending_again,
@@ -107,22 +107,24 @@ def set_backfill_planned(conn: Connection, backfill_id: int, planned: Mapping[st
     )
 
 
-def get_backfill(conn: Connection, backfill_id: int) -> Rec | None:
-    return conn.execute(select(backfills).where(backfills.c.id == backfill_id)).first()
+def get_backfill(conn: Connection, backfill_id: int) -> Backfill | None:
+    return Backfill.first_of(conn.execute(select(backfills).where(backfills.c.id == backfill_id)))
 
 
-def list_backfills(conn: Connection, pipeline: str | None = None, limit: int = 50) -> list[Rec]:
+def list_backfills(
+    conn: Connection, pipeline: str | None = None, limit: int = 50
+) -> list[Backfill]:
     stmt = select(backfills).order_by(backfills.c.id.desc()).limit(limit)
     if pipeline is not None:
         stmt = stmt.where(backfills.c.pipeline == pipeline)
-    return list(conn.execute(stmt).all())
+    return Backfill.from_result(conn.execute(stmt))
 
 
-def backfill_runs(conn: Connection, backfill_id: int) -> list[Rec]:
-    return list(
+def backfill_runs(conn: Connection, backfill_id: int) -> list[Run]:
+    return Run.from_result(
         conn.execute(
             select(runs).where(runs.c.backfill_id == backfill_id).order_by(runs.c.logical_date)
-        ).all()
+        )
     )
 
 
@@ -139,13 +141,15 @@ def run_states_by_backfill(conn: Connection, ids: Sequence[int]) -> dict[int, di
     return out
 
 
-def open_backfills(conn: Connection) -> dict[int, Rec]:
+def open_backfills(conn: Connection) -> dict[int, Backfill]:
     """Backfills still running or paused, for admission."""
-    rows = conn.execute(
-        select(backfills).where(
-            backfills.c.state.in_([BackfillState.RUNNING.value, BackfillState.PAUSED.value])
+    rows = Backfill.from_result(
+        conn.execute(
+            select(backfills).where(
+                backfills.c.state.in_([BackfillState.RUNNING.value, BackfillState.PAUSED.value])
+            )
         )
-    ).all()
+    )
     return {r.id: r for r in rows}
 
 
@@ -238,7 +242,7 @@ def cancel_backfill(conn: Connection, backfill_id: int, now: datetime) -> tuple[
 
 def dated_runs(
     conn: Connection, pipeline: str, start: datetime, end: datetime, *, lock: bool = False
-) -> dict[datetime, Rec]:
+) -> dict[datetime, Run]:
     """The scheduled/backfill run of each logical date in [start, end]. With ``lock``,
     their rows stay locked until the transaction ends (PostgreSQL)."""
     stmt = select(runs).where(
@@ -249,10 +253,10 @@ def dated_runs(
     )
     if lock and conn.dialect.name != "sqlite":
         stmt = stmt.order_by(runs.c.id).with_for_update()
-    return {r.logical_date: r for r in conn.execute(stmt).all()}
+    return {r.logical_date: r for r in Run.from_result(conn.execute(stmt))}
 
 
-def dated_run(conn: Connection, pipeline: str, logical_date: datetime) -> Rec | None:
+def dated_run(conn: Connection, pipeline: str, logical_date: datetime) -> Run | None:
     """The scheduled/backfill run of one logical date, its row locked (PostgreSQL)."""
     return dated_runs(conn, pipeline, logical_date, logical_date, lock=True).get(logical_date)
 
@@ -309,7 +313,7 @@ class Reset:
 
 def reset_run(
     conn: Connection,
-    run: Rec,
+    run: Run,
     *,
     clear: Iterable[str],
     tasks: Sequence[str],
@@ -369,7 +373,9 @@ def reset_run(
                 created_at=now,
             )
         )
-    tis = list(conn.execute(select(task_instances).where(task_instances.c.run == run.id)))
+    tis = TaskInstance.from_result(
+        conn.execute(select(task_instances).where(task_instances.c.run == run.id))
+    )
     # A re-run follows the current structure; finished instances of removed tasks go too.
     reconcile_task_instances(conn, run.id, tis, tasks, now, finished_too=True)
     wanted = set(clear)
@@ -406,21 +412,24 @@ def cancel_runs(conn: Connection, run_pks: Sequence[int], now: datetime, detail:
     """Cancel active runs: unstarted task instances are cancelled, live tries stopped
     (reason ``killed``). Only the runs this cancels get their task instances and attempt
     touched (one that finished meanwhile keeps its outcome). Returns how many it cancelled."""
-    rows: list[Rec] = []
+    active: dict[int, str] = {}  # id -> state
     for chunk in _chunks(sorted(set(run_pks))):
-        rows += conn.execute(
-            select(runs.c.id, runs.c.state).where(
-                runs.c.id.in_(chunk), runs.c.state.in_([s.value for s in RUN_ACTIVE])
+        active.update(
+            (r.id, r.state)
+            for r in conn.execute(
+                select(runs.c.id, runs.c.state).where(
+                    runs.c.id.in_(chunk), runs.c.state.in_([s.value for s in RUN_ACTIVE])
+                )
             )
-        ).all()
-    if not rows:
+        )
+    if not active:
         return 0
     ids = transition(
         conn,
         "run",
-        [r.id for r in rows],
+        list(active),
         RunState.CANCELLED,
-        {r.state for r in rows},
+        set(active.values()),
         now,
         detail=detail,
         ended_at=now,
@@ -451,7 +460,7 @@ def cancel_runs(conn: Connection, run_pks: Sequence[int], now: datetime, detail:
     return len(ids)
 
 
-def mark_run(conn: Connection, run: Rec, state: RunState, now: datetime) -> Rec:
+def mark_run(conn: Connection, run: Run, state: RunState, now: datetime) -> Run:
     """Set a run and its task instances to success or failed by hand; live tries are
     asked to stop first (reason ``killed``). Works on the run as it is now (its row is
     locked and read again), so a concurrent command is followed, never overwritten
@@ -582,7 +591,7 @@ def runs_in_range(
     start: datetime | None,
     end: datetime | None,
     run_pk: int | None = None,
-) -> list[Rec]:
+) -> list[Run]:
     stmt = select(runs).where(runs.c.pipeline == pipeline)
     if run_pk is not None:
         stmt = stmt.where(runs.c.id == run_pk)
@@ -590,7 +599,7 @@ def runs_in_range(
         stmt = stmt.where(runs.c.logical_date >= start)
     if end is not None:
         stmt = stmt.where(runs.c.logical_date <= end)
-    return list(conn.execute(stmt.order_by(runs.c.logical_date, runs.c.id)).all())
+    return Run.from_result(conn.execute(stmt.order_by(runs.c.logical_date, runs.c.id)))
 
 
 def deactivate_pipeline(conn: Connection, name: str, now: datetime) -> None:

@@ -17,12 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    Row,
     Table,
     and_,
     bindparam,
@@ -69,6 +68,25 @@ from reflow.store.models import (
     task_instances,
     tries,
 )
+from reflow.store.records import (
+    CancelRequest,
+    ExpiredRun,
+    ExpiredTry,
+    FinishingTry,
+    HistoryEvent,
+    ImportErrorRecord,
+    LiveTry,
+    PipelineRecord,
+    QueuedRun,
+    ReadyTaskInstance,
+    Run,
+    RunAttempt,
+    RunSummary,
+    SchedulerRecord,
+    TaskInstance,
+    TaskTry,
+    Try,
+)
 
 _TABLES: dict[str, tuple[Table, dict[Any, frozenset[Any]], type]] = {
     "backfill": (backfills, BACKFILL_TRANSITIONS, BackfillState),
@@ -79,8 +97,6 @@ _TABLES: dict[str, tuple[Table, dict[Any, frozenset[Any]], type]] = {
 _CHUNK = 500
 # PostgreSQL advisory lock key of sync_pipelines.
 _SYNC_LOCK = 0x7265666C6F7701
-# A result row of any shape.
-Rec: TypeAlias = Row[*tuple[Any, ...]]
 _K = TypeVar("_K", int, str, datetime)
 _LIVE_TRY = tries.c.state.in_([TryState.QUEUED.value, TryState.RUNNING.value])
 # Moves of a task instance that make nothing else ready and end nothing: the scheduler's
@@ -303,7 +319,7 @@ def sync_pipelines(
         # on a new database, a command beside them) sync one after another, not into each
         # other's inserts; SQLite's write lock serializes them already.
         conn.execute(select(func.pg_advisory_xact_lock(_SYNC_LOCK)))
-    existing = {r.name: r for r in conn.execute(select(pipelines)).all()}
+    existing = {r.name: r for r in PipelineRecord.from_result(conn.execute(select(pipelines)))}
     changed: list[str] = []
     stale: dict[str, str] = {}
     for name, (version, fileloc, structure, stamp) in found.items():
@@ -401,15 +417,17 @@ def current_versions(conn: Connection, names: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def pipeline_rows(conn: Connection, names: Iterable[str] | None = None) -> list[Rec]:
+def pipeline_rows(conn: Connection, names: Iterable[str] | None = None) -> list[PipelineRecord]:
     stmt = select(pipelines).order_by(pipelines.c.name)
     if names is not None:
         stmt = stmt.where(pipelines.c.name.in_(list(names)))
-    return list(conn.execute(stmt).all())
+    return PipelineRecord.from_result(conn.execute(stmt))
 
 
-def list_import_errors(conn: Connection) -> list[Rec]:
-    return list(conn.execute(select(import_errors).order_by(import_errors.c.path)).all())
+def list_import_errors(conn: Connection) -> list[ImportErrorRecord]:
+    return ImportErrorRecord.from_result(
+        conn.execute(select(import_errors).order_by(import_errors.c.path))
+    )
 
 
 # -- runs -----------------------------------------------------------------------------------
@@ -591,7 +609,7 @@ def pending_again() -> dict[str, Any]:
 def reconcile_task_instances(
     conn: Connection,
     run_pk: int,
-    tis: Sequence[Rec],
+    tis: Sequence[TaskInstance],
     task_ids: Sequence[str],
     now: datetime,
     *,
@@ -659,7 +677,7 @@ def reconcile_task_instances(
     return edit
 
 
-def run_history(conn: Connection, run_pk: int) -> list[Rec]:
+def run_history(conn: Connection, run_pk: int) -> list[HistoryEvent]:
     """The notable events of a run, oldest first: those that carry a detail (created, a
     new attempt, a clear, a mark, a pipeline edit, a failure's reason), with the task of
     each task instance's event (None for the run's own)."""
@@ -681,7 +699,7 @@ def run_history(conn: Connection, run_pk: int) -> list[Rec]:
         .where(events.c.run == run_pk, events.c.detail.is_not(None))
         .order_by(events.c.id)
     )
-    return list(conn.execute(stmt).all())
+    return HistoryEvent.from_result(conn.execute(stmt))
 
 
 def dated_runs_taken(
@@ -734,7 +752,7 @@ def count_active_runs(conn: Connection) -> dict[tuple[str, str], int]:
     return {(r[0], r[1]): int(r[2]) for r in rows}
 
 
-def latest_runs(conn: Connection, per_pipeline: int) -> dict[str, list[Rec]]:
+def latest_runs(conn: Connection, per_pipeline: int) -> dict[str, list[RunSummary]]:
     """The newest runs of every recorded pipeline (by logical date, then id), at most
     ``per_pipeline`` each, newest first: one statement, which for each pipeline walks the
     (pipeline, logical_date) index a few steps, whatever the length of the history."""
@@ -751,15 +769,15 @@ def latest_runs(conn: Connection, per_pipeline: int) -> dict[str, list[Rec]]:
     else:  # a nested loop over the pipelines, each a short index scan
         latest = newest.lateral("latest")
         statement = select(latest).select_from(pipelines.join(latest, true()))
-    out: dict[str, list[Rec]] = {}
-    for row in conn.execute(statement).all():
+    out: dict[str, list[RunSummary]] = {}
+    for row in RunSummary.from_result(conn.execute(statement)):
         out.setdefault(row.pipeline, []).append(row)
     for rows in out.values():
         rows.sort(key=lambda r: (r.logical_date, r.id), reverse=True)
     return out
 
 
-def queued_runs(conn: Connection, pipeline_names: Iterable[str] | None = None) -> list[Rec]:
+def queued_runs(conn: Connection, pipeline_names: Iterable[str] | None = None) -> list[QueuedRun]:
     stmt = select(
         runs.c.id,
         runs.c.pipeline,
@@ -770,7 +788,7 @@ def queued_runs(conn: Connection, pipeline_names: Iterable[str] | None = None) -
     ).where(runs.c.state == RunState.QUEUED.value)
     if pipeline_names is not None:
         stmt = stmt.where(runs.c.pipeline.in_(list(pipeline_names)))
-    return list(conn.execute(stmt).all())
+    return QueuedRun.from_result(conn.execute(stmt))
 
 
 def admission_signature(conn: Connection) -> tuple[Any, ...]:
@@ -803,7 +821,7 @@ def count_running_by_backfill(conn: Connection, ids: Iterable[int]) -> dict[int,
     return out
 
 
-def active_runs(conn: Connection, pipeline_names: Iterable[str] | None = None) -> list[Rec]:
+def active_runs(conn: Connection, pipeline_names: Iterable[str] | None = None) -> list[Run]:
     """Queued and running runs, oldest logical date first.
 
     Sorted here, not in SQL: an ORDER BY on logical_date lets the planner walk the
@@ -812,49 +830,49 @@ def active_runs(conn: Connection, pipeline_names: Iterable[str] | None = None) -
     stmt = select(runs).where(runs.c.state.in_([s.value for s in RUN_ACTIVE]))
     if pipeline_names is not None:
         stmt = stmt.where(runs.c.pipeline.in_(list(pipeline_names)))
-    return sorted(conn.execute(stmt).all(), key=lambda r: (r.logical_date, r.id))
+    return sorted(Run.from_result(conn.execute(stmt)), key=lambda r: (r.logical_date, r.id))
 
 
-def run_task_instances(conn: Connection, run_pks: Sequence[int]) -> list[Rec]:
+def run_task_instances(conn: Connection, run_pks: Sequence[int]) -> list[TaskInstance]:
     if not run_pks:
         return []
-    out: list[Rec] = []
+    out: list[TaskInstance] = []
     for chunk in _chunks(list(run_pks)):
-        out += conn.execute(select(task_instances).where(task_instances.c.run.in_(chunk))).all()
+        out += TaskInstance.from_result(
+            conn.execute(select(task_instances).where(task_instances.c.run.in_(chunk)))
+        )
     return out
 
 
 # -- the scheduler's view of running runs ---------------------------------------------------
-def unsettled_runs(conn: Connection) -> list[Rec]:
+def unsettled_runs(conn: Connection) -> list[Run]:
     """Running runs with changes the scheduler has not acted on yet (a partial index holds
     just those: the cost follows what changed, not how much is running)."""
-    return list(
+    return Run.from_result(
         conn.execute(
             select(runs).where(runs.c.state == RunState.RUNNING.value, text(UNSEEN_CHANGES))
-        ).all()
+        )
     )
 
 
-def runs_with_due_retries(conn: Connection, now: datetime) -> list[Rec]:
+def runs_with_due_retries(conn: Connection, now: datetime) -> list[Run]:
     """Running runs with a task instance whose wait before its next try is over."""
     due = select(task_instances.c.run).where(
         task_instances.c.state == TIState.UP_FOR_RETRY.value,
         or_(task_instances.c.next_try_at.is_(None), task_instances.c.next_try_at <= now),
     )
-    return list(
-        conn.execute(
-            select(runs).where(runs.c.id.in_(due), runs.c.state == RunState.RUNNING.value)
-        ).all()
+    return Run.from_result(
+        conn.execute(select(runs).where(runs.c.id.in_(due), runs.c.state == RunState.RUNNING.value))
     )
 
 
-def running_runs(conn: Connection, pipeline_names: Iterable[str] | None = None) -> list[Rec]:
+def running_runs(conn: Connection, pipeline_names: Iterable[str] | None = None) -> list[Run]:
     """Every running run (of ``pipeline_names``): the scheduler's full look, on start-up
     and after a pipeline's version changed."""
     stmt = select(runs).where(runs.c.state == RunState.RUNNING.value)
     if pipeline_names is not None:
         stmt = stmt.where(runs.c.pipeline.in_(list(pipeline_names)))
-    return list(conn.execute(stmt).all())
+    return Run.from_result(conn.execute(stmt))
 
 
 def hold_unchanged_runs(conn: Connection, seen: Mapping[int, int]) -> set[int]:
@@ -887,11 +905,11 @@ def scheduled_task_instances(
     skip_pipelines: Iterable[str] = (),
     skip_tasks: Iterable[tuple[str, str]] = (),
     run_pks: Iterable[int] | None = None,
-) -> list[Rec]:
+) -> list[ReadyTaskInstance]:
     """Up to ``limit`` task instances ready to launch (``scheduled``) of running runs, best
     first: by their run's priority, their task's priority weight (``weights``: (pipeline,
     task) -> weight, for those not 1), then logical date and run. ``skip_tasks`` are
-    (pipeline, task) pairs that cannot start now (their pool is full). Each row has its
+    (pipeline, task) pairs that cannot start now (their pool is full). Each has its
     run's columns and ``ti_id``/``ti_task_id``."""
     weight = (
         case(
@@ -906,9 +924,9 @@ def scheduled_task_instances(
     )
     stmt = (
         select(
+            *runs.c,
             task_instances.c.id.label("ti_id"),
             task_instances.c.task_id.label("ti_task_id"),
-            *runs.c,
         )
         .join(runs, runs.c.id == task_instances.c.run)
         .where(
@@ -931,7 +949,7 @@ def scheduled_task_instances(
         stmt = stmt.where(tuple_(runs.c.pipeline, task_instances.c.task_id).not_in(pairs))
     if run_pks is not None:
         stmt = stmt.where(runs.c.id.in_(sorted(set(run_pks))))
-    return list(conn.execute(stmt).all())
+    return ReadyTaskInstance.from_result(conn.execute(stmt))
 
 
 def start_runs(
@@ -1148,42 +1166,44 @@ def mark_tries_started(conn: Connection, starts: Sequence[Start], *, owner: int)
     return moved
 
 
-def try_rows(conn: Connection, try_ids: Sequence[int]) -> dict[int, Rec]:
+def try_rows(conn: Connection, try_ids: Sequence[int]) -> dict[int, FinishingTry]:
     """Tries with what deciding their outcome needs: their task, TI counters and run."""
-    out: dict[int, Rec] = {}
+    out: dict[int, FinishingTry] = {}
     for chunk in _chunks(sorted(set(try_ids))):
-        found = conn.execute(
-            select(
-                tries,
-                task_instances.c.task_id,
-                task_instances.c.try_number.label("ti_try_number"),
-                task_instances.c.lost_tries,
-                task_instances.c.lost_streak,
-                runs.c.pipeline,
-                runs.c.state.label("run_state"),
+        found = FinishingTry.from_result(
+            conn.execute(
+                select(
+                    tries,
+                    task_instances.c.task_id,
+                    task_instances.c.try_number.label("ti_try_number"),
+                    task_instances.c.lost_tries,
+                    task_instances.c.lost_streak,
+                    runs.c.pipeline,
+                    runs.c.state.label("run_state"),
+                )
+                .join(task_instances, task_instances.c.id == tries.c.ti)
+                .join(runs, runs.c.id == tries.c.run)
+                .where(tries.c.id.in_(chunk))
             )
-            .join(task_instances, task_instances.c.id == tries.c.ti)
-            .join(runs, runs.c.id == tries.c.run)
-            .where(tries.c.id.in_(chunk))
-        ).all()
+        )
         out.update((r.id, r) for r in found)
     return out
 
 
 def live_tries(
     conn: Connection, *, owner: int | None = None, owners: Iterable[int] | None = None
-) -> list[Rec]:
+) -> list[Try]:
     stmt = select(tries).where(_LIVE_TRY)
     if owner is not None:
         stmt = stmt.where(tries.c.owner == owner)
     if owners is not None:
         stmt = stmt.where(or_(tries.c.owner.in_(list(owners)), tries.c.owner.is_(None)))
-    return list(conn.execute(stmt.order_by(tries.c.id)).all())
+    return Try.from_result(conn.execute(stmt.order_by(tries.c.id)))
 
 
-def expired_tries(conn: Connection, owner: int, now: datetime) -> list[Rec]:
+def expired_tries(conn: Connection, owner: int, now: datetime) -> list[ExpiredTry]:
     """Live tries of ``owner`` past their own deadline that were not asked to stop yet."""
-    return list(
+    return ExpiredTry.from_result(
         conn.execute(
             select(tries.c.id, tries.c.kill_grace, tries.c.started_at, tries.c.deadline).where(
                 tries.c.owner == owner,
@@ -1192,7 +1212,7 @@ def expired_tries(conn: Connection, owner: int, now: datetime) -> list[Rec]:
                 tries.c.deadline.is_not(None),
                 tries.c.deadline <= now,
             )
-        ).all()
+        )
     )
 
 
@@ -1224,7 +1244,7 @@ def request_cancel(conn: Connection, try_ids: Sequence[int], reason: str) -> lis
 
 def expired_runs(
     conn: Connection, now: datetime, pipeline_names: Iterable[str] | None = None
-) -> list[Rec]:
+) -> list[ExpiredRun]:
     stmt = select(runs.c.id, runs.c.pipeline).where(
         runs.c.state == RunState.RUNNING.value,
         runs.c.deadline.is_not(None),
@@ -1232,17 +1252,19 @@ def expired_runs(
     )
     if pipeline_names is not None:
         stmt = stmt.where(runs.c.pipeline.in_(list(pipeline_names)))
-    return list(conn.execute(stmt).all())
+    return ExpiredRun.from_result(conn.execute(stmt))
 
 
-def live_tries_of_runs(conn: Connection, run_pks: Sequence[int]) -> list[Rec]:
-    out: list[Rec] = []
+def live_tries_of_runs(conn: Connection, run_pks: Sequence[int]) -> list[LiveTry]:
+    out: list[LiveTry] = []
     for chunk in _chunks(sorted(set(run_pks))):
-        out += conn.execute(
-            select(tries.c.id, tries.c.owner, tries.c.kill_grace, tries.c.run).where(
-                tries.c.run.in_(chunk), _LIVE_TRY
+        out += LiveTry.from_result(
+            conn.execute(
+                select(tries.c.id, tries.c.owner, tries.c.kill_grace, tries.c.run).where(
+                    tries.c.run.in_(chunk), _LIVE_TRY
+                )
             )
-        ).all()
+        )
     return out
 
 
@@ -1323,25 +1345,25 @@ def stop_scheduler(conn: Connection, scheduler_id: int, now: datetime) -> None:
     )
 
 
-def other_schedulers(conn: Connection, scheduler_id: int) -> list[Rec]:
+def other_schedulers(conn: Connection, scheduler_id: int) -> list[SchedulerRecord]:
     """Every other scheduler not known to have stopped."""
-    return list(
+    return SchedulerRecord.from_result(
         conn.execute(
             select(schedulers).where(
                 schedulers.c.id != scheduler_id, schedulers.c.stopped_at.is_(None)
             )
-        ).all()
+        )
     )
 
 
-def live_schedulers(conn: Connection, now: datetime, timeout: float) -> list[Rec]:
-    return list(
+def live_schedulers(conn: Connection, now: datetime, timeout: float) -> list[SchedulerRecord]:
+    return SchedulerRecord.from_result(
         conn.execute(
             select(schedulers).where(
                 schedulers.c.stopped_at.is_(None),
                 schedulers.c.heartbeat_at >= now - timedelta(seconds=timeout),
             )
-        ).all()
+        )
     )
 
 
@@ -1371,7 +1393,7 @@ def mark_schedulers_dead(
 
 def claim_orphans(
     conn: Connection, me: int, pipeline_names: Iterable[str] | None = None
-) -> list[Rec]:
+) -> list[Try]:
     """Take over every live try whose owner is not a live scheduler (it stopped or was
     declared dead; or it is unknown), of ``pipeline_names`` when given; return them."""
     live_owners = select(schedulers.c.id).where(schedulers.c.stopped_at.is_(None))
@@ -1391,9 +1413,9 @@ def claim_orphans(
         )
         if res.rowcount:
             claimed.append(row.id)
-    out: list[Rec] = []
+    out: list[Try] = []
     for chunk in _chunks(claimed):
-        out += conn.execute(select(tries).where(tries.c.id.in_(chunk))).all()
+        out += Try.from_result(conn.execute(select(tries).where(tries.c.id.in_(chunk))))
     return out
 
 
@@ -1404,27 +1426,27 @@ def list_runs(
     pipeline: str | None = None,
     state: str | None = None,
     limit: int = 50,
-) -> list[Rec]:
+) -> list[Run]:
     stmt = select(runs)
     if pipeline is not None:
         stmt = stmt.where(runs.c.pipeline == pipeline)
     if state is not None:
         stmt = stmt.where(runs.c.state == state)
-    return list(
-        conn.execute(stmt.order_by(runs.c.logical_date.desc(), runs.c.id.desc()).limit(limit)).all()
+    return Run.from_result(
+        conn.execute(stmt.order_by(runs.c.logical_date.desc(), runs.c.id.desc()).limit(limit))
     )
 
 
-def runs_by_pk(conn: Connection, run_pks: Iterable[int], *, lock: bool = False) -> list[Rec]:
+def runs_by_pk(conn: Connection, run_pks: Iterable[int], *, lock: bool = False) -> list[Run]:
     """Runs by primary key, in id order. With ``lock``, their rows stay locked until the
     transaction ends (``FOR UPDATE`` on PostgreSQL; SQLite's write transaction already
     holds the whole database), so what is read cannot change before it is written."""
-    out: list[Rec] = []
+    out: list[Run] = []
     for chunk in _chunks(sorted(set(run_pks))):
         stmt = select(runs).where(runs.c.id.in_(chunk)).order_by(runs.c.id)
         if lock and conn.dialect.name != "sqlite":
             stmt = stmt.with_for_update()
-        out += conn.execute(stmt).all()
+        out += Run.from_result(conn.execute(stmt))
     return out
 
 
@@ -1434,26 +1456,28 @@ def find_runs(
     *,
     run_id: str | None = None,
     logical_date: datetime | None = None,
-) -> list[Rec]:
+) -> list[Run]:
     stmt = select(runs).where(runs.c.pipeline == pipeline)
     if run_id is not None:
         stmt = stmt.where(runs.c.run_id == run_id)
     if logical_date is not None:
         stmt = stmt.where(runs.c.logical_date == logical_date)
-    return list(conn.execute(stmt.order_by(runs.c.id.desc())).all())
+    return Run.from_result(conn.execute(stmt.order_by(runs.c.id.desc())))
 
 
-def attempts_of(conn: Connection, run_pk: int) -> list[Rec]:
-    return list(
+def attempts_of(conn: Connection, run_pk: int) -> list[RunAttempt]:
+    return RunAttempt.from_result(
         conn.execute(
             select(run_attempts)
             .where(run_attempts.c.run == run_pk)
             .order_by(run_attempts.c.attempt)
-        ).all()
+        )
     )
 
 
-def tries_of(conn: Connection, *, run_pk: int | None = None, ti_id: int | None = None) -> list[Rec]:
+def tries_of(
+    conn: Connection, *, run_pk: int | None = None, ti_id: int | None = None
+) -> list[TaskTry]:
     stmt = select(tries, task_instances.c.task_id).join(
         task_instances, task_instances.c.id == tries.c.ti
     )
@@ -1461,7 +1485,7 @@ def tries_of(conn: Connection, *, run_pk: int | None = None, ti_id: int | None =
         stmt = stmt.where(tries.c.run == run_pk)
     if ti_id is not None:
         stmt = stmt.where(tries.c.ti == ti_id)
-    return list(conn.execute(stmt.order_by(tries.c.id)).all())
+    return TaskTry.from_result(conn.execute(stmt.order_by(tries.c.id)))
 
 
 def count_live_tis(conn: Connection) -> dict[str, int]:
@@ -1480,12 +1504,12 @@ def count_live_tis(conn: Connection) -> dict[str, int]:
     return {r[0]: int(r[1]) for r in rows}
 
 
-def cancel_requested(conn: Connection, owner: int) -> list[Rec]:
+def cancel_requested(conn: Connection, owner: int) -> list[CancelRequest]:
     """Live tries of ``owner`` that someone asked to stop."""
-    return list(
+    return CancelRequest.from_result(
         conn.execute(
             select(tries.c.id, tries.c.kill_grace, tries.c.cancel_reason).where(
                 tries.c.owner == owner, _LIVE_TRY, tries.c.cancel_reason.is_not(None)
             )
-        ).all()
+        )
     )

@@ -464,7 +464,7 @@ async def backfill_plan(request: Request, name: str, _: Who) -> Response:
     if body is None:
         return _backfill_form(request, info, form, errors, error or "Some values are not valid.")
     try:
-        _, plan = await run_in_threadpool(views.plan, project, name, body)
+        plan = (await run_in_threadpool(views.plan, project, name, body))[1]
     except ReflowError as exc:
         message = str(exc)
         if (param := forms.field_of_error(message)) is not None:

@@ -21,6 +21,7 @@ from reflow.services import pipelines as pipeline_service
 from reflow.services import pools as pool_service
 from reflow.services import runs as run_service
 from reflow.services.project import Project
+from reflow.services.records import Run, TaskInstance, TaskTry
 from reflow.web import schemas as s
 
 Action = Literal["create", "reset", "skip"]
@@ -99,7 +100,7 @@ def label(when: datetime, tz: ZoneInfo) -> str:
     return local.strftime("%Y-%m-%d %H:%M")
 
 
-def run_out(row: Any, secrets: Secrets, now: datetime | None = None) -> s.RunOut:
+def run_out(row: Run, secrets: Secrets, now: datetime | None = None) -> s.RunOut:
     return s.RunOut(
         id=row.id,
         pipeline=row.pipeline,
@@ -121,7 +122,7 @@ def run_out(row: Any, secrets: Secrets, now: datetime | None = None) -> s.RunOut
     )
 
 
-def _ti_out(row: Any, span: history_service.Span, now: datetime) -> s.TaskInstanceOut:
+def _ti_out(row: TaskInstance, span: history_service.Span, now: datetime) -> s.TaskInstanceOut:
     return s.TaskInstanceOut(
         task_id=row.task_id,
         state=row.state,
@@ -134,7 +135,7 @@ def _ti_out(row: Any, span: history_service.Span, now: datetime) -> s.TaskInstan
     )
 
 
-def _try_out(row: Any, confs: Mapping[int, dict[str, Any]], now: datetime) -> s.TryOut:
+def _try_out(row: TaskTry, confs: Mapping[int, dict[str, Any]], now: datetime) -> s.TryOut:
     return s.TryOut(
         task_id=row.task_id,
         try_number=row.try_number,
@@ -317,7 +318,7 @@ def check_run_key(key: str | None) -> None:
         raise NotFound(f"no run {key!r}")
 
 
-def find_run(project: Project, name: str, key: str) -> Any:
+def find_run(project: Project, name: str, key: str) -> Run:
     run_service.known(project, name)
     check_run_key(key)
     return run_service.find_run(project, key, name)
@@ -401,7 +402,7 @@ def trigger(project: Project, name: str, body: s.TriggerIn) -> s.TriggerOut:
 
 
 # -- grid -----------------------------------------------------------------------------------
-def _grid_run(row: Any, tz: ZoneInfo, now: datetime) -> s.GridRunOut:
+def _grid_run(row: Run, tz: ZoneInfo, now: datetime) -> s.GridRunOut:
     return s.GridRunOut(
         id=row.id,
         run_id=row.run_id,
@@ -464,7 +465,9 @@ def durations(
 
 
 # -- backfills ------------------------------------------------------------------------------
-def plan(project: Project, name: str, body: s.BackfillIn) -> tuple[Any, s.PlanOut]:
+def plan(
+    project: Project, name: str, body: s.BackfillIn
+) -> tuple[backfill_service.Plan, s.PlanOut]:
     parse_day(body.start, "start")
     parse_day(body.end, "end")
     p = backfill_service.plan(

@@ -1,0 +1,28 @@
+"""The records services hand to the CLI and the web layer, which never import the store:
+the store's own (``reflow.store.records``), named here."""
+
+from reflow.store.records import (
+    Backfill,
+    HistoryEvent,
+    PipelineRecord,
+    Run,
+    RunAttempt,
+    SchedulerRecord,
+    TaskInstance,
+    TaskTry,
+    TokenWithUser,
+    User,
+)
+
+__all__ = [
+    "Backfill",
+    "HistoryEvent",
+    "PipelineRecord",
+    "Run",
+    "RunAttempt",
+    "SchedulerRecord",
+    "TaskInstance",
+    "TaskTry",
+    "TokenWithUser",
+    "User",
+]

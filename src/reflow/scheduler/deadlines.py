@@ -9,20 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import Connection
 
 from reflow.core.states import FailureReason, TIState
 from reflow.launchers.base import Launcher
 from reflow.store import repo
+from reflow.store.records import ExpiredTry
 
 _UNSTARTED = (TIState.PENDING, TIState.SCHEDULED, TIState.UP_FOR_RETRY)
 
 
 def past_timeout(
-    conn: Connection, launcher: Launcher, owner: int, expired: Sequence[Any], now: datetime
-) -> list[Any]:
+    conn: Connection,
+    launcher: Launcher,
+    owner: int,
+    expired: Sequence[ExpiredTry],
+    now: datetime,
+) -> list[ExpiredTry]:
     """The tries past their timeout counted from their real start: one whose process or
     container began later than recorded (a pod pulling its image) has its start and
     deadline moved there instead (see ``Launcher.running_since``)."""

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Connection, Row
+from sqlalchemy import Connection
 
 from reflow.core.naming import run_id_for
 from reflow.core.pipeline import Pipeline
 from reflow.core.states import RunOrigin
 from reflow.store import repo
+from reflow.store.records import PipelineRecord
 
 # Runs one pipeline gets per tick at most (a catchup over years of missed intervals).
 _MAX_RUNS_PER_TICK = 1000
@@ -56,7 +56,9 @@ def create_due(
     return any(m is not None for m in made), next_due
 
 
-def _due_dates(pipeline: Pipeline, row: Row[Any], now: datetime) -> tuple[list[datetime], datetime]:
+def _due_dates(
+    pipeline: Pipeline, row: PipelineRecord, now: datetime
+) -> tuple[list[datetime], datetime]:
     """One pipeline's due logical dates (its row locked), and its next logical date after
     them."""
     schedule = pipeline.schedule

@@ -29,6 +29,7 @@ from reflow.launchers.base import Launcher
 from reflow.scheduler import trylog
 from reflow.scheduler.readiness import Shape
 from reflow.store import repo
+from reflow.store.records import ReadyTaskInstance, Run
 from reflow.tasks.build import Remote, build_try
 
 log = logging.getLogger("reflow.scheduler")
@@ -39,7 +40,7 @@ class Launch:
     """A scheduled task instance that may start, with its run and its place in line."""
 
     ti_id: int
-    run: Any  # the run's row (repo.scheduled_task_instances)
+    run: ReadyTaskInstance  # the run, with the task instance (repo.scheduled_task_instances)
     task_id: str
     rank: tuple[Any, ...]
 
@@ -61,7 +62,7 @@ class Started:
         )
 
 
-def run_info(run: Any, pipeline: Pipeline) -> RunInfo:
+def run_info(run: Run, pipeline: Pipeline) -> RunInfo:
     return RunInfo(
         pipeline=run.pipeline,
         run_id=run.run_id,
@@ -75,10 +76,10 @@ def run_info(run: Any, pipeline: Pipeline) -> RunInfo:
 
 
 def rank(
-    rows: Iterable[Any],
+    rows: Iterable[ReadyTaskInstance],
     pipelines: Mapping[str, Pipeline],
     shape: Callable[[Pipeline], Shape],
-    skip: Callable[[Any], bool],
+    skip: Callable[[ReadyTaskInstance], bool],
 ) -> list[Launch]:
     """The launchable rows, best first: higher run priority (scheduled runs before
     backfills, unless a backfill says otherwise), higher task priority weight, then older

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Row
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from reflow.core.config import Settings
@@ -41,6 +41,14 @@ from reflow.scheduler.readiness import Decision, Shape, decide
 from reflow.scheduler.reading import FolderReader
 from reflow.store import history, pauses, pools, repo
 from reflow.store.db import Database
+from reflow.store.records import (
+    CancelRequest,
+    QueuedRun,
+    Run,
+    SchedulerRecord,
+    TaskInstance,
+    Try,
+)
 
 log = logging.getLogger("reflow.scheduler")
 
@@ -410,7 +418,7 @@ class Scheduler:
             )
             requested = repo.cancel_requested(conn, self._id)
 
-        def work(conn: Connection) -> list[Row[Any]]:
+        def work(conn: Connection) -> list[CancelRequest]:
             expired = repo.expired_tries(conn, self._id, now)
             expired = deadlines.past_timeout(conn, self.launcher, self._id, expired, now)
             repo.request_cancel(conn, [r.id for r in expired], FailureReason.TIMED_OUT.value)
@@ -480,7 +488,7 @@ class Scheduler:
         time and no run was queued, started or ended since, it reads no queued run."""
         pipelines = self.pipelines
 
-        def candidates(conn: Connection, queued: list[Row[Any]]) -> list[Row[Any]]:
+        def candidates(conn: Connection, queued: list[QueuedRun]) -> list[QueuedRun]:
             if not queued:
                 return []
             backfills = history.open_backfills(conn) if any(r.backfill_id for r in queued) else {}
@@ -561,12 +569,12 @@ class Scheduler:
         self._rescan = set() if rescan is _ALL else self._rescan - (rescan or set())
         return changed
 
-    def _settle_chunk(self, chunk: list[Row[Any]], now: datetime) -> bool:
+    def _settle_chunk(self, chunk: list[Run], now: datetime) -> bool:
         pipelines = self.pipelines
         current = [r for r in chunk if r.version == pipelines[r.pipeline].version]
         with self.db.read() as conn:
             tis = repo.run_task_instances(conn, [r.id for r in current])
-        by_run: dict[int, list[Row[Any]]] = {}
+        by_run: dict[int, list[TaskInstance]] = {}
         for ti in tis:
             by_run.setdefault(ti.run, []).append(ti)
         decisions = {
@@ -762,7 +770,9 @@ class Scheduler:
         self._unmarked = []
 
     # -- crash recovery -----------------------------------------------------------------
-    def _partition_others(self, now: datetime) -> tuple[list[Row[Any]], list[Row[Any]]]:
+    def _partition_others(
+        self, now: datetime
+    ) -> tuple[list[SchedulerRecord], list[SchedulerRecord]]:
         """Other registered schedulers, split into (dead, alive)."""
         with self.db.read() as conn:
             others = repo.other_schedulers(conn, self._id)
@@ -788,7 +798,7 @@ class Scheduler:
         gone = [r.id for r in dead if exited(r, self.host)]
         silent = [r.id for r in dead if r.id not in gone]
 
-        def work(conn: Connection) -> list[Row[Any]]:
+        def work(conn: Connection) -> list[Try]:
             # A silent scheduler's heartbeat is checked again under its row's lock: one
             # that resumed meanwhile keeps its tries, and its next transaction goes on.
             repo.mark_schedulers_dead(conn, silent=silent, silent_since=limit, exited=gone, now=now)

@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Row
+from sqlalchemy import Connection
 
 from reflow.core.config import Settings
 from reflow.core.naming import Clock
@@ -24,6 +24,7 @@ from reflow.core.states import FailureReason, RunState, TIState, TryState
 from reflow.scheduler import trylog
 from reflow.store import repo
 from reflow.store.models import tries
+from reflow.store.records import FinishingTry
 
 # Failures that a retry cannot fix: the run is over or a person stopped the try.
 _NO_RETRY = {
@@ -51,7 +52,7 @@ class Verdict:
 
 
 def verdict(
-    row: Row[Any], outcome: Outcome, pipelines: Mapping[str, Pipeline], settings: Settings
+    row: FinishingTry, outcome: Outcome, pipelines: Mapping[str, Pipeline], settings: Settings
 ) -> Verdict:
     """Decide one try's end from its row (``repo.try_rows``) and its outcome."""
     now = outcome.ended_at
@@ -147,7 +148,7 @@ def record(
     may be cleaned up: all but those of another scheduler (it adopted them and needs it)."""
     rows = repo.try_rows(conn, [o.try_id for o in outcomes])
     settled: list[int] = []
-    verdicts: dict[int, tuple[Row[Any], Outcome, Verdict]] = {}
+    verdicts: dict[int, tuple[FinishingTry, Outcome, Verdict]] = {}
     for outcome in outcomes:
         row = rows.get(outcome.try_id)
         if row is None:
@@ -178,7 +179,7 @@ def record(
         row, outcome, v = verdicts[try_id]
         # Before the commit: whoever follows the log until the try has ended sees it too.
         trylog.note(Path(row.log_path), [trylog.ended(row, outcome, v.ok, v.reason)], clock())
-    moves: dict[tuple[TIState, tuple[str, ...]], list[tuple[Row[Any], Outcome, Verdict]]] = {}
+    moves: dict[tuple[TIState, tuple[str, ...]], list[tuple[FinishingTry, Outcome, Verdict]]] = {}
     for try_id in ended:
         row, outcome, v = verdicts[try_id]
         moves.setdefault((v.ti_state, tuple(sorted(v.ti_values))), []).append((row, outcome, v))

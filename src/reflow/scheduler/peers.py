@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import psutil
-from sqlalchemy import Row
+
+from reflow.store.records import SchedulerRecord
 
 
 def covers(scope: Sequence[str] | None, pipelines: Iterable[str] | None) -> bool:
@@ -17,13 +17,13 @@ def covers(scope: Sequence[str] | None, pipelines: Iterable[str] | None) -> bool
     return bool(set(scope) & set(pipelines))
 
 
-def exited(row: Row[Any], host: str) -> bool:
+def exited(row: SchedulerRecord, host: str) -> bool:
     """Is the scheduler of ``row`` known to be gone: registered on ``host`` (this machine)
     and its process no longer there? (Elsewhere only silence tells.)"""
     return row.host == host and not _alive(row)
 
 
-def _alive(row: Row[Any]) -> bool:
+def _alive(row: SchedulerRecord) -> bool:
     """Is the scheduler process of ``row`` (on this host) still the one that registered?"""
     try:
         proc = psutil.Process(row.pid)

@@ -11,7 +11,6 @@ current version first (``core.edits``).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import Connection
 
@@ -19,6 +18,7 @@ from reflow.core.pipeline import Pipeline
 from reflow.core.states import RunState, TIState
 from reflow.scheduler.readiness import Decision
 from reflow.store import repo
+from reflow.store.records import Run, TaskInstance
 
 
 def apply(decisions: dict[int, Decision], conn: Connection, now: datetime) -> bool:
@@ -56,7 +56,7 @@ def apply(decisions: dict[int, Decision], conn: Connection, now: datetime) -> bo
     return any(d.writes for d in decisions.values())
 
 
-def reconcile(conn: Connection, run: Any, pipeline: Pipeline, now: datetime) -> list[Any]:
+def reconcile(conn: Connection, run: Run, pipeline: Pipeline, now: datetime) -> list[TaskInstance]:
     """Bring a live run to the pipeline's current version, as ``core.edits`` states;
     returns its task instances after."""
     tis = repo.run_task_instances(conn, [run.id])

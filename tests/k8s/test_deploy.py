@@ -266,14 +266,40 @@ def test_the_scheduler_and_the_web_server_share_the_logs_and_the_config() -> Non
 
 def test_the_processes_are_reflow_commands() -> None:
     assert container("db-upgrade")["command"] == ["reflow", "db", "upgrade"]
-    assert container("scheduler")["command"] == ["reflow", "scheduler"]
+    scheduler = container("scheduler")
+    assert scheduler["command"] == [
+        "reflow",
+        "scheduler",
+        "--metrics-host",
+        "0.0.0.0",
+        "--metrics-port",
+        "9464",
+    ]
+    assert scheduler["ports"] == [{"name": "metrics", "containerPort": 9464, "protocol": "TCP"}]
     web = container("web")
     assert web["command"] == ["reflow", "web", "--host", "0.0.0.0", "--port", "8080"]
     assert web["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
-    # No health endpoint exists: probes check the socket, and the scheduler has none.
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert web[probe]["tcpSocket"] == {"port": "http"}
-    assert not {"readinessProbe", "livenessProbe", "startupProbe"} & set(container("scheduler"))
+
+
+def test_both_processes_are_probed_on_their_health_endpoints() -> None:
+    for name, port in (("scheduler", "metrics"), ("web", "http")):
+        c = container(name)
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+        # A probe reads the database once: a slow server must not fail it at once.
+        assert c["readinessProbe"]["timeoutSeconds"] >= 5
+    assert "startupProbe" not in container("scheduler")
+
+
+def test_prometheus_scrapes_the_schedulers_metrics_port() -> None:
+    annotations = the("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9464",
+        "prometheus.io/path": "/metrics",
+    }
+    ports = {p["name"]: p["containerPort"] for p in container("scheduler")["ports"]}
+    assert str(ports["metrics"]) == annotations["prometheus.io/port"]
 
 
 def test_only_the_scheduler_gets_the_api_token() -> None:

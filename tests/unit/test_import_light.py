@@ -6,7 +6,16 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = {"sqlalchemy", "alembic", "typer", "rich", "fastapi", "kubernetes", "psutil"}
+HEAVY = {
+    "sqlalchemy",
+    "alembic",
+    "typer",
+    "rich",
+    "fastapi",
+    "kubernetes",
+    "psutil",
+    "prometheus_client",
+}
 
 
 def loaded(statement: str, heavy: set[str]) -> list[str]:
@@ -46,5 +55,5 @@ def test_the_command_lines_help_loads_no_database_scheduler_or_pipeline_api() ->
     """`reflow -h` (and any command's parsing) imports only the command line: each command
     imports the services it runs."""
     heavy = {"sqlalchemy", "alembic", "fastapi", "kubernetes", "pydantic", "croniter"}
-    heavy |= {"reflow.scheduler", "reflow.store", "reflow.services.project"}
+    heavy |= {"prometheus_client", "reflow.scheduler", "reflow.store", "reflow.services.project"}
     assert loaded("from reflow.cli.app import app", heavy) == []

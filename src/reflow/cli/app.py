@@ -673,11 +673,35 @@ def logs(
 def scheduler(
     home: HomeOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every step.")] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve /metrics (Prometheus), /healthz and /readyz on this TCP port "
+            "(0: any free port, printed).",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-host",
+            help="Address for --metrics-port (default 127.0.0.1; 0.0.0.0 in a container). "
+            "Served without authentication.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the scheduler until SIGTERM or Ctrl-C (its running tries go on, adopted later)."""
     from rich.logging import RichHandler
 
     from reflow.scheduler import Scheduler
+    from reflow.scheduler.probes import ProbeServer
+
+    if metrics_host is not None and metrics_port is None:
+        raise InvalidInput("--metrics-host needs --metrics-port")
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -696,12 +720,27 @@ def scheduler(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    sched = Scheduler(project.db, project.settings, project.launcher(), relaunch=project.launcher)
-    err_console.print(
-        f"reflow scheduler: {project.settings.pipelines_path} -> "
-        f"{project.db.engine.url.render_as_string(hide_password=True)}"
-    )
-    sched.run(stop)
+    # Bound first: a port in use is one line before anything starts.
+    probes = None
+    if metrics_port is not None:
+        probes = ProbeServer(metrics_host or "127.0.0.1", metrics_port)
+    try:
+        sched = Scheduler(
+            project.db, project.settings, project.launcher(), relaunch=project.launcher
+        )
+        err_console.print(
+            f"reflow scheduler: {project.settings.pipelines_path} -> "
+            f"{project.db.engine.url.render_as_string(hide_password=True)}"
+        )
+        if probes is not None:
+            probes.serve(sched)
+            err_console.print(
+                f"reflow scheduler: metrics on {probes.url}/metrics, probes on /healthz and /readyz"
+            )
+        sched.run(stop)
+    finally:
+        if probes is not None:
+            probes.close()
     err_console.print("reflow scheduler: stopped")
 
 

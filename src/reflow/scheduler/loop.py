@@ -36,6 +36,7 @@ from reflow.scheduler import outcomes as try_outcomes
 from reflow.scheduler.admission import admissible
 from reflow.scheduler.catalog import sync_catalog
 from reflow.scheduler.due import create_due
+from reflow.scheduler.metrics import SchedulerMetrics
 from reflow.scheduler.peers import covers, exited
 from reflow.scheduler.readiness import Decision, Shape, decide
 from reflow.scheduler.reading import FolderReader
@@ -116,6 +117,7 @@ class Scheduler:
         self._next_due: dict[str, datetime] = {}
         self._signalled: set[int] = set()
         self._relaunch = relaunch
+        self.metrics = SchedulerMetrics()
         # Outcomes polled but not yet committed, and started tries not yet recorded as
         # started: kept across a failed transaction (a database outage), written next tick.
         self._unrecorded: list[Outcome] = []
@@ -201,7 +203,7 @@ class Scheduler:
         try:
             while not stop.is_set():
                 try:
-                    busy = self.tick()
+                    busy = self.metrics.timed(self.tick)
                 except LeaseLost as exc:
                     self._fenced(exc)
                     continue
@@ -310,7 +312,7 @@ class Scheduler:
             repo.hold_lease(conn, scheduler_id)
             return work(conn)
 
-        return self.db.write(fenced)
+        return self.metrics.write(self.db.write, fenced)
 
     # -- the tick -------------------------------------------------------------------------
     def tick(self, now: datetime | None = None) -> bool:
@@ -424,6 +426,7 @@ class Scheduler:
             repo.request_cancel(conn, [r.id for r in expired], FailureReason.TIMED_OUT.value)
             for run in repo.expired_runs(conn, now, self.pipelines):
                 deadlines.time_out_run(conn, run.id, now)
+                self.metrics.run_timed_out(run.pipeline)
             return repo.cancel_requested(conn, self._id)
 
         if due:
@@ -463,6 +466,7 @@ class Scheduler:
                 pipelines=self.catalog.pipelines,
                 settings=self.settings,
                 clock=self.clock,
+                metrics=self.metrics,
             )
 
         settled = self._write(work)
@@ -750,6 +754,7 @@ class Scheduler:
             clock=self.clock,
             now=now,
         )
+        self.metrics.launched(taken, failed)
         if started:
             # Crash point: processes run but are recorded as queued; the next scheduler
             # adopts them by their log and exit files (local) or labels (pods).

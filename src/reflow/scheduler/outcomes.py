@@ -22,6 +22,7 @@ from reflow.core.pipeline import Pipeline
 from reflow.core.spec import Outcome
 from reflow.core.states import FailureReason, RunState, TIState, TryState
 from reflow.scheduler import trylog
+from reflow.scheduler.metrics import SchedulerMetrics
 from reflow.store import repo
 from reflow.store.models import tries
 from reflow.store.records import FinishingTry
@@ -143,6 +144,7 @@ def record(
     pipelines: Mapping[str, Pipeline],
     settings: Settings,
     clock: Clock,
+    metrics: SchedulerMetrics | None = None,
 ) -> list[int]:
     """Record how tries ended, each at its outcome's time. Returns the tries whose evidence
     may be cleaned up: all but those of another scheduler (it adopted them and needs it)."""
@@ -179,6 +181,8 @@ def record(
         row, outcome, v = verdicts[try_id]
         # Before the commit: whoever follows the log until the try has ended sees it too.
         trylog.note(Path(row.log_path), [trylog.ended(row, outcome, v.ok, v.reason)], clock())
+        if metrics is not None:
+            metrics.try_ended(row, outcome, v)
     moves: dict[tuple[TIState, tuple[str, ...]], list[tuple[FinishingTry, Outcome, Verdict]]] = {}
     for try_id in ended:
         row, outcome, v = verdicts[try_id]

@@ -204,7 +204,6 @@ def _driver(project: Project, pipeline: str | None, *, any_scope: bool) -> Sched
     wanted = None if pipeline is None else [pipeline]
     host = socket.gethostname()
     for row in live:
-        # peers.exited is still annotated with sqlalchemy.Row; the record has what it reads.
         if exited(row, host):
             continue  # killed on this machine: no need to wait for its silence
         if row.scope is None or (any_scope and covers(row.scope, wanted)):

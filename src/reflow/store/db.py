@@ -270,6 +270,28 @@ class Database:
                 raise
             raise error from None
 
+    @contextmanager
+    def probe(self) -> Iterator[Connection]:
+        """A read connection for health probes and metrics scrapes: one try, no retry and
+        no waiting out an outage, since a probe must answer at once. StoreUnavailable
+        when the database cannot be read."""
+        # Without reflow_read_only on PostgreSQL: its reads would be retried statement by
+        # statement through an outage (_retry_read). On SQLite it makes BEGIN take no lock.
+        options = {"reflow_read_only": True} if self.is_sqlite else {}
+        try:
+            with self.engine.connect().execution_options(**options) as conn:
+                yield conn
+        except DBAPIError as exc:
+            raise StoreUnavailable(
+                f"cannot read the database {self.where}: {_reason(exc)}"
+            ) from None
+
+    @property
+    def outage_since(self) -> float | None:
+        """When (``time.monotonic()``) the current outage began; None when the database
+        answers (or did at the last attempt)."""
+        return self._down_since
+
     def write(self, work: Callable[[Connection], T], *, attempts: int = 8) -> T:
         """Run ``work`` in one transaction, and run it again whole after lock contention or
         after losing the connection before COMMIT was sent.

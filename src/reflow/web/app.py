@@ -96,7 +96,9 @@ def create_app(
     refresh_interval: float | None = None,
 ) -> FastAPI:
     """Build the app for ``project``. ``secret_key`` signs the session cookies."""
-    from reflow.web import api, ui
+    from reflow.scheduler.probes import Changes
+    from reflow.services import health
+    from reflow.web import api, monitoring, ui
 
     projects = Projects(project)
     config = WebConfig(auth, secret_key, secure_cookies, refresh_interval)
@@ -137,6 +139,8 @@ def create_app(
     )
     app.state.projects = projects
     app.state.config = config
+    app.state.metrics = health.registry(project)
+    app.state.readiness = Changes(log)
 
     app.add_middleware(
         SessionMiddleware,
@@ -210,6 +214,7 @@ def create_app(
             )
         return ui.error_page(request, exc.status_code, detail)
 
+    app.include_router(monitoring.router)
     app.include_router(api.router, prefix=API_PREFIX)
     app.include_router(ui.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")

@@ -524,5 +524,9 @@ with Pipeline("pooled", schedule="@daily", start_date="2024-01-01"):
         == 422
     )
     assert api.post("/pools/warehouse/reset")["origin"] == "undefined"
+    # A pool set at run time that nothing else names is forgotten by its reset.
+    assert api.post("/pools/adhoc", {"slots": 2})["origin"] == "set"
+    forgotten = api.post("/pools/adhoc/reset")
+    assert (forgotten["name"], forgotten["slots"], forgotten["origin"]) == ("adhoc", 0, "undefined")
     missing = api.client.post("/api/v1/pools/nope/reset", headers=api.auth)
     assert missing.status_code == 404 and "no pool 'nope'" in missing.json()["detail"]

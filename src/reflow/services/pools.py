@@ -90,7 +90,9 @@ def reset(project: Project, name: str, *, actor: str) -> PoolStatus:
 
 
 def _status(project: Project, name: str) -> PoolStatus:
-    return next(p for p in list_pools(project) if p.name == name)
+    """The pool as listed; one no longer named anywhere (reset, unused) has no slots."""
+    found = [p for p in list_pools(project) if p.name == name]
+    return found[0] if found else PoolStatus(name, 0, "undefined", used=0, waiting=0)
 
 
 def _check_name(name: str) -> None:

@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,7 +31,7 @@ from reflow.core.pipeline import Pipeline
 from reflow.core.spec import Outcome, TryRef
 from reflow.core.states import FailureReason
 from reflow.launchers.base import Launcher
-from reflow.scheduler import deadlines, launching, settling, trylog
+from reflow.scheduler import deadlines, launching, settling, slots, trylog
 from reflow.scheduler import outcomes as try_outcomes
 from reflow.scheduler.admission import admissible
 from reflow.scheduler.catalog import sync_catalog
@@ -362,7 +362,7 @@ class Scheduler:
         self._next_due.clear()
         self._shapes.clear()
         self._nothing_admissible = None  # a limit may have changed
-        self._weights, self._pooled = _slot_rules(self.pipelines)
+        self._weights, self._pooled = slots.rules(self.pipelines)
         # The runs of a pipeline that changed (or stops being stale) are all looked at:
         # they are brought to the new version, and readiness may differ under it.
         edited = {n for n, p in self.catalog.pipelines.items() if before.get(n) != p.version}
@@ -646,7 +646,7 @@ class Scheduler:
                     for p, n in live.items()
                     if p in pipelines and n >= pipelines[p].max_active_tasks
                 ]
-                crowded = self._crowded(conn)
+                crowded = slots.crowded(conn, self._pooled, on_undefined=self._say_poolless)
                 if any(r.pipeline in full or (r.pipeline, r.ti_task_id) in crowded for r in rows):
                     rows = repo.scheduled_task_instances(
                         conn,
@@ -668,25 +668,14 @@ class Scheduler:
             ),
         )
 
-    def _crowded(self, conn: Connection) -> set[tuple[str, str]]:
-        """The (pipeline, task) pairs whose pool has fewer slots free than they take."""
-        if not self._pooled:
-            return set()
-        limits = pools.slots(conn, {pool for pool, _ in self._pooled.values()})
-        used = pools.in_use(conn)
-        for pool in sorted({pool for pool, _ in self._pooled.values()} - limits.keys()):
-            if pool not in self._said_poolless:
-                self._said_poolless.add(pool)
-                log.warning(
-                    "pool %r has no slots (neither reflow.toml's [reflow.pools] nor `reflow "
-                    "pools set` names it): its tasks wait",
-                    pool,
-                )
-        return {
-            key
-            for key, (pool, slots) in self._pooled.items()
-            if limits.get(pool, 0) - used.get(pool, 0) < slots
-        }
+    def _say_poolless(self, pool: str) -> None:
+        if pool not in self._said_poolless:
+            self._said_poolless.add(pool)
+            log.warning(
+                "pool %r has no slots (neither reflow.toml's [reflow.pools] nor `reflow pools "
+                "set` names it): its tasks wait",
+                pool,
+            )
 
     def _check_versions(self, conn: Connection, names: set[str], now: datetime) -> None:
         """Runs follow their pipeline's current version, which the store owns: a pipeline
@@ -721,16 +710,8 @@ class Scheduler:
             live = repo.count_live_tis(conn)
             # The pools' rows are locked before their slots are counted: two schedulers
             # never fill the same free slots (PostgreSQL; SQLite's write lock does it).
-            wanted = {
-                pool
-                for c in candidates
-                if (pool := self._pooled.get((c.run.pipeline, c.task_id), (None, 0))[0])
-            }
-            pool_free: dict[str, int] = {}
-            if wanted:
-                limits = pools.slots(conn, wanted, lock=True)
-                used = pools.in_use(conn)
-                pool_free = {p: limits.get(p, 0) - used.get(p, 0) for p in wanted}
+            wanted = {self._pooled.get((c.run.pipeline, c.task_id), ("", 0))[0] for c in candidates}
+            pool_free = slots.free(conn, wanted - {""}, lock=True)
             chosen = launching.choose(
                 candidates, pipelines, mine=mine, live=live, free=free, pool_free=pool_free
             )
@@ -820,20 +801,3 @@ class Scheduler:
             taken = trylog.taken_over(self._id, self.host, alive_now)
             trylog.note(Path(row.log_path), [taken], now)
         return bool(orphans)
-
-
-def _slot_rules(
-    pipelines: Mapping[str, Pipeline],
-) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], tuple[str, int]]]:
-    """(pipeline, task) -> priority weight for the tasks whose weight is not 1, and ->
-    (pool, slots) for the tasks in a pool."""
-    weights: dict[tuple[str, str], int] = {}
-    pooled: dict[tuple[str, str], tuple[str, int]] = {}
-    for name, pipeline in pipelines.items():
-        for task_id, task in pipeline.tasks.items():
-            if (weight := task.option("priority_weight")) != 1:
-                weights[(name, task_id)] = weight
-            pool, slots = launching.pool_of(pipeline, task_id)
-            if pool is not None:
-                pooled[(name, task_id)] = (pool, slots)
-    return weights, pooled

@@ -188,6 +188,7 @@ def test_a_port_in_use_is_one_clear_error() -> None:
 # -- a database outage: live, not ready, and every answer at once ------------------------------
 @pytest.mark.postgres
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_during_a_database_outage_the_scheduler_is_live_but_not_ready(
     private_postgres: PrivatePostgres, tmp_path: Path
 ) -> None:
@@ -230,6 +231,8 @@ def test_during_a_database_outage_the_scheduler_is_live_but_not_ready(
         except BaseException as exc:
             failure.append(exc)
         finally:
+            # The database back before the loop stops: a daemon's stop waits for it.
+            server.start()
             stop.set()
 
     probes = ProbeServer("127.0.0.1", 0)

@@ -12,11 +12,13 @@ from typing import Any
 import psutil
 import pytest
 
+from reflow.core.config import Settings
 from reflow.core.spec import Handle, TrySpec
 from reflow.core.states import FailureReason, RunState, TIState
 from reflow.launchers.local import LocalLauncher
 from reflow.scheduler import Scheduler
 from reflow.store import repo
+from reflow.store.db import Database
 
 from .conftest import Env
 
@@ -579,3 +581,18 @@ def test_a_pipeline_file_that_takes_long_to_read_never_holds_up_the_ticks(
     finally:
         gate.touch()
         sched.stop()
+
+
+def test_a_stop_during_a_database_outage_ends_within_seconds(tmp_path: Path) -> None:
+    """A daemon rides out any outage, but one asked to stop must end: its stop waits a
+    few seconds for the database, then leaves its tries to the others."""
+    url = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"  # nothing listens there
+    db = Database(url, outage_timeout=None)
+    settings = Settings(home=tmp_path, database_url=url)
+    sched = Scheduler(db, settings, LocalLauncher(settings.runtime_path))
+    sched.id = 1  # registered before the database went away
+    began = time.monotonic()
+    sched.stop()
+    assert time.monotonic() - began < 30
+    assert db.outage_timeout is None  # the daemon's patience is back
+    db.dispose()

@@ -65,6 +65,9 @@ _RUNS_PER_TRANSACTION = 50
 _NOTICE_STEP = {"sqlite": 0.02, "postgresql": 0.05}
 # Queued runs one transaction admits at most.
 _ADMITTED_PER_TRANSACTION = 100
+# How long a stop waits for a database that does not answer (the others declare this
+# scheduler dead after its silence and adopt its tries).
+_STOP_PATIENCE = 5.0
 # Every pipeline, for a rescan.
 _ALL: frozenset[str] = frozenset({"*"})
 
@@ -178,7 +181,14 @@ class Scheduler:
         log.info("scheduler %s started with %d pipelines", self.id, len(self.pipelines))
 
     def stop(self) -> None:
-        """Stop cleanly. Running tries keep running; the next scheduler adopts them."""
+        """Stop cleanly. Running tries keep running; the next scheduler adopts them.
+
+        A stop during a database outage waits for it a few seconds at most (a daemon
+        otherwise rides out any outage): asked to stop, the process must end."""
+        patience = self.db.outage_timeout
+        self.db.outage_timeout = (
+            _STOP_PATIENCE if patience is None else min(patience, _STOP_PATIENCE)
+        )
         try:
             if self.id is not None:
                 now = self.clock()
@@ -187,6 +197,7 @@ class Scheduler:
             # The others find this scheduler silent and take its tries over.
             log.warning("could not record the scheduler's stop: %s", exc)
         finally:
+            self.db.outage_timeout = patience
             self._reader.stop()
             self.launcher.close()
 

@@ -8,15 +8,14 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..integration.conftest import wait_until
 from .test_cli import REFLOW, reflow
 
 PIPELINE = """
@@ -52,14 +51,6 @@ def get(url: str) -> tuple[int, str] | None:
         return exc.code, exc.read().decode()
     except (urllib.error.URLError, ConnectionError):
         return None
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached within {timeout} s")
-        time.sleep(0.1)
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -98,7 +89,9 @@ def test_the_scheduler_serves_metrics_and_probes_on_its_metrics_port(
             got = get(url + path)
             return got is not None and got[0] == status
 
-        wait_for(lambda: answers("/readyz", 200), 120, "the scheduler is ready")
+        wait_until(
+            lambda: answers("/readyz", 200), timeout=120, every=0.1
+        )  # the scheduler is ready
         assert answers("/healthz", 200)
         queued = reflow(home, "trigger", "one", "--date", "2024-01-01")
         assert queued.returncode == 0, queued.stderr
@@ -111,7 +104,8 @@ def test_the_scheduler_serves_metrics_and_probes_on_its_metrics_port(
             success = ("reflow_runs", frozenset({("pipeline", "one"), ("state", "success")}))
             return scraped.get(success) == 1
 
-        wait_for(succeeded, 120, "the run succeeds, as the metrics say")
+        # The run succeeds, as the metrics say.
+        wait_until(succeeded, timeout=120, every=0.1)
         assert scraped[("reflow_launches_total", frozenset({("pipeline", "one")}))] == 2
         assert scraped[("reflow_scheduler_tick_duration_seconds_count", frozenset())] > 0
         proc.send_signal(signal.SIGTERM)

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from reflow.core.errors import ConfigError
+from reflow.core.naming import NAME_PATTERN
 
 CONFIG_FILE = "reflow.toml"
 _ENV = {
@@ -32,7 +33,7 @@ _K8S_ENV = {
     "image": "REFLOW_K8S_IMAGE",
 }
 LauncherName = Literal["local", "kubernetes"]
-PoolName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")]
+PoolName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
 
 class KubernetesSettings(BaseModel):

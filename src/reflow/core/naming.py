@@ -8,6 +8,9 @@ from pathlib import Path
 
 from reflow.core.states import RunOrigin
 
+# Names of pipelines, tasks and pools: letters, digits, '_', '-', '.'; a letter or digit first.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$"
+
 # Every "now" in reflow comes from a clock like this one (injected, so tests move time).
 Clock = Callable[[], datetime]
 

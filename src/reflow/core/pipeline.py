@@ -24,11 +24,12 @@ from datetime import date, datetime, timedelta
 from typing import Any, ClassVar
 
 from reflow.core.errors import ConfError, PipelineError, ReflowError, ScheduleError
+from reflow.core.naming import NAME_PATTERN
 from reflow.core.params import Param, ParamSet
 from reflow.core.pod import Pod, Scratch, check_requests_within_limits, scratch_plain
 from reflow.core.schedule import Schedule, to_datetime
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+_ID = re.compile(NAME_PATTERN)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 

@@ -3,12 +3,13 @@ time, and reset them to the configuration (``store.pools`` has the rules)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from reflow.core.errors import InvalidInput, NotFound
-from reflow.core.naming import utcnow
+from reflow.core.naming import NAME_PATTERN, utcnow
 from reflow.services.project import Project
 from reflow.store import pools
 
@@ -96,7 +97,5 @@ def _status(project: Project, name: str) -> PoolStatus:
 
 
 def _check_name(name: str) -> None:
-    import re
-
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}", name):
+    if not re.match(NAME_PATTERN, name):
         raise InvalidInput(f"bad pool name {name!r}: {_ID_HELP}")

@@ -12,6 +12,20 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from reflow.core.errors import ConfError, NotFound, PipelineError, ReflowError
+    from reflow.core.notify import (
+        email,
+        on,
+        on_backfill_finished,
+        on_deadline_missed,
+        on_failure,
+        on_recovery,
+        on_retry,
+        on_success,
+        on_task_failure,
+        on_timeout,
+        slack,
+        webhook,
+    )
     from reflow.core.params import Param
     from reflow.core.pipeline import Pipeline, Task, TaskDefaults
     from reflow.core.pod import Pod, Scratch, Volume, scratch
@@ -27,6 +41,18 @@ _PUBLIC = {
     "NotFound": "reflow.core.errors",
     "PipelineError": "reflow.core.errors",
     "ReflowError": "reflow.core.errors",
+    "email": "reflow.core.notify",
+    "on": "reflow.core.notify",
+    "on_backfill_finished": "reflow.core.notify",
+    "on_deadline_missed": "reflow.core.notify",
+    "on_failure": "reflow.core.notify",
+    "on_recovery": "reflow.core.notify",
+    "on_retry": "reflow.core.notify",
+    "on_success": "reflow.core.notify",
+    "on_task_failure": "reflow.core.notify",
+    "on_timeout": "reflow.core.notify",
+    "slack": "reflow.core.notify",
+    "webhook": "reflow.core.notify",
     "Param": "reflow.core.params",
     "Pipeline": "reflow.core.pipeline",
     "Task": "reflow.core.pipeline",
@@ -55,7 +81,19 @@ __all__ = [
     "Task",
     "TaskDefaults",
     "Volume",
+    "email",
+    "on",
+    "on_backfill_finished",
+    "on_deadline_missed",
+    "on_failure",
+    "on_recovery",
+    "on_retry",
+    "on_success",
+    "on_task_failure",
+    "on_timeout",
     "scratch",
+    "slack",
+    "webhook",
 ]
 
 

@@ -8,10 +8,18 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from reflow.core.errors import ConfigError
 from reflow.core.naming import NAME_PATTERN
+from reflow.core.notify import Event
 
 CONFIG_FILE = "reflow.toml"
 _ENV = {
@@ -77,6 +85,100 @@ class KubernetesSettings(BaseModel):
     annotations: dict[str, str] = Field(default_factory=dict)
 
 
+class _Channel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout: float = Field(default=10.0, gt=0, description="seconds one delivery attempt may take")
+
+
+class _UrlChannel(_Channel):
+    url: str | None = Field(default=None, description="the URL (prefer url_env for a secret one)")
+    url_env: str | None = Field(default=None, description="environment variable holding the URL")
+
+    @model_validator(mode="after")
+    def _one_url(self) -> _UrlChannel:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("give exactly one of url and url_env")
+        return self
+
+
+class WebhookChannel(_UrlChannel):
+    """A JSON POST, signed with HMAC-SHA256 when ``secret_env`` names the secret."""
+
+    kind: Literal["webhook"]
+    secret_env: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class SlackChannel(_UrlChannel):
+    """A Slack incoming webhook (a Block Kit message)."""
+
+    kind: Literal["slack"]
+
+
+class EmailChannel(_Channel):
+    """E-mail over SMTP: STARTTLS (default), implicit TLS or none; login when
+    ``username_env`` is given."""
+
+    kind: Literal["email"]
+    to: tuple[str, ...] = Field(min_length=1)
+    sender: str
+    host: str
+    port: int = Field(default=587, ge=1, le=65535)
+    security: Literal["starttls", "ssl", "none"] = "starttls"
+    username_env: str | None = None
+    password_env: str | None = None
+    ca_file: Path | None = Field(default=None, description="CA bundle to check the server with")
+
+
+NotifyChannel = Annotated[WebhookChannel | SlackChannel | EmailChannel, Field(discriminator="kind")]
+
+
+class NotifyRule(BaseModel):
+    """A rule of ``reflow.toml``: ``events`` of ``pipelines`` (default: every pipeline,
+    and the scheduler's own events) go to ``channels``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    events: tuple[Event, ...] = Field(min_length=1)
+    channels: tuple[str, ...] = Field(min_length=1)
+    pipelines: tuple[str, ...] | None = None
+
+
+class MessageTemplate(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    title: str | None = None
+    text: str | None = None
+
+
+class NotifySettings(BaseModel):
+    """``[reflow.notify]``: channels, global rules and delivery."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ui_url: str | None = Field(default=None, description="the web UI's address, for links")
+    channels: dict[str, NotifyChannel] = Field(default_factory=dict)
+    rules: tuple[NotifyRule, ...] = ()
+    templates: dict[Event, MessageTemplate] = Field(default_factory=dict)
+    max_attempts: int = Field(default=8, ge=1, description="attempts before a delivery is given up")
+    retry_delay: float = Field(
+        default=15.0, gt=0, description="seconds before the first retry; doubles"
+    )
+    max_retry_delay: float = Field(default=3600.0, gt=0)
+    log_tail_lines: int = Field(default=20, ge=0, le=500)
+
+    @model_validator(mode="after")
+    def _known_channels(self) -> NotifySettings:
+        for i, rule in enumerate(self.rules):
+            for name in rule.channels:
+                if name not in self.channels:
+                    raise ValueError(
+                        f"rules[{i}] names no channel of [reflow.notify.channels]: {name!r}"
+                    )
+        return self
+
+
 class Settings(BaseModel):
     """Validated settings; every field has a working default (SQLite in ``.reflow/``)."""
 
@@ -105,6 +207,7 @@ class Settings(BaseModel):
         default_factory=dict,
         description="slots of each pool, shared by every pipeline ([reflow.pools] spark = 4)",
     )
+    notify: NotifySettings = Field(default_factory=lambda: NotifySettings())
 
     def launcher_for(self, pipeline: str, task: str) -> LauncherName:
         """The launcher of one task: ``pipeline.task`` overrides ``pipeline`` overrides the

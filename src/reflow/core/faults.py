@@ -28,6 +28,8 @@ CRASH_POINTS: dict[str, str] = {
     "try.cancel_sent": "the try was signalled (or its pod deleted); its end is not recorded",
     "run.created": "scheduled runs are committed; the next due date is recorded with them",
     "run.admitted": "a run moved to running; none of its task instances was scheduled",
+    "notify.routed": "outbox entries became notifications (committed); none was sent",
+    "notify.sent": "a notification was delivered; its attempt is not recorded",
     "migration.step": "one schema migration step ran; the schema is not at its head",
 }
 

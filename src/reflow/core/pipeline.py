@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from reflow.core.errors import ConfError, PipelineError, ReflowError, ScheduleError
 from reflow.core.naming import NAME_PATTERN
+from reflow.core.notify import Rule, rules_of
 from reflow.core.params import Param, ParamSet
 from reflow.core.pod import Pod, Scratch, check_requests_within_limits, scratch_plain
 from reflow.core.schedule import Schedule, to_datetime
@@ -327,6 +328,7 @@ class Pipeline:
         defaults: TaskDefaults | Mapping[str, Any] | None = None,
         description: str = "",
         tags: Iterable[str] = (),
+        notify: Iterable[Rule] | Rule | None = None,
     ) -> None:
         if not isinstance(name, str) or not _ID.match(name):
             raise PipelineError(f"bad pipeline name {name!r}: use letters, digits, '_', '-', '.'")
@@ -354,6 +356,8 @@ class Pipeline:
             self.params = ParamSet(params)
             self.params.check_defaults()
             self.defaults = TaskDefaults.of(defaults)
+            # Who hears of this pipeline's runs; not part of its version (see describe).
+            self.notify = rules_of(notify)
         except ConfError as exc:
             raise PipelineError(f"pipeline {name!r}: {exc}") from None
         except PipelineError as exc:

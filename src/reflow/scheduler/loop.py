@@ -27,10 +27,13 @@ from reflow.core.discovery import Catalog
 from reflow.core.errors import Conflict, LeaseLost, StoreUnavailable
 from reflow.core.faults import crash_point
 from reflow.core.naming import Clock, utcnow
+from reflow.core.notify import Event
 from reflow.core.pipeline import Pipeline
 from reflow.core.spec import Outcome, TryRef
 from reflow.core.states import FailureReason
 from reflow.launchers.base import Launcher
+from reflow.notify.messages import check_templates
+from reflow.notify.notifier import Notifier
 from reflow.scheduler import deadlines, launching, settling, slots, trylog
 from reflow.scheduler import outcomes as try_outcomes
 from reflow.scheduler.admission import admissible
@@ -40,7 +43,7 @@ from reflow.scheduler.metrics import SchedulerMetrics
 from reflow.scheduler.peers import covers, exited
 from reflow.scheduler.readiness import Decision, Shape, decide
 from reflow.scheduler.reading import FolderReader
-from reflow.store import history, pauses, pools, repo
+from reflow.store import history, outbox, pauses, pools, repo
 from reflow.store.db import Database
 from reflow.store.records import (
     CancelRequest,
@@ -121,6 +124,20 @@ class Scheduler:
         self._signalled: set[int] = set()
         self._relaunch = relaunch
         self.metrics = SchedulerMetrics()
+        # Notifications are routed and delivered on a thread of their own, by daemons
+        # (a command's in-process scheduler lives too briefly to hold deliveries).
+        self.notifier = (
+            Notifier(
+                db,
+                settings.notify,
+                lambda: self.catalog.pipelines,
+                lambda: self._id,
+                clock,
+                on_attempt=self.metrics.notification,
+            )
+            if only is None
+            else None
+        )
         # Outcomes polled but not yet committed, and started tries not yet recorded as
         # started: kept across a failed transaction (a database outage), written next tick.
         self._unrecorded: list[Outcome] = []
@@ -158,6 +175,7 @@ class Scheduler:
 
     def start(self) -> None:
         """Register, load pipelines and adopt the tries of dead schedulers."""
+        check_templates(self.settings.notify)
         self.db.migrate()
         self._rescan = _ALL  # the one full look: after this, only what changed
         now = self.clock()
@@ -176,9 +194,23 @@ class Scheduler:
                 f"another scheduler (pid {pids}) is running on this SQLite database; "
                 "SQLite supports one scheduler at a time (use PostgreSQL for several)"
             )
+        self._say_started(now)
         self.recover(now)
         self._reader.start()
+        if self.notifier is not None:
+            self.notifier.start()
         log.info("scheduler %s started with %d pipelines", self.id, len(self.pipelines))
+
+    def _say_started(self, now: datetime) -> None:
+        """A daemon's start, for notifications (a command's in-process scheduler is no
+        news)."""
+        if self.only is None:
+            about = {"scheduler": self._id, "host": self.host, "pid": os.getpid()}
+            self.db.write(
+                lambda c: outbox.enqueue(
+                    c, Event.SCHEDULER_STARTED, now, "scheduler", self._id, data=about
+                )
+            )
 
     def stop(self) -> None:
         """Stop cleanly. Running tries keep running; the next scheduler adopts them.
@@ -198,6 +230,8 @@ class Scheduler:
             log.warning("could not record the scheduler's stop: %s", exc)
         finally:
             self.db.outage_timeout = patience
+            if self.notifier is not None:
+                self.notifier.stop()
             self._reader.stop()
             self.launcher.close()
 
@@ -798,7 +832,14 @@ class Scheduler:
         def work(conn: Connection) -> list[Try]:
             # A silent scheduler's heartbeat is checked again under its row's lock: one
             # that resumed meanwhile keeps its tries, and its next transaction goes on.
-            repo.mark_schedulers_dead(conn, silent=silent, silent_since=limit, exited=gone, now=now)
+            lost = repo.mark_schedulers_dead(
+                conn, silent=silent, silent_since=limit, exited=gone, now=now
+            )
+            for row in dead:
+                if row.id in lost and row.scope is None:
+                    how = "exited without stopping" if row.id in gone else "went silent"
+                    about = {"scheduler": row.id, "host": row.host, "pid": row.pid, "how": how}
+                    outbox.enqueue(conn, Event.SCHEDULER_LOST, now, "scheduler", row.id, data=about)
             return repo.claim_orphans(conn, self._id, self.only)
 
         orphans = self._write(work)

@@ -24,7 +24,7 @@ from reflow.core.errors import StoreUnavailable
 from reflow.core.naming import Clock, utcnow
 from reflow.core.spec import Outcome
 from reflow.core.states import RUN_ACTIVE, FailureReason, TIState
-from reflow.store import monitoring, pools
+from reflow.store import monitoring, outbox, pools
 from reflow.store.db import Database
 
 if TYPE_CHECKING:
@@ -101,6 +101,12 @@ class SchedulerMetrics:
             "The scheduler's write transactions, from their start to their commit (lock "
             "waits and retries included).",
             buckets=WRITE_BUCKETS,
+            registry=registry,
+        )
+        self.notifications = Counter(
+            "reflow_notification_deliveries",
+            "Notification delivery attempts, by channel kind and result (ok or failed).",
+            ["kind", "result"],
             registry=registry,
         )
         # time.monotonic() when the loop last came round (a tick ended, well or not);
@@ -183,6 +189,10 @@ class SchedulerMetrics:
     def run_timed_out(self, pipeline: str) -> None:
         self._count(lambda: self.timeouts.labels(pipeline, "run").inc())
 
+    def notification(self, kind: str, ok: bool) -> None:
+        """An attempt of the notifier (its own thread; counted when recorded)."""
+        self.notifications.labels(kind, "ok" if ok else "failed").inc()
+
 
 class StoreGauges(Collector):
     """Gauges read from the store at each scrape, on a probe connection (no retry): a
@@ -205,10 +215,12 @@ class StoreGauges(Collector):
                 beats = monitoring.scheduler_heartbeats(conn)
                 slots = {p.name: p.slots for p in pools.all_pools(conn)}
                 used = pools.in_use(conn)
+                notes = outbox.counts(conn)
+                notes["unrouted"] = outbox.backlog(conn)
         except (StoreUnavailable, SQLAlchemyError) as exc:
             log.debug("store gauges left out of the scrape: %s", exc)
             return []
-        return list(self._families(names, runs, tis, beats, slots, used))
+        return list(self._families(names, runs, tis, beats, slots, used, notes))
 
     def _families(
         self,
@@ -218,6 +230,7 @@ class StoreGauges(Collector):
         beats: Sequence[tuple[int, str, Any]] = (),
         slots: dict[str, int] | None = None,
         used: dict[str, int] | None = None,
+        notes: dict[str, int] | None = None,
     ) -> Iterator[Metric]:
         runs, tis = runs or {}, tis or {}
         # Zeros for the unfinished states of every pipeline: "nothing running" is a value.
@@ -271,3 +284,13 @@ class StoreGauges(Collector):
             pool_used.add_metric([pool], used.get(pool, 0))
         yield pool_slots
         yield pool_used
+        notifications = GaugeMetricFamily(
+            "reflow_notifications",
+            "Notifications by state: pending (to deliver), sent, failed (given up), and "
+            "unrouted (outbox entries not yet turned into notifications).",
+            labels=["state"],
+        )
+        notes = notes or {}
+        for state in sorted({"pending", "sent", "failed", "unrouted", *notes}):
+            notifications.add_metric([state], notes.get(state, 0))
+        yield notifications

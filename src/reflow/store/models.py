@@ -328,6 +328,61 @@ events = Table(
     Column("detail", Text, nullable=True),
 )
 
+# -- notifications -------------------------------------------------------------------------
+# One row per notable state change, written in the change's transaction; the notifier
+# routes it to channels (rows of ``notifications``) and deletes it in one transaction.
+notify_outbox = Table(
+    "notify_outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event", String(32), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("entity", String(12), nullable=False),
+    Column("entity_id", Integer, nullable=True),
+    Column("run", Integer, nullable=True),
+    Column("data", JSON, nullable=True),
+)
+
+# One message to one channel, and where its delivery stands.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event", String(32), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("pipeline", String(NAME), nullable=True, index=True),
+    Column("run", Integer, nullable=True, index=True),
+    Column("channel", String(NAME), nullable=False),
+    Column("state", String(12), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_at", UTCDateTime, nullable=False),
+    Column("claimed_by", Integer, nullable=True),
+    Column("claimed_until", UTCDateTime, nullable=True),
+    Column("sent_at", UTCDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("context", JSON, nullable=False),
+    Index("ix_notifications_state_next_at", "state", "next_at"),
+)
+
+notification_attempts = Table(
+    "notification_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "notification",
+        Integer,
+        ForeignKey("notifications.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("attempt", Integer, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("result", Text, nullable=True),
+    Column("seconds", Float, nullable=False),
+    Column("sender", Integer, nullable=True),
+)
+
 # -- web access ---------------------------------------------------------------------------
 users = Table(
     "users",

@@ -356,3 +356,50 @@ class HistoryEvent(Record):
     new: str
     detail: str
     task_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry(Record):
+    """A notable state change not yet routed to channels."""
+
+    id: int
+    event: str
+    at: datetime
+    entity: str
+    entity_id: int | None
+    run: int | None
+    data: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Notification(Record):
+    """One message to one channel; ``state`` pending, sent or failed (given up)."""
+
+    id: int
+    event: str
+    created_at: datetime
+    pipeline: str | None
+    run: int | None
+    channel: str
+    state: str
+    attempts: int
+    next_at: datetime
+    claimed_by: int | None
+    claimed_until: datetime | None
+    sent_at: datetime | None
+    last_error: str | None
+    context: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationAttempt(Record):
+    """One delivery attempt: whether the channel took it, and what it answered."""
+
+    id: int
+    notification: int
+    attempt: int
+    at: datetime
+    ok: bool
+    result: str | None
+    seconds: float
+    sender: int | None

@@ -55,6 +55,7 @@ from reflow.core.states import (
     TryState,
     check_transition,
 )
+from reflow.store import outbox
 from reflow.store.models import (
     UNSEEN_CHANGES,
     backfills,
@@ -250,9 +251,11 @@ def _record_events(
     detail: str | Mapping[int, str | None] | None,
 ) -> None:
     """One event per moved row (id, old state, run), in one statement; ``now`` and
-    ``detail`` for all rows, or per row."""
+    ``detail`` for all rows, or per row. A move that notifies (a run failing, a backfill
+    ending...) also gets its outbox entry here, committed with it."""
     if not moved:
         return
+    outbox.note_moves(conn, entity, moved, new, now)
     conn.execute(
         insert(events),
         [

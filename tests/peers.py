@@ -93,9 +93,12 @@ class Mailbox:
                 outer.messages.append(email.message_from_bytes(envelope.content))
                 return "250 Message accepted for delivery"
 
-        def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+        def authenticator(
+            server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+        ) -> Any:
             ok = isinstance(data, LoginPassword) and (
-                data.login.decode(), data.password.decode()
+                data.login.decode(),
+                data.password.decode(),
             ) == (user, password)
             if ok:
                 outer.logins.append(data.login.decode())

@@ -46,7 +46,10 @@ WORKLOAD = {
 }
 RUNS = sum(e.runs for e in WORKLOAD.values())
 
-SCHEDULER_POINTS = [p for p in CRASH_POINTS if p != "migration.step"]
+# The notifier's points need a channel to deliver to: test_notify_faults crosses them.
+SCHEDULER_POINTS = [
+    p for p in CRASH_POINTS if p != "migration.step" and not p.startswith("notify.")
+]
 MIGRATION_STEPS = len(list((MIGRATIONS / "versions").glob("[0-9]*.py")))
 
 

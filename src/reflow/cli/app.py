@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
+from reflow.cli.notifications import register as register_notifications
 from reflow.cli.web import register as register_web
 from reflow.core.errors import InvalidInput
 from reflow.core.masking import scrub
@@ -50,6 +51,7 @@ class _MainGroup(TyperGroup):
         "users",
         "tokens",
         "pools",
+        "notifications",
         "k8s",
         "db",
     )
@@ -88,6 +90,7 @@ pools_app = typer.Typer(
 app.add_typer(pools_app, name="pools")
 app.add_typer(k8s_app, name="k8s")
 register_web(app)
+register_notifications(app)
 
 STATE_STYLE = {
     "success": "green",

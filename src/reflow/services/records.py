@@ -4,6 +4,8 @@ the store's own (``reflow.store.records``), named here."""
 from reflow.store.records import (
     Backfill,
     HistoryEvent,
+    Notification,
+    NotificationAttempt,
     PipelineRecord,
     Run,
     RunAttempt,
@@ -17,6 +19,8 @@ from reflow.store.records import (
 __all__ = [
     "Backfill",
     "HistoryEvent",
+    "Notification",
+    "NotificationAttempt",
     "PipelineRecord",
     "Run",
     "RunAttempt",

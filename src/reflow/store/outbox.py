@@ -28,6 +28,7 @@ from reflow.store.models import (
     notifications,
     notify_outbox,
     runs,
+    schedulers,
     task_instances,
     tries,
 )
@@ -182,14 +183,20 @@ def backlog(conn: Connection) -> int:
 def claim_due(
     conn: Connection, me: int, now: datetime, lease: float, limit: int = 20
 ) -> list[Notification]:
-    """Take pending notifications whose time has come and whose lease (if any) expired:
-    they are this sender's for ``lease`` seconds."""
+    """Take pending notifications whose time has come and that nobody holds: never
+    claimed, the claim's lease expired, or its sender is a scheduler known to be dead.
+    They are this sender's for ``lease`` seconds."""
+    dead = select(schedulers.c.id).where(schedulers.c.stopped_at.is_not(None))
     stmt = (
         select(notifications.c.id)
         .where(
             notifications.c.state == PENDING,
             notifications.c.next_at <= now,
-            or_(notifications.c.claimed_until.is_(None), notifications.c.claimed_until < now),
+            or_(
+                notifications.c.claimed_until.is_(None),
+                notifications.c.claimed_until < now,
+                notifications.c.claimed_by.in_(dead),
+            ),
         )
         .order_by(notifications.c.next_at, notifications.c.id)
         .limit(limit)
@@ -458,3 +465,14 @@ def _backfills(conn: Connection, ids: Sequence[int | None]) -> dict[int, dict[st
     ):
         found[backfill_id]["runs"][state] = n
     return found
+
+
+def requeue(conn: Connection, notification: int, now: datetime) -> bool:
+    """Deliver a notification that was given up (failed) again, from now: its attempts
+    so far stay recorded. Returns whether it was failed."""
+    moved = conn.execute(
+        update(notifications)
+        .where(notifications.c.id == notification, notifications.c.state == FAILED)
+        .values(state=PENDING, next_at=now, claimed_by=None, claimed_until=None)
+    )
+    return bool(moved.rowcount)

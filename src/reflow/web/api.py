@@ -11,8 +11,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request, status
 
 from reflow.services.accounts import Identity
 from reflow.services.project import Project
+from reflow.web import notices, security, views
 from reflow.web import schemas as s
-from reflow.web import security, views
 
 _TEXT = s.TEXT
 _MAX_ID = 2**31 - 1
@@ -129,6 +129,49 @@ def reset_pool(
     pool: Name, project: ProjectDep, who: Annotated[Identity, Depends(identity)]
 ) -> s.PoolOut:
     return views.reset_pool(project, pool, f"{who.label} (api)")
+
+
+# -- notifications --------------------------------------------------------------------------
+NotificationId = Annotated[int, Path(ge=1, le=_MAX_ID, description="Notification number.")]
+
+
+@router.get("/notifications", tags=["notifications"], summary="Notifications, newest first")
+def list_notifications(
+    project: ProjectDep,
+    pipeline: Annotated[str | None, Query(min_length=1, max_length=200, pattern=_TEXT)] = None,
+    run: Annotated[int | None, Query(ge=1, le=_MAX_ID, description="Run number.")] = None,
+    state: Annotated[str | None, Query(max_length=16, pattern=_TEXT)] = None,
+    event: Annotated[str | None, Query(max_length=32, pattern=_TEXT)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    before: Annotated[int | None, Query(ge=1, le=_MAX_ID, description="Older than.")] = None,
+) -> s.NotificationListOut:
+    return notices.listing(
+        project,
+        pipeline=pipeline,
+        run=run,
+        state=state,
+        event=event,
+        limit=limit,
+        before=before,
+    )
+
+
+@router.get(
+    "/notifications/{notification}",
+    tags=["notifications"],
+    summary="A notification and its delivery attempts",
+)
+def show_notification(notification: NotificationId, project: ProjectDep) -> s.NotificationOut:
+    return notices.one(project, notification)
+
+
+@router.post(
+    "/notifications/{notification}/retry",
+    tags=["notifications"],
+    summary="Deliver a given-up notification again",
+)
+def retry_notification(notification: NotificationId, project: ProjectDep) -> s.NotificationOut:
+    return notices.retry(project, notification)
 
 
 @router.get("/pipelines/{name}/params", tags=["pipelines"], summary="JSON schema of the run conf")

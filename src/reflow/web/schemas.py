@@ -398,3 +398,38 @@ class DeleteOut(Model):
     task_instances: int
     tries: int
     logs: int
+
+
+# -- notifications --------------------------------------------------------------------------
+class NotificationAttemptOut(Model):
+    attempt: int
+    at: datetime
+    ok: bool
+    result: str | None = Field(description="What the channel answered, or why it failed.")
+    seconds: float
+
+
+class NotificationOut(Model):
+    id: int = Field(description="The delivery number receivers see (X-Reflow-Delivery).")
+    event: str
+    created_at: datetime
+    pipeline: str | None
+    run: int | None
+    run_id: str | None
+    logical_date: str | None
+    task: str | None
+    channel: str = Field(description="The channel's name in reflow.toml (never its URL).")
+    kind: str = Field(description="webhook, slack or email; unknown if no longer configured.")
+    state: Literal["pending", "sent", "failed"]
+    attempts: int
+    next_at: datetime | None = Field(description="Pending: when the next attempt is due.")
+    sent_at: datetime | None
+    last_error: str | None
+    attempt_log: list[NotificationAttemptOut]
+
+
+class NotificationListOut(Model):
+    notifications: list[NotificationOut]
+    next_before: int | None = Field(
+        description="Pass as before= for the next (older) page; null on the last page."
+    )

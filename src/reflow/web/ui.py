@@ -22,7 +22,7 @@ from reflow.core.states import RUN_ACTIVE
 from reflow.services import accounts
 from reflow.services.accounts import Identity
 from reflow.services.project import Project
-from reflow.web import forms, security, views
+from reflow.web import forms, notices, security, views
 from reflow.web import schemas as s
 
 HERE = pathlib.Path(__file__).parent
@@ -297,6 +297,7 @@ def run_page(request: Request, name: str, run: str, _: Who) -> Response:
             "sparks": sparklines(spark, detail.run.id),
             "live": detail.run.state in ACTIVE,
             "tasks": [t.task_id for t in detail.task_instances],
+            "notifications": notices.of_run(project, detail.run.id),
         },
     )
 

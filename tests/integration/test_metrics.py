@@ -144,13 +144,14 @@ def test_the_store_gauges_follow_work_in_progress(
     """While a try runs and another waits for a slot: running, queued, queue depth and the
     scheduler's heartbeat, each read at the scrape."""
     release = tmp_path / "release"
+    env.settings = env.settings.model_copy(update={"pools": {"slow": 1}})
     env.write(
         "busy",
         f"""
         from reflow import Pipeline, Shell
         with Pipeline("busy", schedule=None, max_active_tasks=1):
             Shell("a", "while [ ! -f {release} ]; do sleep 0.05; done")
-            Shell("b", "while [ ! -f {release} ]; do sleep 0.05; done")
+            Shell("b", "while [ ! -f {release} ]; do sleep 0.05; done", pool="slow")
         """,
     )
     (run_pk,) = env.trigger("busy", ["2024-01-01"])
@@ -171,6 +172,9 @@ def test_the_store_gauges_follow_work_in_progress(
     assert value(m, "reflow_runs", pipeline="busy", state="running") == 1
     assert value(m, "reflow_queue_depth", pipeline="busy") == 1  # b waits for a's slot
     assert value(m, "reflow_task_instances", pipeline="busy", state="scheduled") == 1
+    assert value(m, "reflow_pool_queue_depth", pool="slow") == 1
+    assert value(m, "reflow_pool_slots", pool="slow") == 1
+    assert value(m, "reflow_notifications", state="unrouted") == 0
     ages = m["reflow_scheduler_heartbeat_age_seconds"]
     ((labels, age),) = [(k, v) for k, v in ages.items() if ("scheduler", str(sched.id)) in k]
     assert dict(labels)["host"] == sched.host

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from reflow.core.errors import StoreUnavailable
 from reflow.core.naming import Clock, utcnow
+from reflow.core.pipeline import Pipeline
 from reflow.core.spec import Outcome
 from reflow.core.states import RUN_ACTIVE, FailureReason, TIState
 from reflow.store import monitoring, outbox, pools
@@ -198,9 +199,16 @@ class StoreGauges(Collector):
     """Gauges read from the store at each scrape, on a probe connection (no retry): a
     scrape during an outage leaves them out at once instead of waiting."""
 
-    def __init__(self, db: Database, clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock = utcnow,
+        pipelines: Callable[[], Mapping[str, Pipeline]] | None = None,
+    ) -> None:
         self.db = db
         self.clock = clock
+        # The pipelines this process knows: which of their tasks are in which pool.
+        self.pipelines = pipelines
 
     def describe(self) -> Iterable[Metric]:
         # Registering must not query the database: the families, without samples.
@@ -215,12 +223,22 @@ class StoreGauges(Collector):
                 beats = monitoring.scheduler_heartbeats(conn)
                 slots = {p.name: p.slots for p in pools.all_pools(conn)}
                 used = pools.in_use(conn)
+                waiting = pools.waiting(conn, self._members())
                 notes = outbox.counts(conn)
                 notes["unrouted"] = outbox.backlog(conn)
         except (StoreUnavailable, SQLAlchemyError) as exc:
             log.debug("store gauges left out of the scrape: %s", exc)
             return []
-        return list(self._families(names, runs, tis, beats, slots, used, notes))
+        return list(self._families(names, runs, tis, beats, slots, used, notes, waiting))
+
+    def _members(self) -> dict[tuple[str, str], str]:
+        """(pipeline, task) -> pool, for every pooled task of the known pipelines."""
+        found: dict[tuple[str, str], str] = {}
+        for name, pipeline in (self.pipelines() if self.pipelines else {}).items():
+            for task_id, task in pipeline.tasks.items():
+                if (pool := task.option("pool")) is not None:
+                    found[(name, task_id)] = pool
+        return found
 
     def _families(
         self,
@@ -231,6 +249,7 @@ class StoreGauges(Collector):
         slots: dict[str, int] | None = None,
         used: dict[str, int] | None = None,
         notes: dict[str, int] | None = None,
+        waiting: dict[str, int] | None = None,
     ) -> Iterator[Metric]:
         runs, tis = runs or {}, tis or {}
         # Zeros for the unfinished states of every pipeline: "nothing running" is a value.
@@ -279,11 +298,19 @@ class StoreGauges(Collector):
         pool_used = GaugeMetricFamily(
             "reflow_pool_slots_used", "Slots of each pool held by live tries.", labels=["pool"]
         )
-        for pool in sorted({*slots, *used}):
+        waiting = waiting or {}
+        pool_queue = GaugeMetricFamily(
+            "reflow_pool_queue_depth",
+            "Task instances of each pool ready to start and waiting for its slots.",
+            labels=["pool"],
+        )
+        for pool in sorted({*slots, *used, *waiting}):
             pool_slots.add_metric([pool], slots.get(pool, 0))
             pool_used.add_metric([pool], used.get(pool, 0))
+            pool_queue.add_metric([pool], waiting.get(pool, 0))
         yield pool_slots
         yield pool_used
+        yield pool_queue
         notifications = GaugeMetricFamily(
             "reflow_notifications",
             "Notifications by state: pending (to deliver), sent, failed (given up), and "

@@ -145,7 +145,7 @@ class ProbeServer:
     def serve(self, scheduler: Scheduler) -> None:
         """Answer for ``scheduler`` from now on, on a daemon thread."""
         registry = scheduler.metrics.registry
-        registry.register(StoreGauges(scheduler.db))
+        registry.register(StoreGauges(scheduler.db, pipelines=lambda: scheduler.pipelines))
         process_collectors(registry)
         self._server.answer = lambda path, accept: self._answer(scheduler, path, accept)
         self._thread = threading.Thread(

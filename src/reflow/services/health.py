@@ -17,7 +17,7 @@ def registry(project: Project) -> CollectorRegistry:
     """A registry of the store's gauges (runs, unfinished task instances, queue depth,
     scheduler heartbeats) and of this process, read at each scrape."""
     registry = CollectorRegistry()
-    registry.register(StoreGauges(project.db))
+    registry.register(StoreGauges(project.db, pipelines=lambda: project.catalog.pipelines))
     process_collectors(registry)
     return registry
 

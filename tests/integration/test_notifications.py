@@ -224,3 +224,59 @@ def test_scheduler_events_go_through_the_rules_of_reflow_toml(env: Env, hook: Re
     body = hook.received[0].json()
     assert body["event"] == "scheduler_started"
     assert body["context"]["scheduler"] == sched.id
+
+
+def test_a_backfill_ends_with_its_summary_and_a_timeout_says_so(env: Env, hook: Receiver) -> None:
+    hook.fail_first = 0
+    env = _notifying(env, channels={"hook": WebhookChannel(kind="webhook", url=_url(hook))})
+    env.write(
+        "nightly",
+        """
+        from reflow import Pipeline, Shell, on_backfill_finished, on_timeout
+        with Pipeline("nightly", schedule="@daily", start_date="2024-01-01",
+                      notify=[on_backfill_finished("hook"), on_timeout("hook")]):
+            Shell("a", "if [ {{ ds }} = 2024-01-02 ]; then sleep 30; fi", timeout=1,
+                  kill_grace=1)
+        """,
+    )
+    from reflow.services import backfill as backfill_service
+
+    plan = backfill_service.plan(env.project, "nightly", start="2024-01-01", end="2024-01-03")
+    backfill_id = backfill_service.create(env.project, plan)
+
+    def received() -> set[str]:
+        return {r.json()["event"] for r in hook.received}
+
+    env.drive(lambda: received() >= {"backfill_finished", "task_timed_out"}, timeout=120)
+    by_event = {r.json()["event"]: r.json() for r in hook.received}
+    summary = by_event["backfill_finished"]
+    assert summary["context"]["backfill_id"] == backfill_id
+    assert summary["context"]["runs"] == {"success": 2, "failed": 1}
+    assert summary["text"] == (
+        f"Backfill {backfill_id} of nightly (2024-01-01 to 2024-01-03) ended failed: "
+        "1 failed, 2 success."
+    )
+    timed_out = by_event["task_timed_out"]
+    assert timed_out["title"] == "nightly.a 2024-01-02 timed out"
+    assert len(hook.received) == 2
+
+
+def test_a_scheduler_found_dead_is_reported(env: Env, hook: Receiver) -> None:
+    from datetime import timedelta
+
+    from reflow.core.naming import utcnow
+    from reflow.store import repo
+
+    hook.fail_first = 0
+    env = _notifying(
+        env,
+        channels={"hook": WebhookChannel(kind="webhook", url=_url(hook))},
+        rules=(NotifyRule(events=(Event.SCHEDULER_LOST,), channels=("hook",)),),
+    )
+    long_ago = utcnow() - timedelta(hours=1)
+    silent = env.db.write(lambda c: repo.register_scheduler(c, "elsewhere", 4242, long_ago))
+    env.drive(lambda: len(hook.received) == 1, timeout=60)
+    body = hook.received[0].json()
+    assert body["event"] == "scheduler_lost"
+    assert body["title"] == f"Scheduler {silent} on elsewhere was lost"
+    assert "went silent" in body["text"]

@@ -498,3 +498,15 @@ def test_the_entrypoint_starts_spark_executors_and_runs_any_other_command(
     }
     other = subprocess.run([script, "echo", "hello"], env=env, capture_output=True, text=True)
     assert (other.returncode, other.stdout) == (0, "hello\n")
+
+
+def test_the_operator_podmonitor_scrapes_the_scheduler_metrics_port() -> None:
+    (monitor,) = documents(DEPLOY / "operator" / "podmonitor.yaml")
+    assert monitor["kind"] == "PodMonitor"
+    labels = the("Deployment")["spec"]["template"]["metadata"]["labels"]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= labels.items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    ports = {p["name"] for p in container("scheduler")["ports"]}
+    assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
+    assert monitor["metadata"]["namespace"] == the("Deployment")["metadata"]["namespace"]

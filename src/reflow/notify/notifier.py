@@ -99,8 +99,10 @@ class Notifier:
     def run_once(self) -> bool:
         """Route what the outbox holds, then deliver what is due. Returns whether there
         was anything to do."""
-        routed = self.route(self.clock())
-        delivered = self.deliver(self.clock())
+        with self.db.read() as conn:
+            routable, due = outbox.work_waiting(conn, self.clock())
+        routed = self.route(self.clock()) if routable else 0
+        delivered = self.deliver(self.clock()) if due or routed else 0
         return routed > 0 or delivered > 0
 
     def route(self, now: datetime) -> int:

@@ -174,6 +174,21 @@ def route(
     return len(rows)
 
 
+def work_waiting(conn: Connection, now: datetime) -> tuple[bool, bool]:
+    """(outbox entries to route, notifications due): two reads of an index each, so that
+    an idle notifier takes no write lock."""
+    routable = conn.execute(select(notify_outbox.c.id).limit(1)).first() is not None
+    due = (
+        conn.execute(
+            select(notifications.c.id)
+            .where(notifications.c.state == PENDING, notifications.c.next_at <= now)
+            .limit(1)
+        ).first()
+        is not None
+    )
+    return routable, due
+
+
 def backlog(conn: Connection) -> int:
     """Outbox entries not routed yet."""
     return conn.execute(select(func.count()).select_from(notify_outbox)).scalar_one()

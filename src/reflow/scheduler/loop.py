@@ -36,6 +36,7 @@ from reflow.scheduler import outcomes as try_outcomes
 from reflow.scheduler.admission import admissible
 from reflow.scheduler.catalog import sync_catalog
 from reflow.scheduler.due import create_due
+from reflow.scheduler.lateness import Lateness
 from reflow.scheduler.metrics import SchedulerMetrics
 from reflow.scheduler.peers import covers, exited
 from reflow.scheduler.readiness import Decision, Shape, decide
@@ -147,6 +148,8 @@ class Scheduler:
         self._weights: dict[tuple[str, str], int] = {}
         self._pooled: dict[tuple[str, str], tuple[str, int]] = {}
         self._said_poolless: set[str] = set()
+        # Deadlines per date (with the scheduled runs: a daemon's work).
+        self._lateness = Lateness(db, self._write)
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -338,6 +341,7 @@ class Scheduler:
             self._paused = pauses.paused_pipelines(conn)
         if self.create_scheduled_runs:
             busy |= self.create_due_runs(now)
+            self._lateness.check(self.pipelines, self._stale, now)
         busy |= self.enforce_deadlines(now)
         # Runs whose last task just ended are finished first, so that admission can give
         # their slots to queued runs in this same tick, and those start at once.

@@ -80,14 +80,21 @@ def start(conn: Connection, names: Iterable[str], now: datetime) -> None:
         )
 
 
-def stop(conn: Connection, names: Iterable[str]) -> None:
-    """Forget how far the deadlines of ``names`` (which have none now) were checked: a
-    deadline given again later starts from that moment, not from the old cursor."""
+def stop(conn: Connection, names: Iterable[str], *, inactive: bool = False) -> None:
+    """Forget how far the deadlines of ``names`` (which have none now) were checked, and
+    with ``inactive`` those of the pipelines whose file is gone: a deadline given again
+    later starts from that moment, never from the old cursor."""
     wanted = sorted(set(names))
     for i in range(0, len(wanted), _CHUNK):
         conn.execute(
             update(pipelines)
             .where(pipelines.c.name.in_(wanted[i : i + _CHUNK]), _checked_until.is_not(None))
+            .values(deadlines_checked_until=None)
+        )
+    if inactive:
+        conn.execute(
+            update(pipelines)
+            .where(~pipelines.c.active, _checked_until.is_not(None))
             .values(deadlines_checked_until=None)
         )
 

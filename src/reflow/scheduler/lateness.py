@@ -77,6 +77,8 @@ class Lateness:
             without = mine.keys() - watched.keys()
             self._write(lambda c: deadlines.stop(c, without, inactive=True))
             self._seen = seen
+        if not watched:
+            return 0
         with self.db.read() as conn:
             checked = deadlines.cursors(conn, watched)
         fresh = [n for n, at in checked.items() if at is None]

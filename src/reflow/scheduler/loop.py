@@ -79,7 +79,7 @@ class Scheduler:
     ``only`` restricts the pipelines it works on and ``runs`` the runs it admits and
     schedules (``trigger --wait`` runs one in-process for its own runs; it still adopts
     and records the orphaned tries of its pipelines). ``create_scheduled_runs=False``
-    stops it from creating runs for due intervals.
+    stops it from creating runs for due intervals and from checking deadlines per date.
     ``relaunch`` makes a fresh launcher for a scheduler that lost its lease and registers
     again; without it, a lost lease ends :meth:`run` with LeaseLost.
 

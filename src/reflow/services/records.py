@@ -3,7 +3,9 @@ the store's own (``reflow.store.records``), named here."""
 
 from reflow.store.records import (
     Backfill,
+    DeadlineMiss,
     HistoryEvent,
+    LateDate,
     PipelineRecord,
     Run,
     RunAttempt,
@@ -16,7 +18,9 @@ from reflow.store.records import (
 
 __all__ = [
     "Backfill",
+    "DeadlineMiss",
     "HistoryEvent",
+    "LateDate",
     "PipelineRecord",
     "Run",
     "RunAttempt",

@@ -591,6 +591,7 @@ def runs_show(
     home: HomeOption = None,
 ) -> None:
     """A run: its conf, attempts, task instances and tries."""
+    from reflow.services import lateness as lateness_service
     from reflow.services import runs as run_service
 
     project = _project(home)
@@ -608,6 +609,9 @@ def runs_show(
     )
     secrets = run_service.secrets_of(project, pipeline)
     console.print(f"  conf {json.dumps(secrets.conf(r.conf), sort_keys=True)}")
+    for m in lateness_service.misses_of_runs(project, [r])[r.id]:
+        what = f"task {m.task}" if m.task else "the run"
+        console.print(f"  [red]late[/]: {what} had not succeeded by {fmt_time(m.due_at)}")
     if len(detail.attempts) > 1:
         for a in detail.attempts:
             console.print(

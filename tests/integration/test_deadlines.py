@@ -271,6 +271,57 @@ def test_a_deadline_removed_and_given_again_starts_from_then(env: Env) -> None:
         sched.stop()
 
 
+def test_a_pipeline_file_removed_and_put_back_starts_from_then(env: Env) -> None:
+    write(env, "moved")
+    pause(env, "moved")
+    clock = Clock(2024, 1, 5, 12)
+    sched = daemon(env, clock)
+    sched.start()
+    try:
+        sched.tick()
+        path = env.settings.pipelines_path / "moved.py"
+        source = path.read_text()
+        path.unlink()
+        sched.refresh_pipelines(clock(), force=True)
+        clock.at(2024, 1, 6, 7)
+        sched.tick()
+        assert cursor(env, "moved") is None
+        path.write_text(source)
+        sched.refresh_pipelines(clock(), force=True)
+        clock.at(2024, 1, 9, 7)
+        sched.tick()
+        assert cursor(env, "moved") == utc(2024, 1, 9, 7)
+        assert late(env, "moved") == []
+    finally:
+        sched.stop()
+
+
+def test_deadlines_missed_while_the_file_was_broken_are_found_once_it_is_fixed(
+    env: Env,
+) -> None:
+    write(env, "broken")
+    pause(env, "broken")
+    clock = Clock(2024, 1, 5, 12)
+    sched = daemon(env, clock)
+    sched.start()
+    try:
+        sched.tick()
+        path = env.settings.pipelines_path / "broken.py"
+        source = path.read_text()
+        path.write_text(source + "\nthis is not python\n")
+        sched.refresh_pipelines(clock(), force=True)
+        clock.at(2024, 1, 7, 7)
+        sched.tick()
+        assert late(env, "broken") == []  # its deadlines are unknown while it does not load
+        path.write_text(source)
+        sched.refresh_pipelines(clock(), force=True)
+        clock.at(2024, 1, 7, 8)
+        sched.tick()
+        assert [d for d, *_ in late(env, "broken")] == ["2024-01-05", "2024-01-06"]
+    finally:
+        sched.stop()
+
+
 def test_deadlines_are_checked_every_few_seconds_not_every_tick(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -74,8 +74,13 @@ class Lateness:
         seen = (frozenset(mine), frozenset(watched))
         if seen != self._seen:
             # A deadline given again later, or a pipeline file put back, starts from then.
-            without = mine.keys() - watched.keys()
-            self._write(lambda c: deadlines.stop(c, without, inactive=True))
+            with self.db.read() as conn:
+                started = deadlines.started(conn)
+            done = [
+                n for n, active in started.items() if n not in watched and (n in mine or not active)
+            ]
+            if done:
+                self._write(lambda c: deadlines.stop(c, done))
             self._seen = seen
         if not watched:
             return 0

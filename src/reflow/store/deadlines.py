@@ -80,21 +80,24 @@ def start(conn: Connection, names: Iterable[str], now: datetime) -> None:
         )
 
 
-def stop(conn: Connection, names: Iterable[str], *, inactive: bool = False) -> None:
-    """Forget how far the deadlines of ``names`` (which have none now) were checked, and
-    with ``inactive`` those of the pipelines whose file is gone: a deadline given again
-    later starts from that moment, never from the old cursor."""
+def started(conn: Connection) -> dict[str, bool]:
+    """The pipelines whose deadlines are being checked (their cursor is set), each with
+    whether it is active (its file is there)."""
+    rows = conn.execute(
+        select(pipelines.c.name, pipelines.c.active).where(_checked_until.is_not(None))
+    ).all()
+    return {r[0]: bool(r[1]) for r in rows}
+
+
+def stop(conn: Connection, names: Iterable[str]) -> None:
+    """Forget how far the deadlines of ``names`` were checked (they have none now, or
+    their file is gone): a deadline given again later starts from that moment, never from
+    the old cursor."""
     wanted = sorted(set(names))
     for i in range(0, len(wanted), _CHUNK):
         conn.execute(
             update(pipelines)
             .where(pipelines.c.name.in_(wanted[i : i + _CHUNK]), _checked_until.is_not(None))
-            .values(deadlines_checked_until=None)
-        )
-    if inactive:
-        conn.execute(
-            update(pipelines)
-            .where(~pipelines.c.active, _checked_until.is_not(None))
             .values(deadlines_checked_until=None)
         )
 

@@ -280,3 +280,38 @@ def test_a_scheduler_found_dead_is_reported(env: Env, hook: Receiver) -> None:
     assert body["event"] == "scheduler_lost"
     assert body["title"] == f"Scheduler {silent} on elsewhere was lost"
     assert "went silent" in body["text"]
+
+
+def test_a_missed_deadline_is_notified_once(env: Env, hook: Receiver) -> None:
+    from .test_deadlines import Clock, daemon, pause, write
+
+    hook.fail_first = 0
+    env = _notifying(env, channels={"hook": WebhookChannel(kind="webhook", url=_url(hook))})
+    write(env, "asleep")
+    source = env.settings.pipelines_path / "asleep.py"
+    source.write_text(
+        source.read_text()
+        .replace("from reflow import Pipeline, Shell", "from reflow import *")
+        .replace("deadline='06:00'", "deadline='06:00', notify=[on_deadline_missed('hook')]")
+    )
+    pause(env, "asleep")
+    clock = Clock(2024, 1, 5, 12)
+    sched = daemon(env, clock)
+    sched.start()
+    try:
+        sched.tick()
+        clock.at(2024, 1, 6, 6, 0, 1)
+        for _ in range(5):
+            sched.tick()
+        wait_until(lambda: len(hook.received) == 1, timeout=30)
+        clock.at(2024, 1, 6, 7)
+        sched.tick()
+        assert sched.notifier is not None and not sched.notifier.run_once()
+    finally:
+        sched.stop()
+    (body,) = [r.json() for r in hook.received]
+    assert body["event"] == "deadline_missed"
+    assert body["title"] == "asleep 2024-01-05 missed its deadline"
+    assert body["text"] == (
+        "asleep for 2024-01-05 had not succeeded by its deadline 2024-01-06 06:00 UTC (no run yet)."
+    )

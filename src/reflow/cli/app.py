@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # each command imports the services it uses: `reflow -h` stay
     from reflow.services import backfill as backfill_service
     from reflow.services import runs as run_service
     from reflow.services.project import Project
-    from reflow.services.records import Run, TaskTry
+    from reflow.services.records import DeadlineMiss, Run, TaskTry
 
 # Piped output gets wide lines rather than truncated table cells.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -156,6 +156,13 @@ def fmt_run_took(run: Run) -> str:
     from reflow.services import history as history_service
 
     return fmt_took(history_service.run_span(run).seconds(datetime.now(UTC)))
+
+
+def fmt_late(misses: list[DeadlineMiss]) -> str:
+    """The deadlines a date missed: "late (run)", "late (load)", "late (run, load)"."""
+    if not misses:
+        return ""
+    return f"[red]late[/] ({', '.join(m.task or 'run' for m in misses)})"
 
 
 # -- init -----------------------------------------------------------------------------------
@@ -516,17 +523,20 @@ def runs_list(
     limit: Annotated[int, typer.Option(min=1, help="How many runs.")] = 50,
     home: HomeOption = None,
 ) -> None:
-    """Runs, newest logical date first."""
+    """Runs, newest logical date first; `late` when their date missed a deadline."""
+    from reflow.services import lateness as lateness_service
     from reflow.services import runs as run_service
 
     project = _project(home)
     rows = run_service.list_runs(project, pipeline, state, limit)
+    late = lateness_service.misses_of_runs(project, rows)
     table = Table(
         "id",
         "pipeline",
         "logical date",
         "origin",
         "state",
+        "late",
         "attempt",
         "started",
         "duration",
@@ -540,12 +550,41 @@ def runs_list(
             fmt_date(r.logical_date),
             r.origin,
             styled(r.state),
+            fmt_late(late.get(r.id, [])),
             str(r.attempt),
             fmt_time(r.started_at),
             fmt_run_took(r),
             r.run_id,
         )
     console.print(table if rows else "No runs.")
+
+
+@runs_app.command("late")
+def runs_late(
+    pipeline: Annotated[str, typer.Argument(help="Pipeline name.")],
+    start: Annotated[str | None, typer.Option(help="First logical date.")] = None,
+    end: Annotated[str | None, typer.Option(help="Last logical date.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="How many at most.")] = 100,
+    home: HomeOption = None,
+) -> None:
+    """Dates whose deadline passed before they succeeded, with or without a run."""
+    from reflow.services import lateness as lateness_service
+
+    rows = lateness_service.late_dates(_project(home), pipeline, start, end, limit=limit)
+    if not rows:
+        console.print(f"No missed deadline for {pipeline}.")
+        return
+    table = Table("logical date", "deadline of", "due", "recorded", "run", "state", box=None)
+    for m in rows:
+        table.add_row(
+            fmt_date(m.logical_date),
+            m.task or "run",
+            fmt_time(m.due_at),
+            fmt_time(m.recorded_at),
+            "no run" if m.run is None else str(m.run),
+            styled(m.run_state),
+        )
+    console.print(table)
 
 
 @runs_app.command("show")
@@ -555,6 +594,7 @@ def runs_show(
     home: HomeOption = None,
 ) -> None:
     """A run: its conf, attempts, task instances and tries."""
+    from reflow.services import lateness as lateness_service
     from reflow.services import runs as run_service
 
     project = _project(home)
@@ -572,6 +612,9 @@ def runs_show(
     )
     secrets = run_service.secrets_of(project, pipeline)
     console.print(f"  conf {json.dumps(secrets.conf(r.conf), sort_keys=True)}")
+    for m in lateness_service.misses_of_runs(project, [r])[r.id]:
+        what = f"task {m.task}" if m.task else "the run"
+        console.print(f"  [red]late[/]: {what} had not succeeded by {fmt_time(m.due_at)}")
     if len(detail.attempts) > 1:
         for a in detail.attempts:
             console.print(

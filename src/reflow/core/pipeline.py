@@ -24,6 +24,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, ClassVar
 
 from reflow.core.errors import ConfError, PipelineError, ReflowError, ScheduleError
+from reflow.core.lateness import Deadline
 from reflow.core.naming import NAME_PATTERN
 from reflow.core.notify import Rule, rules_of
 from reflow.core.params import Param, ParamSet
@@ -68,11 +69,13 @@ class TaskDefaults:
     pool: str | None = None
     pool_slots: int = 1
     priority_weight: int = 1
+    deadline: Deadline | None = None
 
     def __post_init__(self) -> None:
         # Durations may be given as seconds, timedeltas or strings like "45m".
         for name in ("retry_delay", "max_retry_delay", "timeout", "kill_grace"):
             object.__setattr__(self, name, to_seconds(getattr(self, name), f"default {name}"))
+        object.__setattr__(self, "deadline", _deadline_of(self.deadline, "task defaults:"))
         _check_slots("default", self.pool, self.pool_slots, self.priority_weight)
         _check_kind(self.pod, Pod, "default pod", "Pod(...)")
         _check_kind(self.scratch, Scratch, "default scratch", "scratch(size, ...)")
@@ -108,6 +111,13 @@ def _check_slots(what: str, pool: Any, slots: Any, weight: Any) -> None:
         ):
             need = "a positive integer" if least else "an integer"
             raise PipelineError(f"{what} {name} must be {need}, got {value!r}")
+
+
+def _deadline_of(value: Any, what: str) -> Deadline | None:
+    try:
+        return Deadline.of(value)
+    except PipelineError as exc:
+        raise PipelineError(f"{what} {exc}") from None
 
 
 def _check_kind(value: Any, kind: type, what: str, example: str) -> None:
@@ -151,6 +161,7 @@ class Task:
         pool: str | None = None,
         pool_slots: int | None = None,
         priority_weight: int | None = None,
+        deadline: str | timedelta | None = None,
         pipeline: Pipeline | None = None,
     ) -> None:
         if not isinstance(task_id, str) or not _ID.match(task_id):
@@ -177,9 +188,12 @@ class Task:
         self.pool = pool
         self.pool_slots = pool_slots
         self.priority_weight = priority_weight
+        owner = pipeline or Pipeline.current()
+        # When this task's output for a date must be there (see core.lateness).
+        where = f"pipeline {owner.name!r}: " if owner is not None else ""
+        self.deadline = _deadline_of(deadline, f"{where}task {task_id!r}:")
         self.upstream_ids: set[str] = set()
         self.pipeline: Pipeline | None = None
-        owner = pipeline or Pipeline.current()
         if owner is not None:
             owner.add(self)
 
@@ -263,6 +277,8 @@ class Task:
         for name, default in (("pool", None), ("pool_slots", 1), ("priority_weight", 1)):
             if (value := self.option(name)) != default:
                 out[name] = value
+        if (deadline := self.option("deadline")) is not None:
+            out["deadline"] = str(deadline)
         return out
 
     def extra_fields(self) -> tuple[str, ...]:
@@ -324,6 +340,7 @@ class Pipeline:
         max_active_runs: int = 16,
         max_active_tasks: int = 16,
         run_timeout: timedelta | float | str | None = None,
+        deadline: str | timedelta | None = None,
         params: Mapping[str, Param | Any] | None = None,
         defaults: TaskDefaults | Mapping[str, Any] | None = None,
         description: str = "",
@@ -353,6 +370,12 @@ class Pipeline:
             self.max_active_runs = max_active_runs
             self.max_active_tasks = max_active_tasks
             self.run_timeout = to_seconds(run_timeout, "run_timeout")
+            # When a date's run must have succeeded (see core.lateness).
+            self.deadline = Deadline.of(deadline)
+            if self.deadline is not None and self.schedule.is_manual:
+                raise PipelineError(
+                    f"deadline {deadline!r} needs a schedule (a deadline is per logical date)"
+                )
             self.params = ParamSet(params)
             self.params.check_defaults()
             self.defaults = TaskDefaults.of(defaults)
@@ -430,10 +453,23 @@ class Pipeline:
         cycle = self._find_cycle()
         if cycle:
             raise PipelineError(f"pipeline {self.name!r}: cycle {' -> '.join(cycle)}")
+        self._check_deadlines()
         # A validated pipeline is read-only: its order and version are computed once, as
         # the scheduler asks for them on every tick.
         self._frozen = (self._topological(), self._version())
         return self
+
+    def _check_deadlines(self) -> None:
+        """A deadline is per logical date: a pipeline without a schedule has none."""
+        if not self.schedule.is_manual:
+            return
+        for task in self.tasks.values():
+            if (deadline := task.option("deadline")) is not None:
+                raise PipelineError(
+                    f"pipeline {self.name!r}: task {task.task_id!r} has deadline "
+                    f"{str(deadline)!r} but the pipeline has no schedule (a deadline is per "
+                    "logical date)"
+                )
 
     def _find_cycle(self) -> list[str] | None:
         white, grey, black = 0, 1, 2
@@ -494,6 +530,8 @@ class Pipeline:
             "run_timeout": self.run_timeout,
             "params": self.params.describe(),
             "tasks": {t: self.tasks[t].describe() for t in sorted(self.tasks)},
+            # Only when set: pipelines without one keep their version.
+            **({"deadline": str(self.deadline)} if self.deadline is not None else {}),
         }
 
     @property

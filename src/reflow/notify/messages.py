@@ -73,7 +73,7 @@ DEFAULTS: dict[Event, tuple[str, str]] = {
     Event.DEADLINE_MISSED: (
         "{{ pipeline }}{% if task %}.{{ task }}{% endif %} {{ date }} missed its deadline",
         "{{ pipeline }}{% if task %}.{{ task }}{% endif %} for {{ date }} had not succeeded "
-        "by its deadline {{ due_at }}{% if run_state %} (run {{ run_id }}: {{ run_state }})"
+        "by its deadline {{ due or due_at }}{% if run_state %} (run {{ run_id }}: {{ run_state }})"
         "{% else %} (no run yet){% endif %}.",
     ),
     Event.SCHEDULER_STARTED: (

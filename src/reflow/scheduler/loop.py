@@ -39,6 +39,7 @@ from reflow.scheduler import outcomes as try_outcomes
 from reflow.scheduler.admission import admissible
 from reflow.scheduler.catalog import sync_catalog
 from reflow.scheduler.due import create_due
+from reflow.scheduler.lateness import Lateness
 from reflow.scheduler.metrics import SchedulerMetrics
 from reflow.scheduler.peers import covers, exited
 from reflow.scheduler.readiness import Decision, Shape, decide
@@ -81,7 +82,7 @@ class Scheduler:
     ``only`` restricts the pipelines it works on and ``runs`` the runs it admits and
     schedules (``trigger --wait`` runs one in-process for its own runs; it still adopts
     and records the orphaned tries of its pipelines). ``create_scheduled_runs=False``
-    stops it from creating runs for due intervals.
+    stops it from creating runs for due intervals and from checking deadlines per date.
     ``relaunch`` makes a fresh launcher for a scheduler that lost its lease and registers
     again; without it, a lost lease ends :meth:`run` with LeaseLost.
 
@@ -164,6 +165,8 @@ class Scheduler:
         self._weights: dict[tuple[str, str], int] = {}
         self._pooled: dict[tuple[str, str], tuple[str, int]] = {}
         self._said_poolless: set[str] = set()
+        # Deadlines per date (with the scheduled runs: a daemon's work).
+        self._lateness = Lateness(db, self._write)
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -372,6 +375,7 @@ class Scheduler:
             self._paused = pauses.paused_pipelines(conn)
         if self.create_scheduled_runs:
             busy |= self.create_due_runs(now)
+            self._lateness.check(self.pipelines, self._stale, now)
         busy |= self.enforce_deadlines(now)
         # Runs whose last task just ended are finished first, so that admission can give
         # their slots to queued runs in this same tick, and those start at once.

@@ -3,7 +3,9 @@ the store's own (``reflow.store.records``), named here."""
 
 from reflow.store.records import (
     Backfill,
+    DeadlineMiss,
     HistoryEvent,
+    LateDate,
     Notification,
     NotificationAttempt,
     PipelineRecord,
@@ -18,7 +20,9 @@ from reflow.store.records import (
 
 __all__ = [
     "Backfill",
+    "DeadlineMiss",
     "HistoryEvent",
+    "LateDate",
     "Notification",
     "NotificationAttempt",
     "PipelineRecord",

@@ -26,7 +26,7 @@ from reflow.core.states import (
     RunState,
     TIState,
 )
-from reflow.store import pauses
+from reflow.store import deadlines, pauses
 from reflow.store.models import (
     backfills,
     events,
@@ -625,6 +625,7 @@ def purge_pipeline(conn: Connection, name: str) -> dict[str, Any]:
     ).rowcount
     conn.execute(delete(pipeline_versions).where(pipeline_versions.c.pipeline == name))
     pauses.forget(conn, name)
+    deadlines.forget(conn, name)
     conn.execute(delete(pipelines).where(pipelines.c.name == name))
     return counts
 

@@ -78,6 +78,9 @@ pipelines = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     # No new scheduled run and no new task instance while set (migration 0010).
     Column("paused", Boolean, nullable=False, default=False, server_default=false()),
+    # Deadlines due up to here are checked (migration 0013); None: not yet, or the
+    # pipeline has no deadline (the first check starts it at that moment).
+    Column("deadlines_checked_until", UTCDateTime, nullable=True),
 )
 
 # Slots of each pool, shared by every pipeline: from reflow.toml (origin "config") or set at
@@ -103,6 +106,20 @@ pipeline_history = Table(
     Column("actor", String(NAME), nullable=False),
     Column("detail", Text, nullable=True),
     Index("ix_pipeline_history_pipeline_at", "pipeline", "at"),
+)
+
+# Dates whose deadline was missed, once each: for the whole run (task '') or a task
+# (migration 0013). A date with no run at all can be here.
+deadline_misses = Table(
+    "deadline_misses",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("pipeline", String(NAME), nullable=False),
+    Column("logical_date", UTCDateTime, nullable=False),
+    Column("task", String(NAME), nullable=False, default="", server_default=""),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    UniqueConstraint("pipeline", "logical_date", "task"),
 )
 
 pipeline_versions = Table(

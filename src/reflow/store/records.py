@@ -85,6 +85,7 @@ class PipelineRecord(Record):
     created_at: datetime
     updated_at: datetime
     paused: bool
+    deadlines_checked_until: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +250,28 @@ class Token(Record):
     revoked_at: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class DeadlineMiss(Record):
+    """A logical date that had not succeeded by its deadline: the whole run's (``task``
+    is ``''``) or one task's."""
+
+    id: int
+    pipeline: str
+    logical_date: datetime
+    task: str
+    due_at: datetime
+    recorded_at: datetime
+
+
 # -- joins and partial reads ---------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class LateDate(DeadlineMiss):
+    """A miss with the date's run as it is now (its number and state; None: no run)."""
+
+    run: int | None
+    run_state: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class TaskTry(Try):
     """A try with the task it belongs to."""

@@ -191,6 +191,24 @@ def grid(
     return views.grid(project, name, start=start, end=end, offset=offset, limit=limit)
 
 
+@router.get(
+    "/pipelines/{name}/late",
+    tags=["pipelines"],
+    summary="Dates that missed a deadline, with or without a run",
+)
+def late_dates(
+    name: Name,
+    project: ProjectDep,
+    start: DateQuery = None,
+    end: DateQuery = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> s.LateDateListOut:
+    """Each date whose run (or a task with a deadline of its own) had not succeeded by its
+    deadline, as the scheduler recorded it, newest date first; ``run`` is null for a date
+    that had no run at all (a paused pipeline, a scheduler that was down)."""
+    return views.late_dates(project, name, start=start, end=end, limit=limit)
+
+
 @router.get("/pipelines/{name}/durations", tags=["pipelines"], summary="Task durations across runs")
 def durations(
     name: Name,

@@ -71,6 +71,11 @@ class PipelineOut(Model):
     max_active_runs: int
     max_active_tasks: int
     run_timeout: float | None
+    deadline: str | None = Field(
+        default=None,
+        description="When a date's run must have succeeded: 'HH:MM' in the pipeline's "
+        "timezone after the interval, or a time after its end ('6h'); null: none.",
+    )
     params: dict[str, dict[str, Any]] = Field(description="Each param: type, default, checks.")
     params_schema: dict[str, Any] = Field(
         description="JSON schema of a run's conf (empty for a pipeline whose file is gone)."
@@ -80,6 +85,12 @@ class PipelineOut(Model):
 
 
 # -- runs -----------------------------------------------------------------------------------
+class MissOut(Model):
+    task: str | None = Field(description="The task whose deadline passed; null: the run's.")
+    due_at: datetime
+    recorded_at: datetime
+
+
 class RunOut(Model):
     id: int
     pipeline: str
@@ -100,6 +111,13 @@ class RunOut(Model):
     duration: float | None = Field(
         description="Seconds from its start to its end, so far while it is queued or "
         "running; null when it never started (marked or cancelled before it started)."
+    )
+    late: bool = Field(
+        default=False,
+        description="Its logical date had not succeeded by a deadline (the run's or a task's).",
+    )
+    missed: list[MissOut] = Field(
+        default_factory=list, description="The deadlines its logical date missed."
     )
 
 
@@ -251,6 +269,25 @@ class GridRunOut(Model):
     origin: str
     state: str
     duration: float | None
+    late: bool = Field(default=False, description="Its date missed a deadline.")
+    late_tasks: list[str] = Field(
+        default_factory=list, description="The tasks whose deadline its date missed."
+    )
+
+
+class LateDateOut(Model):
+    logical_date: datetime
+    label: str = Field(description="The logical date in the pipeline's timezone.")
+    task: str | None = Field(description="The task whose deadline passed; null: the run's.")
+    due_at: datetime
+    recorded_at: datetime
+    run: int | None = Field(description="The date's run (null: the date has no run).")
+    run_state: str | None
+
+
+class LateDateListOut(Model):
+    pipeline: str
+    late: list[LateDateOut] = Field(description="Newest logical date first.")
 
 
 class GridOut(Model):

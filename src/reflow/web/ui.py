@@ -30,6 +30,8 @@ templates = Jinja2Templates(directory=str(HERE / "templates"))
 router = APIRouter(include_in_schema=False)
 ACTIVE = {str(x) for x in RUN_ACTIVE}
 WINDOWS = (14, 30, 60, 120, 365)
+# Missed deadlines listed on a pipeline's page (the API lists them all).
+_LATE_SHOWN = 10
 
 
 # -- formatting -----------------------------------------------------------------------------
@@ -218,6 +220,7 @@ def pipeline_page(
             "newer_url": page_url(grid.newer) if grid.newer is not None else None,
             "live": any(r.state in ACTIVE for r in grid.runs),
             "scheduler": views.scheduler_running(project),
+            "late": views.late_dates(project, name, limit=_LATE_SHOWN).late,
         },
     )
 
@@ -610,9 +613,12 @@ def grid_rows(grid: s.GridOut) -> list[tuple[str, Markup]]:
     for task, states in zip(grid.tasks, grid.states, strict=True):
         t = escape(task)
         cells = "".join(
-            f'<td class="cell s-{escape(st or "none")}" data-run="{r.id}" data-task="{t}" '
-            f'title="{t} · {escape(r.label)}: {escape(st or "no task instance")}"></td>'
+            f'<td class="cell s-{escape(st or "none")}{late}" data-run="{r.id}" data-task="{t}" '
+            f'title="{t} · {escape(r.label)}: {escape(st or "no task instance")}{missed}"></td>'
             for r, st in zip(grid.runs, states, strict=True)
+            for late, missed in [
+                (" late", " · deadline missed") if task in r.late_tasks else ("", "")
+            ]
         )
         rows.append((task, Markup(cells)))
     return rows

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
@@ -16,12 +16,13 @@ from reflow.core.naming import utcnow
 from reflow.core.states import RUN_ACTIVE, RunState
 from reflow.services import backfill as backfill_service
 from reflow.services import history as history_service
+from reflow.services import lateness as lateness_service
 from reflow.services import logs as log_service
 from reflow.services import pipelines as pipeline_service
 from reflow.services import pools as pool_service
 from reflow.services import runs as run_service
 from reflow.services.project import Project
-from reflow.services.records import Run, TaskInstance, TaskTry
+from reflow.services.records import DeadlineMiss, Run, TaskInstance, TaskTry
 from reflow.web import schemas as s
 
 Action = Literal["create", "reset", "skip"]
@@ -100,7 +101,21 @@ def label(when: datetime, tz: ZoneInfo) -> str:
     return local.strftime("%Y-%m-%d %H:%M")
 
 
-def run_out(row: Run, secrets: Secrets, now: datetime | None = None) -> s.RunOut:
+def misses_of(project: Project, rows: Sequence[Run]) -> dict[int, list[DeadlineMiss]]:
+    """The deadlines each run's logical date missed (by run id)."""
+    return lateness_service.misses_of_runs(project, rows)
+
+
+def _miss_out(row: DeadlineMiss) -> s.MissOut:
+    return s.MissOut(task=row.task or None, due_at=row.due_at, recorded_at=row.recorded_at)
+
+
+def run_out(
+    row: Run,
+    secrets: Secrets,
+    now: datetime | None = None,
+    misses: Sequence[DeadlineMiss] = (),
+) -> s.RunOut:
     return s.RunOut(
         id=row.id,
         pipeline=row.pipeline,
@@ -119,6 +134,8 @@ def run_out(row: Run, secrets: Secrets, now: datetime | None = None) -> s.RunOut
         started_at=row.started_at,
         ended_at=row.ended_at,
         duration=took(history_service.run_span(row), now or utcnow()),
+        late=bool(misses),
+        missed=[_miss_out(m) for m in misses],
     )
 
 
@@ -224,6 +241,7 @@ def _pipeline_out(
         max_active_runs=int(data.get("max_active_runs") or 0),
         max_active_tasks=int(data.get("max_active_tasks") or 0),
         run_timeout=data.get("run_timeout"),
+        deadline=data.get("deadline"),
         params=masked["params"],
         params_schema=schema,
         order=list(data["order"]),
@@ -307,8 +325,9 @@ def list_runs(
         project, pipeline, state, limit, start=start or None, end=end or None, labels=_LABELS
     )
     now = utcnow()
+    late = misses_of(project, rows)
     return s.RunListOut(
-        runs=[run_out(r, STRUCTURES.secrets(project, r.pipeline), now) for r in rows]
+        runs=[run_out(r, STRUCTURES.secrets(project, r.pipeline), now, late[r.id]) for r in rows]
     )
 
 
@@ -331,7 +350,7 @@ def run_detail(project: Project, name: str, key: str) -> s.RunDetailOut:
     confs = {a.attempt: secrets.conf(a.conf) for a in detail.attempts}
     spans = history_service.task_spans(project, detail.task_instances)
     return s.RunDetailOut(
-        run=run_out(detail.run, secrets, now),
+        run=run_out(detail.run, secrets, now, misses_of(project, [detail.run])[detail.run.id]),
         attempts=[
             s.AttemptOut(
                 attempt=a.attempt,
@@ -398,11 +417,14 @@ def trigger(project: Project, name: str, body: s.TriggerIn) -> s.TriggerOut:
         parse_day(d)
     rows = run_service.trigger(project, name, body.dates, body.conf)
     secrets = STRUCTURES.secrets(project, name)
-    return s.TriggerOut(runs=[run_out(r, secrets) for r in rows])
+    late = misses_of(project, rows)
+    return s.TriggerOut(runs=[run_out(r, secrets, None, late[r.id]) for r in rows])
 
 
 # -- grid -----------------------------------------------------------------------------------
-def _grid_run(row: Run, tz: ZoneInfo, now: datetime) -> s.GridRunOut:
+def _grid_run(
+    row: Run, tz: ZoneInfo, now: datetime, misses: Sequence[DeadlineMiss] = ()
+) -> s.GridRunOut:
     return s.GridRunOut(
         id=row.id,
         run_id=row.run_id,
@@ -411,6 +433,8 @@ def _grid_run(row: Run, tz: ZoneInfo, now: datetime) -> s.GridRunOut:
         origin=row.origin,
         state=row.state,
         duration=took(history_service.run_span(row), now),
+        late=bool(misses),
+        late_tasks=sorted({m.task for m in misses if m.task}),
     )
 
 
@@ -427,10 +451,11 @@ def grid(
     g = history_service.grid(project, name, first, last, offset=offset, limit=limit)
     tz = STRUCTURES.timezone(project, name)
     now = utcnow()
+    late = misses_of(project, g.runs)
     return s.GridOut(
         pipeline=name,
         tasks=g.tasks,
-        runs=[_grid_run(r, tz, now) for r in g.runs],
+        runs=[_grid_run(r, tz, now, late[r.id]) for r in g.runs],
         states=g.states,
         offset=offset,
         limit=limit,
@@ -461,6 +486,36 @@ def durations(
         tasks=d.tasks,
         runs=[_grid_run(r, tz, now) for r in d.runs],
         durations=[[None if v is None else round(v, 3) for v in row] for row in d.seconds],
+    )
+
+
+def late_dates(
+    project: Project,
+    name: str,
+    *,
+    start: str | None = None,
+    end: str | None = None,
+    limit: int = 100,
+) -> s.LateDateListOut:
+    """The dates of ``name`` that missed a deadline, with or without a run."""
+    run_service.known(project, name)
+    _check_days(start, end)
+    rows = lateness_service.late_dates(project, name, start, end, limit=limit, labels=_LABELS)
+    tz = STRUCTURES.timezone(project, name)
+    return s.LateDateListOut(
+        pipeline=name,
+        late=[
+            s.LateDateOut(
+                logical_date=m.logical_date,
+                label=label(m.logical_date, tz),
+                task=m.task or None,
+                due_at=m.due_at,
+                recorded_at=m.recorded_at,
+                run=m.run,
+                run_state=m.run_state,
+            )
+            for m in rows
+        ],
     )
 
 
@@ -577,10 +632,11 @@ def backfill(project: Project, backfill_id: int) -> s.BackfillDetailOut:
     secrets = STRUCTURES.secrets(project, status.row.pipeline)
     active = any(r.state in RUN_ACTIVE for r in runs)
     now = utcnow()
+    late = misses_of(project, runs)
     return s.BackfillDetailOut(
         backfill=_backfill_out(status, secrets),
         eta_seconds=backfill_service.eta(project, backfill_id) if active else None,
-        runs=[run_out(r, secrets, now) for r in runs],
+        runs=[run_out(r, secrets, now, late[r.id]) for r in runs],
     )
 
 
@@ -627,7 +683,7 @@ def clear(project: Project, name: str, body: s.ClearIn) -> s.ClearOut:
 def mark(project: Project, name: str, body: s.MarkIn) -> s.RunOut:
     check_run_key(body.run)
     row = history_service.mark(project, name, body.run, body.state)
-    return run_out(row, STRUCTURES.secrets(project, name))
+    return run_out(row, STRUCTURES.secrets(project, name), None, misses_of(project, [row])[row.id])
 
 
 def delete(project: Project, name: str, body: s.DeleteIn) -> s.DeleteOut:

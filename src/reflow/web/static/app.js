@@ -183,7 +183,10 @@
         const same = data.runs.length === shown.length && data.runs.every((r, i) => r.id === shown[i]);
         if (!same) return;
         const runCells = grid.querySelectorAll("tr.runrow td.cell");
-        data.runs.forEach((r, i) => setState(runCells[i], r.state));
+        data.runs.forEach((r, i) => {
+          setState(runCells[i], r.state);
+          runCells[i].classList.toggle("late", r.late);
+        });
         const rows = grid.querySelectorAll("tbody tr");
         data.tasks.forEach((task, t) => {
           const cells = rows[t] ? rows[t].querySelectorAll("td.cell") : [];

@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection
@@ -31,7 +30,7 @@ from reflow.core.pipeline import Pipeline
 from reflow.core.spec import Outcome, TryRef
 from reflow.core.states import FailureReason
 from reflow.launchers.base import Launcher
-from reflow.scheduler import deadlines, launching, settling, slots, trylog
+from reflow.scheduler import deadlines, launching, settling, shipping, slots, trylog
 from reflow.scheduler import outcomes as try_outcomes
 from reflow.scheduler.admission import admissible
 from reflow.scheduler.catalog import sync_catalog
@@ -121,6 +120,8 @@ class Scheduler:
         self._signalled: set[int] = set()
         self._relaunch = relaunch
         self.metrics = SchedulerMetrics()
+        # Ships try logs to logs_url on a thread of its own (nothing to do without one).
+        self.logs = shipping.shipper_for(settings, db)
         # Outcomes polled but not yet committed, and started tries not yet recorded as
         # started: kept across a failed transaction (a database outage), written next tick.
         self._unrecorded: list[Outcome] = []
@@ -159,6 +160,7 @@ class Scheduler:
     def start(self) -> None:
         """Register, load pipelines and adopt the tries of dead schedulers."""
         self.db.migrate()
+        self.logs.start()
         self._rescan = _ALL  # the one full look: after this, only what changed
         now = self.clock()
         self.refresh_pipelines(now, force=True)
@@ -200,6 +202,7 @@ class Scheduler:
             self.db.outage_timeout = patience
             self._reader.stop()
             self.launcher.close()
+            self.logs.stop()
 
     def run(
         self,
@@ -485,6 +488,7 @@ class Scheduler:
         for outcome in pending:
             self._signalled.discard(outcome.try_id)
         crash_point("outcome.recorded")
+        self.logs.finish(settled)
         self.launcher.release(settled)
         return True
 
@@ -745,6 +749,7 @@ class Scheduler:
             host=self.host,
             clock=self.clock,
             now=now,
+            logs=self.logs,
         )
         self.metrics.launched(taken, failed)
         if started:
@@ -804,11 +809,13 @@ class Scheduler:
         orphans = self._write(work)
         self.launcher.sweep(self._live_try_ids)
         for row in orphans:
+            self.logs.watch(row.id, row.log_path, adopted=True)
+            spool = self.settings.log_file(row.log_path)
             ref = TryRef(
-                row.id, row.log_path, row.pid, row.host, row.external_id, row.launcher or "local"
+                row.id, str(spool), row.pid, row.host, row.external_id, row.launcher or "local"
             )
             alive_now = self.launcher.adopt(ref)
             log.info("adopted try %s (%s)", row.id, "alive" if alive_now else "gone")
             taken = trylog.taken_over(self._id, self.host, alive_now)
-            trylog.note(Path(row.log_path), [taken], now)
+            trylog.note(spool, [taken], now)
         return bool(orphans)

@@ -32,8 +32,9 @@ from reflow.store.logs import RemoteLogs, one_line, remote_logs
 
 log = logging.getLogger("reflow.scheduler")
 
-# The longest wait between two tries of a failing upload.
-_MAX_BACKOFF = 60.0
+# The longest wait between two tries of a failing upload, in ship intervals (a minute by
+# default).
+_MAX_BACKOFF = 12
 # A running try's log bigger than this is copied less often: every interval x size / this.
 _BIG = 8 * 1024 * 1024
 # How long a stopping scheduler tries to ship what it has (the final copies above all).
@@ -241,8 +242,8 @@ class LogShipper:
     def _failed(self, entry: _Log, exc: Exception) -> None:
         with self._lock:
             entry.failures += 1
-            wait = self.settings.logs_ship_interval * 2.0 ** min(entry.failures, 10)
-            entry.due = time.monotonic() + min(_MAX_BACKOFF, wait)
+            wait = min(_MAX_BACKOFF, 2.0 ** min(entry.failures, 10))
+            entry.due = time.monotonic() + self.settings.logs_ship_interval * wait
         message = one_line(exc)
         if message != self._trouble:
             log.warning(

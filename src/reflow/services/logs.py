@@ -14,7 +14,7 @@ from reflow.core.naming import utcnow
 from reflow.services import runs as run_service
 from reflow.services.project import Project
 from reflow.store import repo
-from reflow.store.logs import LogSource, open_log
+from reflow.store.logs import LogSource, open_log, remote_logs
 from reflow.store.records import Run, TaskTry
 
 # The most a read returns at once.
@@ -139,3 +139,11 @@ class TryLog:
 def try_log(project: Project, run: Run, task_id: str, try_number: int | None = None) -> TryLog:
     """The log of a task's try (the latest unless ``try_number``) in ``run``."""
     return TryLog(project, run, find_try(project, run, task_id, try_number))
+
+
+def check_logs(project: Project) -> None:
+    """Can this process read the logs under ``logs_url``? ConfigError in one line when
+    not (an unknown protocol, a missing package, a bucket that does not answer)."""
+    remote = remote_logs(project.settings)
+    if remote is not None:
+        remote.check(write=False)

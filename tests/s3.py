@@ -76,7 +76,8 @@ class S3Server:
             return None
         return data
 
-    def keys(self) -> list[str]:
+    def objects(self) -> list[str]:
+        """The keys of the bucket."""
         fs = self.filesystem()
         return sorted(str(p).removeprefix(self.bucket + "/") for p in fs.find(self.bucket))
 

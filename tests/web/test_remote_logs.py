@@ -130,7 +130,7 @@ def test_a_web_process_on_another_host_serves_a_running_try_log_from_s3_then_the
         (attempt,) = [t for t in web_host.tries(run_pk) if t.task_id == "t"]
         key = f"reflow/slow/{run_id}/t/try-1.log"
         assert attempt.log_path == f"s3://{s3.bucket}/{key}"
-        keys = s3.keys()
+        keys = s3.objects()
         assert key + ".part" in keys and key not in keys
         # The web host has no copy of its own: it read S3.
         assert not list(web_host.home.rglob("try-*.log"))
@@ -165,14 +165,14 @@ def test_a_web_process_on_another_host_serves_a_running_try_log_from_s3_then_the
 
     # In S3: the final copy only; the scheduler's spool file is gone.
     quick_key = f"reflow/slow/{run_id}/quick/try-1.log"
-    assert s3.keys() == sorted([f"reflow/slow/{run_id}/t/try-1.log", quick_key])
+    assert s3.objects() == sorted([f"reflow/slow/{run_id}/t/try-1.log", quick_key])
     assert SECRET.encode() in (s3.read(f"reflow/slow/{run_id}/t/try-1.log") or b"")
     assert not list(scheduler_host.settings.spool_path.rglob("*.log"))
 
     # Deleting the run deletes its logs in S3 too.
     deleted = history.delete(web_host.project, "slow", run=str(run_pk))
     assert (deleted.runs, deleted.logs) == (1, 2)
-    assert s3.keys() == []
+    assert s3.objects() == []
 
 
 def test_an_s3_outage_never_stops_the_scheduler_and_the_log_arrives_once_s3_is_back(

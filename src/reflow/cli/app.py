@@ -701,6 +701,7 @@ def scheduler(
     """Run the scheduler until SIGTERM or Ctrl-C (its running tries go on, adopted later)."""
     from reflow.scheduler import Scheduler
     from reflow.scheduler.probes import ProbeServer
+    from reflow.services.logs import check_logs
 
     if metrics_host is not None and metrics_port is None:
         raise InvalidInput("--metrics-host needs --metrics-port")
@@ -722,6 +723,7 @@ def scheduler(
     if metrics_port is not None:
         probes = ProbeServer(metrics_host or "127.0.0.1", metrics_port)
     try:
+        check_logs(project, write=True)  # before anything starts: one line if it fails
         sched = Scheduler(
             project.db, project.settings, project.launcher(), relaunch=project.launcher
         )

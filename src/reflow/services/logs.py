@@ -141,9 +141,10 @@ def try_log(project: Project, run: Run, task_id: str, try_number: int | None = N
     return TryLog(project, run, find_try(project, run, task_id, try_number))
 
 
-def check_logs(project: Project) -> None:
-    """Can this process read the logs under ``logs_url``? ConfigError in one line when
-    not (an unknown protocol, a missing package, a bucket that does not answer)."""
+def check_logs(project: Project, *, write: bool = False) -> None:
+    """Can this process read (and with ``write``, ship) the logs under ``logs_url``?
+    ConfigError in one line when not: an unknown protocol, a missing package, a bucket
+    that does not answer or does not exist, refused credentials."""
     remote = remote_logs(project.settings)
     if remote is not None:
-        remote.check(write=False)
+        remote.check(write=write)

@@ -72,6 +72,7 @@ class RemoteLogs:
         self.options = dict(options or {})
         self._filesystems: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._checked = 0  # 1: read, 2: written by this process
         self.filesystem(url)  # an unknown or missing protocol fails here, in one line
 
     def filesystem(self, location: str) -> Any:
@@ -118,6 +119,8 @@ class RemoteLogs:
     def check(self, *, write: bool) -> None:
         """Can logs be read (and with ``write``, shipped) under ``logs_url``? ConfigError
         in one line when not: a bucket that does not answer, refused credentials."""
+        if self._checked >= (2 if write else 1):
+            return  # checked already by this process
         fs, root = self._path(self.url)
         probe = f"{root}/.reflow-write-check"
         try:
@@ -131,6 +134,7 @@ class RemoteLogs:
         except Exception as exc:
             doing = "write to" if write else "read"
             raise ConfigError(f"logs_url {self.url}: cannot {doing} it: {one_line(exc)}") from None
+        self._checked = 2 if write else 1
 
     # -- reading --------------------------------------------------------------------------
     def look(self, location: str) -> tuple[str, Copy] | None:

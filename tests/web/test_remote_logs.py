@@ -6,6 +6,7 @@ them from S3 while they run and once they ended, secrets masked as always."""
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,12 +14,15 @@ from pathlib import Path
 import pytest
 
 from reflow.core.config import Settings
+from reflow.core.naming import utcnow
 from reflow.core.states import RunState
-from reflow.scheduler import Scheduler
+from reflow.scheduler import Scheduler, trylog
+from reflow.scheduler.shipping import LogShipper
 from reflow.services import accounts, history
 from reflow.services import logs as log_service
 from reflow.services import runs as run_service
 from reflow.store.db import Database
+from reflow.store.logs import remote_logs
 from tests.integration.conftest import Env, wait_until
 from tests.s3 import S3Server, s3
 from tests.web.conftest import Api, TestClient, make_app
@@ -94,7 +98,7 @@ def scheduler_running(env: Env) -> Iterator[Scheduler]:
 
 @contextmanager
 def web_api(env: Env) -> Iterator[Api]:
-    token = accounts.create_token(env.project, "tests")
+    token = accounts.create_token(env.project, f"tests-{uuid.uuid4().hex[:8]}")
     with TestClient(make_app(env)) as client:
         yield Api(client, token, env)
 
@@ -225,3 +229,53 @@ def test_logs_left_by_a_scheduler_stopped_during_an_outage_are_shipped_by_the_ne
     assert "\nfirst \n" in text and "\nlast \n" in text
     assert text.rstrip().endswith("ended: success, exit code 0")
     assert not list(scheduler_host.settings.spool_path.rglob("*.log"))
+
+
+def test_a_scheduler_restarted_while_its_try_runs_adopts_it_and_ships_the_whole_log(
+    hosts: tuple[Env, Env], s3: S3Server, tmp_path: Path
+) -> None:
+    scheduler_host, web_host = hosts
+    gate = tmp_path / "gate"
+    with scheduler_running(scheduler_host), web_api(web_host) as api:
+        (run_pk,) = web_host.trigger("slow", ["2024-01-03"], {"api_key": SECRET, "gate": str(gate)})
+        run_id = web_host.run(run_pk).run_id
+        wait_until(lambda: "first ***" in served(api, log_path_of(run_id)), timeout=90)
+    # Stopped: the try goes on, and its log so far is in S3.
+    with scheduler_running(scheduler_host), web_api(web_host) as api:
+        gate.touch()
+        wait_until(lambda: api.get(log_path_of(run_id))["complete"], timeout=90, every=0.2)
+        text = api.get(log_path_of(run_id))["data"]
+    lines = text.splitlines()
+    assert lines.index("first ***") < lines.index("last ***")
+    assert any("taken over by scheduler" in line and "still runs" in line for line in lines)
+    assert text.rstrip().endswith("ended: success, exit code 0") and SECRET not in text
+
+
+def test_a_try_adopted_from_another_host_keeps_what_that_host_shipped(
+    hosts: tuple[Env, Env], s3: S3Server
+) -> None:
+    """The adopting scheduler has no spool file of the try: what the first host shipped
+    stays in front of what this host adds (nothing shipped is overwritten)."""
+    _, here = hosts
+    settings = here.settings
+    remote = remote_logs(settings)
+    assert remote is not None
+    location = settings.log_location("slow", "manual__x", "t", 1)
+    remote.put(location, b"first host: line 1\nfirst host: line 2\n", final=False)
+
+    shipper = LogShipper(remote, settings, here.db)
+    shipper.start()
+    try:
+        shipper.watch(7, location, adopted=True)
+        spool = settings.log_file(location)
+        trylog.note(spool, ["taken over by scheduler 2 on host here"], utcnow())
+        key = location.removeprefix(f"s3://{s3.bucket}/")
+        wanted = b"first host: line 1\nfirst host: line 2\n" + spool.read_bytes()
+        wait_until(lambda: s3.read(key + ".part") == wanted, timeout=60, every=0.1)
+        trylog.note(spool, ["ended: lost"], utcnow())
+        wanted = b"first host: line 1\nfirst host: line 2\n" + spool.read_bytes()
+        shipper.finish([7])
+        wait_until(lambda: s3.read(key) == wanted, timeout=60, every=0.1)
+        wait_until(lambda: s3.objects() == [key] and not spool.exists(), timeout=60)
+    finally:
+        shipper.stop()

@@ -77,7 +77,7 @@ def configure(fmt: LogFormat, *, verbose: bool = False, console: Any = None) -> 
     this process writes: warnings and uncaught exceptions too."""
     global _json_active
     level = logging.INFO if verbose else logging.WARNING
-    if fmt is LogFormat.json:
+    if fmt == LogFormat.json:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
         logging.basicConfig(level=level, handlers=[handler], force=True)
@@ -107,7 +107,7 @@ def say(message: str, console: Any, *, level: int = logging.INFO) -> None:
 
 def uvicorn_config(fmt: LogFormat) -> dict[str, Any] | None:
     """uvicorn's ``log_config`` in ``fmt``: None keeps uvicorn's own (text)."""
-    if fmt is not LogFormat.json:
+    if fmt != LogFormat.json:
         return None
     handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
     return {

@@ -351,7 +351,7 @@ def web(
 ) -> None:
     """Serve the REST API (/api/v1) and the web UI, on the project's metadata database.
     Runs beside `reflow scheduler`; stops cleanly on SIGTERM or Ctrl-C."""
-    if log_format is LogFormat.json:
+    if log_format == LogFormat.json:
         configure(log_format, console=err_console)
     project = _open(home)
     server = build_server(
@@ -379,7 +379,7 @@ def up(
 ) -> None:
     """Run the scheduler (a child process) and the web server together, for local use.
     Ctrl-C or SIGTERM stops both; if the scheduler exits, the web server stops too."""
-    if log_format is LogFormat.json:
+    if log_format == LogFormat.json:
         configure(log_format, console=err_console)
     project = _open(home)
     server = build_server(

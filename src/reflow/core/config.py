@@ -144,10 +144,10 @@ class Settings(BaseModel):
             value = value.removeprefix("file://")  # a local path: today's logs folder
         if _URL.match(value) is None:
             return value
-        root = value.rstrip("/")
-        if root.endswith("://"):
+        protocol, _, rest = value.partition("://")
+        if not rest.strip("/"):
             raise ValueError(f"{value!r} names no bucket or folder")
-        return root
+        return f"{protocol}://{rest.rstrip('/')}"
 
     def launcher_for(self, pipeline: str, task: str) -> LauncherName:
         """The launcher of one task: ``pipeline.task`` overrides ``pipeline`` overrides the

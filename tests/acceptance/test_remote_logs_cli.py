@@ -163,6 +163,7 @@ def one_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_bad_log_settings_are_one_line_and_start_nothing(tmp_path: Path, s3: S3Server) -> None:
     home = project(tmp_path / "proj")
     env = {**os.environ, "COLUMNS": "200", "AWS_ENDPOINT_URL": s3.endpoint}

@@ -212,15 +212,20 @@ class LogShipper:
             except FileNotFoundError:
                 size = -1
             if size < 0 and not entry.base:
-                if final:  # another shipper took it (leftovers), or nothing was written
+                # Shipped whole and removed by another shipper (of the scheduler that took
+                # the try over on this host, or the leftovers'), or never written.
+                if final or entry.shipped >= 0:
                     self._forget(entry)
                 return
             if size == entry.shipped and not final:
                 with self._lock:
                     entry.due = max(entry.due, now + self.settings.logs_ship_interval)
                 return
-            data = entry.base + (entry.spool.read_bytes() if size >= 0 else b"")
-            self.remote.put(entry.location, data, final=final)
+            if entry.base:
+                data = entry.base + (entry.spool.read_bytes() if size >= 0 else b"")
+                self.remote.put(entry.location, data, final=final)
+            else:
+                self.remote.put(entry.location, entry.spool, final=final)
         except Exception as exc:
             self._failed(entry, exc)
             return

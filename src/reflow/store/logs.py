@@ -175,16 +175,19 @@ class RemoteLogs:
         return data
 
     # -- shipping -------------------------------------------------------------------------
-    def put(self, location: str, data: bytes, *, final: bool) -> None:
-        """Store a copy of a log: the partial copy of a running try, or its final copy
-        (the partial one is then removed). Raises what fsspec raises."""
+    def put(self, location: str, data: bytes | Path, *, final: bool) -> None:
+        """Store a copy of a log, given whole or as a local file (streamed: a big log is
+        never held in memory): the partial copy of a running try, or its final copy (the
+        partial one is then removed). Raises what fsspec raises."""
         fs, path = self._path(location)
-        if not final:
-            fs.pipe_file(path + PART, data)
-            return
-        fs.pipe_file(path, data)
-        with contextlib.suppress(FileNotFoundError):
-            fs.rm_file(path + PART)
+        name = path if final else path + PART
+        if isinstance(data, Path):
+            fs.put_file(str(data), name)
+        else:
+            fs.pipe_file(name, data)
+        if final:
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm_file(path + PART)
 
     # -- removing -------------------------------------------------------------------------
     def present(self, locations: Iterable[str]) -> list[str]:

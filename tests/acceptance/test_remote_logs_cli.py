@@ -177,8 +177,12 @@ def test_bad_log_settings_are_one_line_and_start_nothing(tmp_path: Path, s3: S3S
         )
 
     missing = {**env, "REFLOW_LOGS_URL": f"s3://no-such-bucket-{s3.bucket}/logs"}
-    line = one_line(run(home, missing, "scheduler"))
-    assert line.startswith(f"error: logs_url s3://no-such-bucket-{s3.bucket}/logs: cannot write")
+    for command, doing in ((["scheduler"], "write to"), (["web", "--no-auth"], "read")):
+        line = one_line(run(home, missing, *command))
+        assert line == (
+            f"error: logs_url s3://no-such-bucket-{s3.bucket}/logs: cannot {doing} it: "
+            f"no bucket (or folder) no-such-bucket-{s3.bucket}"
+        )
 
     nobody = f"http://127.0.0.1:{free_port()}"
     unreachable = {**env, "AWS_ENDPOINT_URL": nobody, "REFLOW_LOGS_URL": f"s3://{s3.bucket}/x"}

@@ -89,7 +89,7 @@ class LogShipper:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._checked = False
+        self._patience = STOP_PATIENCE
         self._trouble: str | None = None
         self._ids = itertools.count(-1, -1)  # of leftovers, whose try ids are not read
 
@@ -99,9 +99,7 @@ class LogShipper:
         thread of its own; the first thing it does is ship what a stopped scheduler left."""
         if self._thread is not None and self._thread.is_alive():
             return
-        if not self._checked:
-            self.remote.check(write=True)
-            self._checked = True
+        self.remote.check(write=True)  # once per process
         self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="reflow-log-shipper", daemon=True)
         self._thread.start()
@@ -132,6 +130,7 @@ class LogShipper:
         thread = self._thread
         if thread is None:
             return
+        self._patience = patience
         self._stopping.set()
         self._wake.set()
         thread.join(patience + 1.0)
@@ -147,7 +146,7 @@ class LogShipper:
             self._pass(time.monotonic())
             self._wake.wait(self._sleep())
             self._wake.clear()
-        self._flush(time.monotonic() + STOP_PATIENCE)
+        self._flush(time.monotonic() + self._patience)
 
     @property
     def _spool(self) -> Path:

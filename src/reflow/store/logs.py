@@ -122,6 +122,7 @@ class RemoteLogs:
         if self._checked >= (2 if write else 1):
             return  # checked already by this process
         fs, root = self._path(self.url)
+        bucket = root.split("/", 1)[0]
         probe = f"{root}/.reflow-write-check"
         try:
             if write:
@@ -129,8 +130,17 @@ class RemoteLogs:
                 fs.rm_file(probe)
             else:
                 fs.invalidate_cache(root)
-                with contextlib.suppress(FileNotFoundError):  # a prefix with nothing yet
+                try:
                     fs.info(root)
+                except FileNotFoundError:  # a prefix with nothing under it yet: its bucket?
+                    if bucket == root:
+                        raise
+                    fs.info(bucket)
+        except FileNotFoundError:
+            doing = "write to" if write else "read"
+            raise ConfigError(
+                f"logs_url {self.url}: cannot {doing} it: no bucket (or folder) {bucket}"
+            ) from None
         except Exception as exc:
             doing = "write to" if write else "read"
             raise ConfigError(f"logs_url {self.url}: cannot {doing} it: {one_line(exc)}") from None

@@ -56,4 +56,5 @@ def test_the_command_lines_help_loads_no_database_scheduler_or_pipeline_api() ->
     imports the services it runs."""
     heavy = {"sqlalchemy", "alembic", "fastapi", "kubernetes", "pydantic", "croniter"}
     heavy |= {"prometheus_client", "reflow.scheduler", "reflow.store", "reflow.services.project"}
+    heavy |= {"fsspec", "s3fs", "botocore", "aiobotocore"}  # only where logs are shipped or read
     assert loaded("from reflow.cli.app import app", heavy) == []

@@ -22,9 +22,16 @@ def run(app: Any, prog_name: str = "reflow") -> None:
     from reflow.core.errors import ReflowError
 
     def fail(message: str, code: int = 2) -> None:
-        err_console.print(
-            f"[red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True
-        )
+        from reflow.cli.logformat import json_active
+
+        if json_active():  # a process that logs JSON lines says this in one too
+            import logging
+
+            logging.getLogger("reflow.cli").error("%s", message)
+        else:
+            err_console.print(
+                f"[red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True
+            )
         sys.exit(code)
 
     try:

@@ -17,7 +17,10 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
+from reflow.cli.logformat import LogFormat, say
+from reflow.cli.logformat import configure as configure_logging
 from reflow.cli.notifications import register as register_notifications
+from reflow.cli.web import LogFormatOption
 from reflow.cli.web import register as register_web
 from reflow.core.errors import InvalidInput
 from reflow.core.masking import scrub
@@ -739,22 +742,17 @@ def scheduler(
             show_default=False,
         ),
     ] = None,
+    log_format: LogFormatOption = LogFormat.text,
 ) -> None:
     """Run the scheduler until SIGTERM or Ctrl-C (its running tries go on, adopted later)."""
-    from rich.logging import RichHandler
-
     from reflow.scheduler import Scheduler
     from reflow.scheduler.probes import ProbeServer
+    from reflow.services.logs import check_logs
 
     if metrics_host is not None and metrics_port is None:
         raise InvalidInput("--metrics-host needs --metrics-port")
 
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False)],
-    )
-    logging.getLogger("reflow").setLevel(logging.INFO)
+    configure_logging(log_format, verbose=verbose, console=err_console)
     project = _project(home)
     # A daemon rides out database outages however long they last (one log line each).
     project.db.outage_timeout = None
@@ -771,23 +769,28 @@ def scheduler(
     if metrics_port is not None:
         probes = ProbeServer(metrics_host or "127.0.0.1", metrics_port)
     try:
+        check_logs(project, write=True)  # before anything starts: one line if it fails
         sched = Scheduler(
             project.db, project.settings, project.launcher(), relaunch=project.launcher
         )
-        err_console.print(
+        logs = project.settings.remote_logs or project.settings.logs_path
+        say(
             f"reflow scheduler: {project.settings.pipelines_path} -> "
-            f"{project.db.engine.url.render_as_string(hide_password=True)}"
+            f"{project.db.engine.url.render_as_string(hide_password=True)}; logs: {logs}",
+            err_console,
         )
         if probes is not None:
             probes.serve(sched)
-            err_console.print(
-                f"reflow scheduler: metrics on {probes.url}/metrics, probes on /healthz and /readyz"
+            say(
+                f"reflow scheduler: metrics on {probes.url}/metrics, probes on /healthz and "
+                "/readyz",
+                err_console,
             )
         sched.run(stop)
     finally:
         if probes is not None:
             probes.close()
-    err_console.print("reflow scheduler: stopped")
+    say("reflow scheduler: stopped", err_console)
 
 
 # -- db -------------------------------------------------------------------------------------

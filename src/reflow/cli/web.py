@@ -19,6 +19,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from reflow.cli.logformat import ENV as LOG_FORMAT_ENV
+from reflow.cli.logformat import LogFormat, configure, say, uvicorn_config
 from reflow.core.errors import ConfigError, InvalidInput
 
 if TYPE_CHECKING:
@@ -54,6 +56,15 @@ NoAuthOption = Annotated[
     typer.Option(
         "--no-auth",
         help="No login and no tokens: for local development, on a loopback address only.",
+    ),
+]
+LogFormatOption = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        envvar=LOG_FORMAT_ENV,
+        case_sensitive=False,
+        help="How this process logs on stderr: text, or json (one object per line).",
     ),
 ]
 SecureOption = Annotated[
@@ -263,14 +274,23 @@ def check_access(project: Project, host: str, no_auth: bool) -> None:
 
 
 def build_server(
-    project: Project, host: str, port: int, *, no_auth: bool, secure_cookies: bool, quiet: bool
+    project: Project,
+    host: str,
+    port: int,
+    *,
+    no_auth: bool,
+    secure_cookies: bool,
+    quiet: bool,
+    log_format: LogFormat = LogFormat.text,
 ) -> Any:
     import uvicorn
 
+    from reflow.services.logs import check_logs
     from reflow.web.app import create_app
     from reflow.web.security import LOOPBACK_NAMES, is_loopback
 
     check_access(project, host, no_auth)
+    check_logs(project)
     app = create_app(
         project,
         auth=not no_auth,
@@ -279,6 +299,8 @@ def build_server(
         # On loopback, refuse other Host names: a page elsewhere cannot rebind its DNS here.
         allowed_hosts=list(LOOPBACK_NAMES) if is_loopback(host) else None,
     )
+    logging_config = uvicorn_config(log_format)  # None: uvicorn's own (text)
+    extra: dict[str, Any] = {} if logging_config is None else {"log_config": logging_config}
     config = uvicorn.Config(
         app,
         host=host,
@@ -287,6 +309,7 @@ def build_server(
         access_log=not quiet,
         server_header=False,
         timeout_graceful_shutdown=10,
+        **extra,
     )
     return uvicorn.Server(config)
 
@@ -309,10 +332,11 @@ def _serve(server: Any) -> None:
 
 def _banner(project: Project, host: str, port: int, no_auth: bool) -> None:
     shown = f"[{host}]" if ":" in host else host
-    err_console.print(
+    say(
         f"reflow web: http://{shown}:{port}  (REST API under /api/v1, reference at /api; "
         f"{'authentication OFF' if no_auth else 'login or Bearer token required'}) -> "
-        f"{project.db.engine.url.render_as_string(hide_password=True)}"
+        f"{project.db.engine.url.render_as_string(hide_password=True)}",
+        err_console,
     )
 
 
@@ -322,17 +346,26 @@ def web(
     no_auth: NoAuthOption = False,
     secure_cookies: SecureOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No access log.")] = False,
+    log_format: LogFormatOption = LogFormat.text,
     home: HomeOption = None,
 ) -> None:
     """Serve the REST API (/api/v1) and the web UI, on the project's metadata database.
     Runs beside `reflow scheduler`; stops cleanly on SIGTERM or Ctrl-C."""
+    if log_format == LogFormat.json:
+        configure(log_format, console=err_console)
     project = _open(home)
     server = build_server(
-        project, host, port, no_auth=no_auth, secure_cookies=secure_cookies, quiet=quiet
+        project,
+        host,
+        port,
+        no_auth=no_auth,
+        secure_cookies=secure_cookies,
+        quiet=quiet,
+        log_format=log_format,
     )
     _banner(project, host, port, no_auth)
     _serve(server)
-    err_console.print("reflow web: stopped")
+    say("reflow web: stopped", err_console)
 
 
 def up(
@@ -341,17 +374,27 @@ def up(
     no_auth: NoAuthOption = False,
     secure_cookies: SecureOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No access log.")] = False,
+    log_format: LogFormatOption = LogFormat.text,
     home: HomeOption = None,
 ) -> None:
     """Run the scheduler (a child process) and the web server together, for local use.
     Ctrl-C or SIGTERM stops both; if the scheduler exits, the web server stops too."""
+    if log_format == LogFormat.json:
+        configure(log_format, console=err_console)
     project = _open(home)
     server = build_server(
-        project, host, port, no_auth=no_auth, secure_cookies=secure_cookies, quiet=quiet
+        project,
+        host,
+        port,
+        no_auth=no_auth,
+        secure_cookies=secure_cookies,
+        quiet=quiet,
+        log_format=log_format,
     )
     env = {**os.environ, "REFLOW_HOME": str(project.settings.home)}
+    home_arg = ["--home", str(project.settings.home)]
     child = subprocess.Popen(
-        [sys.executable, "-m", "reflow.cli", "scheduler", "--home", str(project.settings.home)],
+        [sys.executable, "-m", "reflow.cli", "scheduler", *home_arg, "--log-format", log_format],
         env=env,
         stdin=subprocess.DEVNULL,
     )
@@ -362,7 +405,7 @@ def up(
         if not server.should_exit:
             # Code 0: it was stopped (Ctrl-C reaches the whole process group).
             if code != 0:
-                err_console.print(f"[red]reflow up: the scheduler exited (code {code})[/]")
+                say(f"reflow up: the scheduler exited (code {code})", err_console, level=40)
                 failed.append(code)
             server.should_exit = True
 
@@ -379,7 +422,7 @@ def up(
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
-    err_console.print("reflow up: stopped")
+    say("reflow up: stopped", err_console)
     if failed:
         raise typer.Exit(1)
 

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -14,11 +16,12 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
 from reflow.core.errors import ConfigError
-from reflow.core.naming import NAME_PATTERN
+from reflow.core.naming import NAME_PATTERN, log_name
 from reflow.core.notify import Event
 
 CONFIG_FILE = "reflow.toml"
@@ -26,6 +29,9 @@ _ENV = {
     "database_url": "REFLOW_DATABASE_URL",
     "pipelines_folder": "REFLOW_PIPELINES_FOLDER",
     "logs_folder": "REFLOW_LOGS_FOLDER",
+    "logs_url": "REFLOW_LOGS_URL",
+    "logs_storage_options": "REFLOW_LOGS_STORAGE_OPTIONS",
+    "logs_ship_interval": "REFLOW_LOGS_SHIP_INTERVAL",
     "parallelism": "REFLOW_PARALLELISM",
     "heartbeat_interval": "REFLOW_HEARTBEAT_INTERVAL",
     "scheduler_timeout": "REFLOW_SCHEDULER_TIMEOUT",
@@ -40,6 +46,10 @@ _K8S_ENV = {
     "namespace": "REFLOW_K8S_NAMESPACE",
     "image": "REFLOW_K8S_IMAGE",
 }
+# Settings given as JSON in their environment variable.
+_JSON_ENV = {"logs_storage_options"}
+# An fsspec URL: a protocol (s3, gs, az, ...) then "://".
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 LauncherName = Literal["local", "kubernetes"]
 PoolName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
@@ -188,6 +198,18 @@ class Settings(BaseModel):
     database_url: str | None = None
     pipelines_folder: Path = Path("pipelines")
     logs_folder: Path = Path(".reflow/logs")
+    logs_url: str | None = Field(
+        default=None,
+        description="where try logs live: an fsspec URL (s3://bucket/prefix, gs://...), "
+        "shipped there from a local spool while tries run; a path or nothing: logs_folder",
+    )
+    logs_storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="options of logs_url's filesystem (s3fs: endpoint_url, key, secret, ...)",
+    )
+    logs_ship_interval: float = Field(
+        5.0, gt=0, description="seconds between two copies of a running try's log to logs_url"
+    )
     parallelism: int = Field(32, ge=1, description="tries one scheduler runs at once")
     heartbeat_interval: float = Field(5.0, gt=0)
     scheduler_timeout: float = Field(30.0, gt=0, description="silence before a scheduler is dead")
@@ -208,6 +230,21 @@ class Settings(BaseModel):
         description="slots of each pool, shared by every pipeline ([reflow.pools] spark = 4)",
     )
     notify: NotifySettings = Field(default_factory=lambda: NotifySettings())
+
+    @field_validator("logs_url")
+    @classmethod
+    def _logs_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if value.startswith("file://"):
+            value = value.removeprefix("file://")  # a local path: today's logs folder
+        if _URL.match(value) is None:
+            return value
+        protocol, _, rest = value.partition("://")
+        if not rest.strip("/"):
+            raise ValueError(f"{value!r} names no bucket or folder")
+        return f"{protocol}://{rest.rstrip('/')}"
 
     def launcher_for(self, pipeline: str, task: str) -> LauncherName:
         """The launcher of one task: ``pipeline.task`` overrides ``pipeline`` overrides the
@@ -230,11 +267,49 @@ class Settings(BaseModel):
 
     @property
     def logs_path(self) -> Path:
+        """The local logs folder: where tries' logs live, unless ``logs_url`` is a URL."""
+        if self.logs_url is not None and not is_url(self.logs_url):
+            return (self.home / self.logs_url).resolve()
         return (self.home / self.logs_folder).resolve()
+
+    @property
+    def remote_logs(self) -> str | None:
+        """The URL logs are shipped to, or None when they stay in local files."""
+        return self.logs_url if self.logs_url is not None and is_url(self.logs_url) else None
+
+    @property
+    def spool_path(self) -> Path:
+        """With ``logs_url``: where tries write their logs before they are shipped."""
+        return self.logs_path / ".spool"
+
+    def log_location(self, pipeline: str, run_id: str, task_id: str, try_number: int) -> str:
+        """Where the log of a try lives, as its row records it: the object's URL under
+        ``logs_url``, else the file's absolute path under the logs folder."""
+        relative = log_name(pipeline, run_id, task_id, try_number)
+        if (url := self.remote_logs) is not None:
+            return f"{url}/{relative}"
+        return str(self.logs_path / relative)
+
+    def log_file(self, location: str) -> Path:
+        """The local file of a log recorded at ``location``: the file itself, or for a URL
+        its spool file (where this host's tries write before it is shipped)."""
+        if not is_url(location):
+            return Path(location)
+        url = self.remote_logs
+        if url is not None and location.startswith(url + "/"):
+            relative = location[len(url) + 1 :]
+        else:  # logs_url changed since: the log's name is its last four parts
+            relative = "/".join(location.split("://", 1)[1].split("/")[-4:])
+        return self.spool_path / relative
 
     @property
     def runtime_path(self) -> Path:
         return self.state_folder / "tries"
+
+
+def is_url(location: str) -> bool:
+    """Is a log location (``logs_url``, a try's ``log_path``) a URL rather than a path?"""
+    return _URL.match(location) is not None
 
 
 def find_home(start: Path | None = None) -> Path:
@@ -261,6 +336,11 @@ def load_settings(home: Path | None = None, **overrides: Any) -> Settings:
     for key, var in _ENV.items():
         if var in os.environ:
             values[key] = os.environ[var]
+            if key in _JSON_ENV:
+                try:
+                    values[key] = json.loads(os.environ[var])
+                except ValueError as exc:
+                    raise ConfigError(f"{var}: not JSON: {exc}") from None
     k8s_env = {key: os.environ[var] for key, var in _K8S_ENV.items() if os.environ.get(var)}
     if k8s_env:
         section = values.get("kubernetes")

@@ -36,6 +36,10 @@ class StoreUnavailable(ReflowError):
     """The metadata database cannot be used (unreachable, read-only, half-created)."""
 
 
+class LogsUnavailable(ReflowError):
+    """A try's log cannot be read where it lives (a bucket that does not answer)."""
+
+
 class LeaseLost(ReflowError):
     """This scheduler was declared dead by another one (its heartbeat stopped for longer
     than ``scheduler_timeout``): it is fenced, and must register again before it starts,

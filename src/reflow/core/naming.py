@@ -24,6 +24,11 @@ def run_id_for(origin: RunOrigin, logical_date: datetime) -> str:
     return f"{origin.value}__{logical_date.astimezone(UTC).isoformat()}"
 
 
+def log_name(pipeline: str, run_id: str, task_id: str, try_number: int) -> str:
+    """A try's log under the logs folder or ``logs_url``: ``pipeline/run_id/task/try-N.log``."""
+    return f"{pipeline}/{run_id}/{task_id}/try-{try_number}.log"
+
+
 def log_path(logs: Path, pipeline: str, run_id: str, task_id: str, try_number: int) -> Path:
     """Where a try's log lives under the logs folder."""
-    return logs / pipeline / run_id / task_id / f"try-{try_number}.log"
+    return logs / log_name(pipeline, run_id, task_id, try_number)

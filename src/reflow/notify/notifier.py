@@ -30,6 +30,7 @@ from reflow.core.pipeline import Pipeline
 from reflow.notify import channels, messages, routing
 from reflow.store import outbox, repo
 from reflow.store.db import Database
+from reflow.store.logs import LocalLog, LogSource
 from reflow.store.records import Notification
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Notifier:
         clock: Clock,
         on_attempt: Callable[[str, bool], None] | None = None,
         interval: float = 1.0,
+        logs: Callable[[str], LogSource] | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -57,6 +59,8 @@ class Notifier:
         self.clock = clock
         self.on_attempt = on_attempt
         self.interval = interval
+        # How a try's log is reached (a local file, or a copy shipped to logs_url).
+        self.logs = logs or (lambda location: LocalLog(Path(location)))
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -175,12 +179,11 @@ class Notifier:
         if not lines or not path:
             return None
         try:
-            with Path(path).open("rb") as fh:
-                fh.seek(0, 2)
-                size = fh.tell()
-                fh.seek(max(0, size - 64 * 1024))
-                text = fh.read().decode("utf-8", "replace")
-        except OSError:
+            source = self.logs(path)
+            size = source.look().size
+            text = source.read(max(0, size - 64 * 1024), size).decode("utf-8", "replace")
+        except Exception as exc:  # a log out of reach: the message goes without its tail
+            log.info("notification %s: no log tail (%s)", n.id, exc)
             return None
         tail = "\n".join(text.splitlines()[-lines:])
         pipeline = self.pipelines().get(n.pipeline or "")

@@ -21,13 +21,14 @@ from typing import Any
 from reflow.core.config import Settings
 from reflow.core.context import RunInfo, build_context
 from reflow.core.errors import Fenced, ReflowError
-from reflow.core.naming import Clock, log_path
+from reflow.core.naming import Clock
 from reflow.core.pipeline import Pipeline
 from reflow.core.spec import Outcome, TrySpec
 from reflow.core.states import FailureReason
 from reflow.launchers.base import Launcher
 from reflow.scheduler import trylog
 from reflow.scheduler.readiness import Shape
+from reflow.scheduler.shipping import LogShipper, NoShipping
 from reflow.store import repo
 from reflow.store.records import ReadyTaskInstance, Run
 from reflow.tasks.build import Remote, build_try
@@ -147,14 +148,13 @@ def claim(settings: Settings, pipeline: Pipeline, cand: Launch) -> repo.Claim:
     """What the new try of ``cand`` needs when it is queued."""
     task = pipeline.tasks[cand.task_id]
     run = cand.run
-    logs = settings.logs_path
     pool, slots = pool_of(pipeline, cand.task_id)
     return repo.Claim(
         ti_id=cand.ti_id,
         run_pk=run.id,
         run_attempt=run.attempt,
         launcher=settings.launcher_for(run.pipeline, cand.task_id),
-        log_path_for=lambda n: str(log_path(logs, run.pipeline, run.run_id, cand.task_id, n)),
+        log_path_for=lambda n: settings.log_location(run.pipeline, run.run_id, cand.task_id, n),
         timeout=task.option("timeout"),
         kill_grace=float(task.option("kill_grace")),
         pool=pool,
@@ -181,17 +181,22 @@ def start_tries(
     host: str,
     clock: Clock,
     now: datetime,
+    logs: LogShipper | NoShipping | None = None,
 ) -> tuple[list[Started], list[Outcome]]:
     """Start the queued tries (``taken``: candidate, try id, try number): render each try,
-    open its log and hand it to the launcher. Returns the tries started and the outcomes
-    of those that could not start (one try's error never stops the others)."""
+    open its log (shipped by ``logs`` from now on) and hand it to the launcher. Returns the
+    tries started and the outcomes of those that could not start (one try's error never
+    stops the others)."""
     started: list[Started] = []
     failed: list[Outcome] = []
     for cand, try_id, number in taken:
         run = cand.run
         pipeline = pipelines[run.pipeline]
         task = pipeline.tasks[cand.task_id]
-        path = log_path(settings.logs_path, run.pipeline, run.run_id, cand.task_id, number)
+        location = settings.log_location(run.pipeline, run.run_id, cand.task_id, number)
+        path = settings.log_file(location)  # with logs_url, the spool file shipped there
+        if logs is not None:
+            logs.watch(try_id, location)
         spec: TrySpec | None = None
         try:
             context = build_context(run_info(run, pipeline), cand.task_id, number)

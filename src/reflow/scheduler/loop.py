@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection
@@ -34,7 +33,7 @@ from reflow.core.states import FailureReason
 from reflow.launchers.base import Launcher
 from reflow.notify.messages import check_templates
 from reflow.notify.notifier import Notifier
-from reflow.scheduler import deadlines, launching, settling, slots, trylog
+from reflow.scheduler import deadlines, launching, settling, shipping, slots, trylog
 from reflow.scheduler import outcomes as try_outcomes
 from reflow.scheduler.admission import admissible
 from reflow.scheduler.catalog import sync_catalog
@@ -45,6 +44,7 @@ from reflow.scheduler.peers import covers, exited
 from reflow.scheduler.readiness import Decision, Shape, decide
 from reflow.scheduler.reading import FolderReader
 from reflow.store import history, outbox, pauses, pools, repo
+from reflow.store import logs as store_logs
 from reflow.store.db import Database
 from reflow.store.records import (
     CancelRequest,
@@ -135,10 +135,13 @@ class Scheduler:
                 lambda: self._id,
                 clock,
                 on_attempt=self.metrics.notification,
+                logs=lambda location: store_logs.open_log(settings, location),
             )
             if only is None
             else None
         )
+        # Ships try logs to logs_url on a thread of its own (nothing to do without one).
+        self.logs = shipping.shipper_for(settings, db)
         # Outcomes polled but not yet committed, and started tries not yet recorded as
         # started: kept across a failed transaction (a database outage), written next tick.
         self._unrecorded: list[Outcome] = []
@@ -180,6 +183,7 @@ class Scheduler:
         """Register, load pipelines and adopt the tries of dead schedulers."""
         check_templates(self.settings.notify)
         self.db.migrate()
+        self.logs.start()
         self._rescan = _ALL  # the one full look: after this, only what changed
         now = self.clock()
         self.refresh_pipelines(now, force=True)
@@ -237,6 +241,7 @@ class Scheduler:
                 self.notifier.stop()
             self._reader.stop()
             self.launcher.close()
+            self.logs.stop()
 
     def run(
         self,
@@ -523,6 +528,7 @@ class Scheduler:
         for outcome in pending:
             self._signalled.discard(outcome.try_id)
         crash_point("outcome.recorded")
+        self.logs.finish(settled)
         self.launcher.release(settled)
         return True
 
@@ -783,6 +789,7 @@ class Scheduler:
             host=self.host,
             clock=self.clock,
             now=now,
+            logs=self.logs,
         )
         self.metrics.launched(taken, failed)
         if started:
@@ -849,11 +856,13 @@ class Scheduler:
         orphans = self._write(work)
         self.launcher.sweep(self._live_try_ids)
         for row in orphans:
+            self.logs.watch(row.id, row.log_path, adopted=True)
+            spool = self.settings.log_file(row.log_path)
             ref = TryRef(
-                row.id, row.log_path, row.pid, row.host, row.external_id, row.launcher or "local"
+                row.id, str(spool), row.pid, row.host, row.external_id, row.launcher or "local"
             )
             alive_now = self.launcher.adopt(ref)
             log.info("adopted try %s (%s)", row.id, "alive" if alive_now else "gone")
             taken = trylog.taken_over(self._id, self.host, alive_now)
-            trylog.note(Path(row.log_path), [taken], now)
+            trylog.note(spool, [taken], now)
         return bool(orphans)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection
@@ -69,7 +68,9 @@ def verdict(
         "ended_at": now,
         "exit_code": outcome.exit_code,
         "failure_reason": reason,
-        "app_id": task.app_id_from_log(row.log_path) if task is not None else None,
+        "app_id": (
+            task.app_id_from_log(str(settings.log_file(row.log_path))) if task is not None else None
+        ),
         "started_at": min(later, now) if moved_start and later else row.started_at,
         "detail": outcome.detail or row.detail,
     }
@@ -180,7 +181,8 @@ def record(
     for try_id in sorted(ended):
         row, outcome, v = verdicts[try_id]
         # Before the commit: whoever follows the log until the try has ended sees it too.
-        trylog.note(Path(row.log_path), [trylog.ended(row, outcome, v.ok, v.reason)], clock())
+        ended_line = trylog.ended(row, outcome, v.ok, v.reason)
+        trylog.note(settings.log_file(row.log_path), [ended_line], clock())
         if metrics is not None:
             metrics.try_ended(row, outcome, v)
     moves: dict[tuple[TIState, tuple[str, ...]], list[tuple[FinishingTry, Outcome, Verdict]]] = {}

@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from reflow.core.config import is_url
 from reflow.core.errors import Conflict, InvalidInput, NotFound
 from reflow.core.naming import utcnow
 from reflow.core.pipeline import Pipeline
@@ -26,6 +27,7 @@ from reflow.services import runs as run_service
 from reflow.services.backfill import select_tasks
 from reflow.services.project import Project
 from reflow.store import history, repo
+from reflow.store.logs import remote_for
 from reflow.store.records import Run, TaskInstance
 
 
@@ -222,15 +224,27 @@ def _log_removal(project: Project, paths: Sequence[str]) -> _LogRemoval:
 
 
 def _count_logs(project: Project, paths: Sequence[str]) -> int:
-    """How many log files :func:`_remove_logs` would remove."""
-    return len(_log_removal(project, paths).files)
+    """How many log files :func:`_remove_logs` would remove (shipped logs: those that have
+    a copy under their URL)."""
+    shipped = [p for p in paths if is_url(p)]
+    local = [p for p in paths if not is_url(p)]
+    count = len(_log_removal(project, local).files)
+    if shipped:
+        count += len(remote_for(project.settings, shipped[0]).present(shipped))
+    return count
 
 
 def _remove_logs(project: Project, paths: Sequence[str]) -> int:
-    """Remove log files (and folders left empty) under the logs folder; returns how many
-    files it removed."""
-    plan = _log_removal(project, paths)
+    """Remove log files (and folders left empty) under the logs folder, and the copies of
+    shipped logs under their URL; returns how many logs it removed."""
+    shipped = [p for p in paths if is_url(p)]
+    plan = _log_removal(project, [p for p in paths if not is_url(p)])
     removed = 0
+    if shipped:
+        removed += remote_for(project.settings, shipped[0]).remove(shipped)
+        for location in shipped:  # a spool file a stopped scheduler left on this host
+            with contextlib.suppress(OSError):
+                project.settings.log_file(location).unlink()
     for path in plan.files:
         with contextlib.suppress(OSError):
             path.unlink()

@@ -6,17 +6,22 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import timedelta
 
 from reflow.core.errors import NotFound
 from reflow.core.masking import LogMask
+from reflow.core.naming import utcnow
 from reflow.services import runs as run_service
 from reflow.services.project import Project
 from reflow.store import repo
+from reflow.store.logs import LogSource, open_log, remote_logs
 from reflow.store.records import Run, TaskTry
 
 # The most a read returns at once.
 LOG_CHUNK = 256 * 1024
+# A shipped log whose try ended this long ago without a final copy (its scheduler died
+# before it shipped one) is served as it is, complete: a follower does not wait forever.
+FINAL_COPY_PATIENCE = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -70,10 +75,12 @@ class TryLog:
         self.run = run
         self.attempt = attempt
         self.mask = LogMask(secret_values(project, run))
+        self.source: LogSource = open_log(project.settings, attempt.log_path)
 
     @property
-    def path(self) -> Path:
-        return Path(self.attempt.log_path)
+    def path(self) -> str:
+        """Where the log lives: a file's path, or the URL it is shipped to."""
+        return self.source.where
 
     def refresh(self) -> None:
         """Read the try again (has it ended?)."""
@@ -88,21 +95,20 @@ class TryLog:
 
         While the try runs, bytes that may begin a secret are left for a later read, so
         ``next_offset`` can stop short of ``size``. With ``whole_lines`` a piece ends at a
-        line end (for pages that show whole lines)."""
+        line end (for pages that show whole lines). A shipped log (``logs_url``) is read
+        as shipped so far; it is complete once the try has ended and its final copy is
+        stored. Raises LogsUnavailable when it cannot be read where it lives."""
         limit = max(1, min(limit, LOG_CHUNK))
-        ended = self.attempt.ended_at is not None  # known before the size is read
-        try:
-            size = self.path.stat().st_size
-        except OSError:
-            size = 0
+        ended_at = self.attempt.ended_at  # known before the size is read
+        copy = self.source.look()
+        ended = ended_at is not None and (copy.final or utcnow() - ended_at > FINAL_COPY_PATIENCE)
+        size = copy.size
         offset = max(0, min(offset, size))
         # From a few bytes back: an offset inside a secret must not show the rest of it.
         start = max(0, offset - self.mask.lookahead)
         data = b""
         if size > offset:
-            with self.path.open("rb") as fh:
-                fh.seek(start)
-                data = fh.read(min(size, offset + limit + self.mask.lookahead) - start)
+            data = self.source.read(start, min(size, offset + limit + self.mask.lookahead))
         ends = ended and start + len(data) >= size
         piece = self.mask.take(
             data, limit, ends=ends, whole_lines=whole_lines, before=offset - start
@@ -133,3 +139,12 @@ class TryLog:
 def try_log(project: Project, run: Run, task_id: str, try_number: int | None = None) -> TryLog:
     """The log of a task's try (the latest unless ``try_number``) in ``run``."""
     return TryLog(project, run, find_try(project, run, task_id, try_number))
+
+
+def check_logs(project: Project, *, write: bool = False) -> None:
+    """Can this process read (and with ``write``, ship) the logs under ``logs_url``?
+    ConfigError in one line when not: an unknown protocol, a missing package, a bucket
+    that does not answer or does not exist, refused credentials."""
+    remote = remote_logs(project.settings)
+    if remote is not None:
+        remote.check(write=write)

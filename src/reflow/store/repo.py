@@ -1169,6 +1169,17 @@ def mark_tries_started(conn: Connection, starts: Sequence[Start], *, owner: int)
     return moved
 
 
+def ended_try_logs(conn: Connection, locations: Sequence[str]) -> set[str]:
+    """The logs (``log_path`` values) among ``locations`` whose try has ended."""
+    found: set[str] = set()
+    for chunk in _chunks(locations):
+        stmt = select(tries.c.log_path).where(
+            tries.c.log_path.in_(chunk), tries.c.ended_at.is_not(None)
+        )
+        found.update(conn.execute(stmt).scalars())
+    return found
+
+
 def try_rows(conn: Connection, try_ids: Sequence[int]) -> dict[int, FinishingTry]:
     """Tries with what deciding their outcome needs: their task, TI counters and run."""
     out: dict[int, FinishingTry] = {}

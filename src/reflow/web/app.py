@@ -29,6 +29,7 @@ from reflow.core.errors import (
     ConfigError,
     Conflict,
     InvalidInput,
+    LogsUnavailable,
     NotFound,
     PipelineError,
     ReflowError,
@@ -50,6 +51,8 @@ def status_of(exc: ReflowError) -> int:
         return 404
     if isinstance(exc, Conflict):
         return 409
+    if isinstance(exc, LogsUnavailable):
+        return 503
     if isinstance(exc, InvalidInput | ConfError | PipelineError | TemplateError | ConfigError):
         return 422
     return 400

@@ -20,6 +20,7 @@ from reflow.store.db import MIGRATIONS
 
 from .conftest import Databases, Installation, schema_is_complete, wait_for
 from .invariants import Expect, check_invariants, evidence_step, stubborn_step, summary
+from .test_notify_faults import POINTS as NOTIFIER_POINTS
 
 pytestmark = pytest.mark.faults
 
@@ -160,7 +161,7 @@ def test_a_migration_killed_midway_leaves_a_database_the_next_command_completes(
 
 
 def test_every_crash_point_has_a_trial() -> None:
-    covered = {c.values[0] for c in _cases()} | {"migration.step"}
+    covered = {c.values[0] for c in _cases()} | {"migration.step"} | set(NOTIFIER_POINTS)
     assert covered == set(CRASH_POINTS)
 
 

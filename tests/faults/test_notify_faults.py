@@ -24,6 +24,9 @@ with Pipeline("alerting", schedule="@daily", start_date="2024-01-01", end_date="
     Shell("a", "echo no input; exit 1")
 """
 EXPECTED = {"task_failed", "run_failed"}
+# Between the state change and its delivery: the outbox entry committed with the outcome,
+# then the notifier's own points.
+POINTS = ["outcome.recorded", "notify.routed", "notify.sent"]
 
 
 @pytest.fixture
@@ -48,7 +51,7 @@ def _configure(inst: Installation, url: str) -> None:
 @pytest.mark.parametrize(
     "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )
-@pytest.mark.parametrize("point", ["outcome.recorded", "notify.routed", "notify.sent"])
+@pytest.mark.parametrize("point", POINTS)
 def test_a_scheduler_killed_before_delivery_loses_no_notification(
     point: str,
     backend: str,

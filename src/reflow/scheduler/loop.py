@@ -204,8 +204,6 @@ class Scheduler:
         self._say_started(now)
         self.recover(now)
         self._reader.start()
-        if self.notifier is not None:
-            self.notifier.start()
         log.info("scheduler %s started with %d pipelines", self.id, len(self.pipelines))
 
     def _say_started(self, now: datetime) -> None:
@@ -253,6 +251,8 @@ class Scheduler:
         stop = stop or threading.Event()
         if self.id is None:
             self.start()
+        if self.notifier is not None:
+            self.notifier.start()  # a daemon's loop only: not a test's hand-made ticks
         try:
             while not stop.is_set():
                 try:

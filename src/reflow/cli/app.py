@@ -1209,7 +1209,8 @@ def pipelines_delete(
         console.print(
             f"Pipeline {name} purged: {counts['runs']} runs, "
             f"{counts['task_instances']} task instances, {counts['tries']} tries, "
-            f"{counts['backfills']} backfills, {counts['logs']} log files."
+            f"{counts['backfills']} backfills, {counts['logs']} log files, "
+            f"{counts['notifications']} notifications."
         )
     else:
         console.print(f"Pipeline {name} deleted; its history is kept.")
@@ -1234,7 +1235,8 @@ def db_clean(
     console.print(
         f"{verb}: {counts['runs']} runs, {counts['task_instances']} task instances, "
         f"{counts['tries']} tries, {counts['logs']} log files, {counts['backfills']} "
-        f"backfills, {counts['schedulers']} schedulers."
+        f"backfills, {counts['schedulers']} schedulers, {counts['notifications']} "
+        "notifications (sent or given up)."
     )
 
 

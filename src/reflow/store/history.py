@@ -26,7 +26,7 @@ from reflow.core.states import (
     RunState,
     TIState,
 )
-from reflow.store import deadlines, pauses
+from reflow.store import deadlines, outbox, pauses
 from reflow.store.models import (
     backfills,
     events,
@@ -626,6 +626,7 @@ def purge_pipeline(conn: Connection, name: str) -> dict[str, Any]:
     conn.execute(delete(pipeline_versions).where(pipeline_versions.c.pipeline == name))
     pauses.forget(conn, name)
     deadlines.forget(conn, name)
+    counts["notifications"] = outbox.forget_pipeline(conn, name)
     conn.execute(delete(pipelines).where(pipelines.c.name == name))
     return counts
 
@@ -689,6 +690,7 @@ def clean_before(conn: Connection, before: datetime, *, dry_run: bool) -> dict[s
         counts["schedulers"] = conn.execute(
             select(func.count()).select_from(schedulers).where(_stopped_schedulers(before))
         ).scalar_one()
+        counts["notifications"] = outbox.count_finished_before(conn, before)
         return counts
     counts = delete_runs(conn, run_pks)
     empty = ~select(runs.c.id).where(runs.c.backfill_id == backfills.c.id).exists()
@@ -709,4 +711,5 @@ def clean_before(conn: Connection, before: datetime, *, dry_run: bool) -> dict[s
     counts["schedulers"] = conn.execute(
         delete(schedulers).where(_stopped_schedulers(before))
     ).rowcount
+    counts["notifications"] = outbox.delete_finished_before(conn, before)
     return counts

@@ -491,3 +491,36 @@ def requeue(conn: Connection, notification: int, now: datetime) -> bool:
         .values(state=PENDING, next_at=now, claimed_by=None, claimed_until=None)
     )
     return bool(moved.rowcount)
+
+
+# -- forgetting ------------------------------------------------------------------------------
+def _finished_before(before: datetime) -> Any:
+    return and_(notifications.c.state.in_([SENT, FAILED]), notifications.c.created_at < before)
+
+
+def count_finished_before(conn: Connection, before: datetime) -> int:
+    """Notifications sent or given up that were made before ``before``."""
+    return conn.execute(
+        select(func.count()).select_from(notifications).where(_finished_before(before))
+    ).scalar_one()
+
+
+def delete_finished_before(conn: Connection, before: datetime) -> int:
+    """Delete them (``db clean``) with their attempts; pending ones stay to be sent."""
+    return _delete(conn, _finished_before(before))
+
+
+def forget_pipeline(conn: Connection, name: str) -> int:
+    """Delete every notification about pipeline ``name`` (its purge)."""
+    return _delete(conn, notifications.c.pipeline == name)
+
+
+def _delete(conn: Connection, where: Any) -> int:
+    ids = list(conn.execute(select(notifications.c.id).where(where)).scalars())
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        conn.execute(
+            delete(notification_attempts).where(notification_attempts.c.notification.in_(chunk))
+        )
+        conn.execute(delete(notifications).where(notifications.c.id.in_(chunk)))
+    return len(ids)

@@ -20,6 +20,7 @@ from typer.core import TyperGroup
 from reflow.cli.logformat import LogFormat, say
 from reflow.cli.logformat import configure as configure_logging
 from reflow.cli.notifications import register as register_notifications
+from reflow.cli.options import HomeOption, open_project
 from reflow.cli.web import LogFormatOption
 from reflow.cli.web import register as register_web
 from reflow.core.errors import InvalidInput
@@ -109,20 +110,9 @@ STATE_STYLE = {
     "removed": "grey42",
 }
 
-HomeOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--home",
-        help="Project folder (default: nearest reflow.toml, or $REFLOW_HOME).",
-        show_default=False,
-    ),
-]
-
 
 def _project(home: Path | None) -> Project:
-    from reflow.services.project import Project
-
-    return Project.open(home)
+    return open_project(home)
 
 
 def styled(state: str | None) -> str:

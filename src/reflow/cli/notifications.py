@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from reflow.cli.options import HomeOption, open_project
+
 if TYPE_CHECKING:
     from datetime import datetime
 
@@ -29,14 +31,6 @@ notifications_app = typer.Typer(
     no_args_is_help=True,
 )
 
-HomeOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--home",
-        help="Project folder (default: nearest reflow.toml, or $REFLOW_HOME).",
-        show_default=False,
-    ),
-]
 _STYLE = {"pending": "yellow", "sent": "green", "failed": "red"}
 
 
@@ -45,9 +39,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _project(home: Path | None) -> Project:
-    from reflow.services.project import Project
-
-    return Project.open(home)
+    return open_project(home)
 
 
 def _fmt(value: datetime | None) -> str:

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from reflow.cli.logformat import ENV as LOG_FORMAT_ENV
 from reflow.cli.logformat import LogFormat, configure, say, uvicorn_config
+from reflow.cli.options import HomeOption, open_project
 from reflow.core.errors import ConfigError, InvalidInput
 
 if TYPE_CHECKING:
@@ -34,14 +35,6 @@ err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isa
 SECRET_ENV = "REFLOW_WEB_SECRET_KEY"
 SECRET_FILE = "web-secret.key"
 
-HomeOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--home",
-        help="Project folder (default: nearest reflow.toml, or $REFLOW_HOME).",
-        show_default=False,
-    ),
-]
 HostOption = Annotated[
     str,
     typer.Option(
@@ -231,9 +224,7 @@ def tokens_revoke(
 
 # -- serving --------------------------------------------------------------------------------
 def _open(home: Path | None) -> Project:
-    from reflow.services.project import Project  # only when a command runs: `-h` stays quick
-
-    return Project.open(home)
+    return open_project(home)
 
 
 def secret_key(project: Project) -> str:

@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python bench/many_pipelines.py
 	$(BIN)/python bench/web_grid.py
 	$(BIN)/python bench/web_overview.py
+	$(BIN)/python bench/notify_latency.py
 	$(BIN)/python bench/k8s_pods.py
 
 clean:

@@ -7,6 +7,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,6 +19,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    at: float = 0.0  # time.time() when it arrived
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -44,7 +46,7 @@ class Receiver:
                     self.end_headers()
                     self.wfile.write(b"try later")
                     return
-                outer.received.append(Received(self.path, dict(self.headers), body))
+                outer.received.append(Received(self.path, dict(self.headers), body, time.time()))
                 self.send_response(200)
                 self.end_headers()
                 self.wfile.write(b"ok")

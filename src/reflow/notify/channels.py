@@ -14,6 +14,7 @@ import json
 import os
 import smtplib
 import ssl
+import threading
 import time
 from email.message import EmailMessage
 from typing import Any
@@ -163,7 +164,7 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> str
     import httpx  # only the notifier sends: the CLI starts without it
 
     try:
-        response = httpx.post(
+        response = _client().post(
             url,
             content=body,
             headers={"User-Agent": _USER_AGENT, **headers},
@@ -177,6 +178,20 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> str
         text = _one_line(response.text)[:200]
         raise DeliveryError(f"{answer}: {text}" if text else answer)
     return answer
+
+
+_local = threading.local()
+
+
+def _client() -> Any:
+    """One HTTP client per thread (the notifier's): its connections and TLS context are
+    made once, not for every message."""
+    client = getattr(_local, "client", None)
+    if client is None:
+        import httpx
+
+        client = _local.client = httpx.Client()
+    return client
 
 
 def _url(channel: WebhookChannel | SlackChannel) -> str:

@@ -265,6 +265,8 @@ class Scheduler:
                     self.launcher.wait(min(5.0, max(idle_wait, 1.0)))
                     continue
                 self._on_store_ok()
+                if busy and self.notifier is not None:
+                    self.notifier.wake()  # what the tick committed may notify: look now
                 if until is not None and until():
                     return
                 if not busy:

@@ -133,6 +133,8 @@ def notifications_show(
         console.print(f"  sent      {_fmt(n.sent_at)}")
     if n.next_at:
         console.print(f"  next try  {_fmt(n.next_at)}")
+    if n.last_error:
+        console.print(f"  error     {escape(n.last_error)}")
     if not n.attempt_log:
         console.print("  no attempt yet")
         return

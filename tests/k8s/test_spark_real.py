@@ -30,10 +30,15 @@ from reflow.services import history
 from ..integration.conftest import wait_until
 from .conftest import REAL_CONTEXT, SPARK_IMAGE, K8sEnv
 
-pytestmark = pytest.mark.skipif(
-    not (REAL_CONTEXT and SPARK_IMAGE),
-    reason="needs the real cluster and its Spark image (make k8s-cluster; make test-k8s-real)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not (REAL_CONTEXT and SPARK_IMAGE),
+        reason="needs the real cluster and its Spark image (make k8s-cluster; make test-k8s-real)",
+    ),
+    # A Spark run on a single 2-core node takes a minute or more, longer on a loaded
+    # machine: the waits inside each test bound it, not the suite's 120 s default.
+    pytest.mark.timeout(1500),
+]
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "events"

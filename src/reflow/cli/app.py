@@ -20,7 +20,7 @@ from typer.core import TyperGroup
 from reflow.cli.logformat import LogFormat, say
 from reflow.cli.logformat import configure as configure_logging
 from reflow.cli.notifications import register as register_notifications
-from reflow.cli.options import HomeOption, open_project
+from reflow.cli.options import HomeOption, fmt_date, fmt_time, open_project
 from reflow.cli.web import LogFormatOption
 from reflow.cli.web import register as register_web
 from reflow.core.errors import InvalidInput
@@ -119,18 +119,6 @@ def styled(state: str | None) -> str:
     if state is None:
         return ""
     return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
-
-
-def fmt_time(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
-
-
-def fmt_date(value: datetime | None) -> str:
-    if value is None:
-        return ""
-    if value.hour == value.minute == value.second == 0:
-        return value.strftime("%Y-%m-%d")
-    return value.strftime("%Y-%m-%d %H:%M")
 
 
 def fmt_took(seconds: float | None) -> str:

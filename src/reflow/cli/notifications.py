@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,11 +17,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from reflow.cli.options import HomeOption, open_project
+from reflow.cli.options import HomeOption, fmt_date, fmt_time, open_project
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     from reflow.services.notifications import NotificationView
     from reflow.services.project import Project
 
@@ -42,14 +41,10 @@ def _project(home: Path | None) -> Project:
     return open_project(home)
 
 
-def _fmt(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
-
-
 def _about(n: NotificationView) -> str:
     parts = [n.pipeline or ""]
     if n.logical_date:
-        parts.append(n.logical_date[:16].replace("T00:00", "").replace("T", " "))
+        parts.append(fmt_date(datetime.fromisoformat(n.logical_date)))
     if n.task:
         parts.append(n.task)
     return " ".join(p for p in parts if p)
@@ -100,12 +95,12 @@ def notifications_list(
     for n in found:
         style = _STYLE.get(n.state, "white")
         if n.state == "pending" and n.next_at is not None:
-            detail = f"next {_fmt(n.next_at)}" + (f": {n.last_error}" if n.last_error else "")
+            detail = f"next {fmt_time(n.next_at)}" + (f": {n.last_error}" if n.last_error else "")
         else:
             detail = n.last_error or ""
         table.add_row(
             str(n.id),
-            _fmt(n.created_at),
+            fmt_time(n.created_at),
             n.event,
             escape(_about(n)),
             escape(f"{n.channel} ({n.kind})"),
@@ -128,11 +123,11 @@ def notifications_show(
     console.print(f"Notification {n.id}: {n.event} ({escape(_about(n))})")
     console.print(f"  channel   {escape(n.channel)} ({n.kind})")
     console.print(f"  state     [{_STYLE.get(n.state, 'white')}]{n.state}[/]")
-    console.print(f"  created   {_fmt(n.created_at)}")
+    console.print(f"  created   {fmt_time(n.created_at)}")
     if n.sent_at:
-        console.print(f"  sent      {_fmt(n.sent_at)}")
+        console.print(f"  sent      {fmt_time(n.sent_at)}")
     if n.next_at:
-        console.print(f"  next try  {_fmt(n.next_at)}")
+        console.print(f"  next try  {fmt_time(n.next_at)}")
     if n.last_error:
         console.print(f"  error     {escape(n.last_error)}")
     if not n.attempt_log:
@@ -142,7 +137,7 @@ def notifications_show(
     for a in n.attempt_log:
         mark = "[green]ok[/]" if a.ok else "[red]failed[/]"
         table.add_row(
-            str(a.attempt), _fmt(a.at), f"{mark} {escape(a.result or '')}", f"{a.seconds:.2f}s"
+            str(a.attempt), fmt_time(a.at), f"{mark} {escape(a.result or '')}", f"{a.seconds:.2f}s"
         )
     console.print(table)
 

@@ -21,12 +21,10 @@ from rich.table import Table
 
 from reflow.cli.logformat import ENV as LOG_FORMAT_ENV
 from reflow.cli.logformat import LogFormat, configure, say, uvicorn_config
-from reflow.cli.options import HomeOption, open_project
+from reflow.cli.options import HomeOption, fmt_time, open_project
 from reflow.core.errors import ConfigError, InvalidInput
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     from reflow.services.project import Project
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -82,10 +80,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(tokens_app, name="tokens")
 
 
-def _fmt(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
-
-
 # -- users ----------------------------------------------------------------------------------
 def _read_password(from_stdin: bool) -> str:
     if from_stdin:
@@ -137,7 +131,7 @@ def users_list(home: HomeOption = None) -> None:
     rows = accounts.list_users(_open(home))
     table = Table("user", "created", "last login", box=None)
     for r in rows:
-        table.add_row(r.name, _fmt(r.created_at), _fmt(r.last_login_at))
+        table.add_row(r.name, fmt_time(r.created_at), fmt_time(r.last_login_at))
     console.print(table if rows else "No users.")
 
 
@@ -201,12 +195,12 @@ def tokens_list(
             r.name,
             r.prefix + "…",
             r.user_name or "",
-            _fmt(r.created_at),
-            _fmt(r.expires_at) or "never",
-            _fmt(r.last_used_at),
+            fmt_time(r.created_at),
+            fmt_time(r.expires_at) or "never",
+            fmt_time(r.last_used_at),
         ]
         if show_all:
-            cells.append(_fmt(r.revoked_at))
+            cells.append(fmt_time(r.revoked_at))
         table.add_row(*cells)
     console.print(table if rows else "No tokens.")
 

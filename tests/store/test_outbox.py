@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
+from reflow.core.notify import Event
 from reflow.store import history, outbox, repo
 from reflow.store.db import Database
 from reflow.store.models import notifications
@@ -87,3 +88,21 @@ def test_clean_forgets_finished_notifications_and_purge_a_pipelines(db: Database
     assert old_sent not in ids() and old_failed not in ids()
     assert db.write(lambda c: outbox.forget_pipeline(c, "p")) == 2
     assert ids() == {other}
+
+
+def test_an_entry_routed_by_two_notifiers_at_once_becomes_one_set_of_notifications(
+    db: Database,
+) -> None:
+    db.migrate()
+    db.write(lambda c: outbox.enqueue(c, Event.SCHEDULER_STARTED, T0, "scheduler", 1))
+    with db.read() as conn:
+        first = outbox.take(conn)
+    with db.read() as conn:
+        second = outbox.take(conn)  # read before the first routing committed
+    assert [p.entry.id for p in first] == [p.entry.id for p in second]
+    made = [(first[0], "scheduler_started", "hook", None)]
+    assert db.write(lambda c: outbox.route(c, [first[0].entry.id], made, T0)) == 1
+    again = [(second[0], "scheduler_started", "hook", None)]
+    assert db.write(lambda c: outbox.route(c, [second[0].entry.id], again, T0)) == 0
+    with db.read() as conn:
+        assert len(outbox.listing(conn)) == 1 and outbox.backlog(conn) == 0

@@ -112,15 +112,20 @@ class Notifier:
     def route(self, now: datetime) -> int:
         """Route one batch of outbox entries; returns how many were taken."""
         catalog = self.pipelines()
+        # What to route is read and decided outside the write transaction, which only
+        # claims the entries (deletes them) and writes the notifications.
+        with self.db.read() as conn:
+            pending = outbox.take(conn)
+        if not pending:
+            return 0
+        made = []
+        for p in pending:
+            defined = catalog.get(p.pipeline) if p.pipeline else None
+            rules = defined.notify if defined is not None else ()
+            for d in routing.route(p.entry.event, p.pipeline, p.context, rules, self.settings):
+                made.append((p, d.event.value, d.channel, d.error))
 
         def work(conn: Connection) -> int:
-            pending = outbox.take(conn)
-            made = []
-            for p in pending:
-                defined = catalog.get(p.pipeline) if p.pipeline else None
-                rules = defined.notify if defined is not None else ()
-                for d in routing.route(p.entry.event, p.pipeline, p.context, rules, self.settings):
-                    made.append((p, d.event.value, d.channel, d.error))
             outbox.route(conn, [p.entry.id for p in pending], made, now)
             return len(pending)
 

@@ -3,9 +3,10 @@
 A notable state change (a run failing or succeeding, a task instance failing or waiting
 to retry, a backfill ending, a scheduler starting or found dead, a deadline missed) puts
 one row in ``notify_outbox`` in the transaction that makes the change: committed
-together, or not at all. The notifier then, in a transaction of its own, reads a batch of
-entries with the context of each (:func:`take`), routes them to channels and writes one
-``notifications`` row per channel while deleting the entries (:func:`route`). Deliveries
+together, or not at all. The notifier then reads a batch of entries with the context of
+each (:func:`take`, no lock), routes them to channels, and in one short transaction
+deletes the entries and writes one ``notifications`` row per channel of those it deleted
+(:func:`route`: the delete is the claim, so two notifiers never route one entry). Deliveries
 are claimed for a lease (:func:`claim_due`), sent outside any transaction, and their
 attempts recorded (:func:`record_attempt`): a notifier that dies between sending and
 recording leaves the lease to expire and the message to be sent again (at least once).
@@ -111,11 +112,9 @@ class Pending:
 
 
 def take(conn: Connection, limit: int = 200) -> list[Pending]:
-    """The oldest outbox entries with their context, locked (skipped by another notifier
-    on PostgreSQL), in the caller's transaction."""
+    """The oldest outbox entries with their context: read without a lock (a read
+    transaction); :func:`route` then claims them by deleting them."""
     stmt = select(notify_outbox).order_by(notify_outbox.c.id).limit(limit)
-    if conn.dialect.name != "sqlite":
-        stmt = stmt.with_for_update(skip_locked=True)
     entries = OutboxEntry.from_result(conn.execute(stmt))
     if not entries:
         return []
@@ -150,7 +149,19 @@ def route(
 ) -> int:
     """Turn outbox entries ``done`` into notifications: one per (entry, event, channel,
     error) of ``messages``; with an ``error`` (a channel that is not configured) it is
-    failed at once. Deletes the entries; returns the notifications made."""
+    failed at once. The entries are deleted first: only those this call deleted get
+    their notifications (another notifier that routed the same entries meanwhile made
+    theirs), so each entry is routed once. Returns the notifications made."""
+    ids = sorted(set(done))
+    mine: set[int] = set()
+    for i in range(0, len(ids), 500):
+        mine.update(
+            conn.execute(
+                delete(notify_outbox)
+                .where(notify_outbox.c.id.in_(ids[i : i + 500]))
+                .returning(notify_outbox.c.id)
+            ).scalars()
+        )
     rows = [
         {
             "event": event,
@@ -165,12 +176,10 @@ def route(
             "context": p.context,
         }
         for p, event, channel, error in messages
+        if p.entry.id in mine
     ]
     if rows:
         conn.execute(insert(notifications), rows)
-    ids = sorted(set(done))
-    for i in range(0, len(ids), 500):
-        conn.execute(delete(notify_outbox).where(notify_outbox.c.id.in_(ids[i : i + 500])))
     return len(rows)
 
 

@@ -103,7 +103,12 @@ class TryLog:
         copy = self.source.look()
         ended = ended_at is not None and (copy.final or utcnow() - ended_at > FINAL_COPY_PATIENCE)
         size = copy.size
-        offset = max(0, min(offset, size))
+        offset = max(0, offset)
+        if size < offset:
+            # A copy shorter than what was read already (none found, or an older one): the
+            # reader waits where it is. Going back to the copy's end would serve a follower
+            # the same bytes twice.
+            return LogChunk(offset, offset, size, ended, "")
         # From a few bytes back: an offset inside a secret must not show the rest of it.
         start = max(0, offset - self.mask.lookahead)
         data = b""

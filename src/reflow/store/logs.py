@@ -151,7 +151,10 @@ class RemoteLogs:
         """The latest copy of a log: its object and what it is; None when nothing was
         shipped yet. Raises LogsUnavailable."""
         fs, path = self._path(location)
-        for name, final in ((path, True), (path + PART, False)):
+        # The final copy is stored before the partial one is removed, so a look that finds
+        # neither the final copy nor then the partial one (removed in between) finds the
+        # final copy on looking again: a log once shipped never looks unshipped.
+        for name, final in ((path, True), (path + PART, False), (path, True)):
             fs.invalidate_cache(name)
             try:
                 info = fs.info(name)

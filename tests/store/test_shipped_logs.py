@@ -5,7 +5,7 @@ never serves a byte twice whatever copies it finds."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -80,13 +80,13 @@ class ScriptedLog(TryLog):
     """A try's log over a scripted source; the try ends with the last look."""
 
     def __init__(self, source: Script, secrets: list[str]) -> None:
-        self.source = source
+        self.source = self.script = source
         self.mask = LogMask(secrets)
         self.attempt: Any = SimpleNamespace(ended_at=None)
 
     def refresh(self) -> None:
-        if self.source.seen >= len(self.source.looks) - 1:
-            self.attempt = SimpleNamespace(ended_at=datetime.now(timezone.utc))
+        if self.script.seen >= len(self.script.looks) - 1:
+            self.attempt = SimpleNamespace(ended_at=datetime.now(UTC))
 
 
 @pytest.mark.parametrize("secrets", [[], ["hunter22"]])

@@ -193,9 +193,13 @@ def test_a_port_in_use_is_one_clear_error() -> None:
 @pytest.mark.postgres
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("before_first_tick", [False, True], ids=["while-ticking", "first-tick"])
 def test_during_a_database_outage_the_scheduler_is_live_but_not_ready(
-    private_postgres: PrivatePostgres, tmp_path: Path
+    private_postgres: PrivatePostgres, tmp_path: Path, before_first_tick: bool
 ) -> None:
+    """Also when the outage begins before the loop's first tick has ended: that tick waits
+    for the database, and liveness judges it from the loop's start (it once said
+    "starting" for ever, so a loop stuck in its first tick was never restarted)."""
     server = private_postgres
     url = server.create_database(f"db_{uuid.uuid4().hex[:10]}")
     db = Database(url, outage_timeout=None)  # as the daemon: rides out any outage
@@ -218,8 +222,9 @@ def test_during_a_database_outage_the_scheduler_is_live_but_not_ready(
 
     def outage() -> None:
         try:
-            wait_until(lambda: probe("/readyz") == 200, timeout=60, every=0.1)
-            server.stop()
+            if not before_first_tick:
+                wait_until(lambda: probe("/readyz") == 200, timeout=60, every=0.1)
+                server.stop()
             wait_until(lambda: probe("/readyz") == 503, timeout=30, every=0.1)
 
             # The loop waits for the database past scheduler_timeout: still live.
@@ -242,6 +247,10 @@ def test_during_a_database_outage_the_scheduler_is_live_but_not_ready(
     probes = ProbeServer("127.0.0.1", 0)
     try:
         probes.serve(sched)
+        if before_first_tick:
+            sched.start()  # registered: ready
+            assert probe("/readyz") == 200
+            server.stop()  # and the loop's first tick meets the outage
         helper = threading.Thread(target=outage)
         helper.start()
         sched.run(stop, idle_wait=0.05)

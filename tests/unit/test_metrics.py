@@ -118,3 +118,14 @@ def test_liveness_fails_only_for_a_loop_that_stopped_coming_round(
     health = liveness(loop_at, now=100.0, limit=30.0, outage=outage)
     assert health.ok is ok
     assert health.detail and "\n" not in health.detail
+
+
+def test_a_loop_stuck_in_its_first_tick_is_judged_from_its_start() -> None:
+    metrics = SchedulerMetrics()
+    metrics.loop_began()
+    assert metrics.loop_at is not None
+    assert liveness(metrics.loop_at, metrics.loop_at + 29.0, limit=30.0, outage=False).ok
+    stuck = liveness(metrics.loop_at, metrics.loop_at + 31.0, limit=30.0, outage=False)
+    assert not stuck.ok and "has not come round for 31 s" in stuck.detail
+    waiting = liveness(metrics.loop_at, metrics.loop_at + 31.0, limit=30.0, outage=True)
+    assert waiting.ok and waiting.detail == "waiting for the database to answer again"

@@ -253,6 +253,7 @@ class Scheduler:
             self.start()
         if self.notifier is not None:
             self.notifier.start()  # a daemon's loop only: not a test's hand-made ticks
+        self.metrics.loop_began()
         try:
             while not stop.is_set():
                 try:

@@ -110,13 +110,18 @@ class SchedulerMetrics:
             ["kind", "result"],
             registry=registry,
         )
-        # time.monotonic() when the loop last came round (a tick ended, well or not);
-        # None until the first tick.
+        # time.monotonic() when the loop last came round (a tick ended, well or not) or,
+        # until its first tick ends, when it began; None before the loop begins.
         self.loop_at: float | None = None
         self._staged: list[Callable[[], None]] = []
         self._writing = 0
 
     # -- the loop ---------------------------------------------------------------------------
+    def loop_began(self) -> None:
+        """The loop begins: a first tick that never ends (stuck, or waiting out a database
+        outage) is judged from now, as any later one is from the end of the one before."""
+        self.loop_at = time.monotonic()
+
     def timed(self, tick: Callable[[], T]) -> T:
         """Run one tick, observing its duration if it completes."""
         began = time.perf_counter()

@@ -57,8 +57,9 @@ class Health:
 
 
 def liveness(loop_at: float | None, now: float, limit: float, outage: bool) -> Health:
-    """Is the loop stuck? ``loop_at``: when it last came round (None: not yet), ``now``
-    on the same clock, ``outage``: the database is unreachable and being waited for."""
+    """Is the loop stuck? ``loop_at``: when it last came round, or began (None: it has
+    not begun, the scheduler starts up), ``now`` on the same clock, ``outage``: the
+    database is unreachable and being waited for."""
     if loop_at is None:
         return Health(True, "starting")
     age = now - loop_at

@@ -124,6 +124,8 @@ def test_init_creates_a_project_whose_example_runs(project: Path) -> None:
         (["pipelines", "history", "nope"], "unknown pipeline 'nope'"),
         # Usage errors too: one line that says where the help is.
         (["nosuch"], "No such command 'nosuch'. (see 'reflow -h')"),
+        (["trigge"], "No such command 'trigge'. Did you mean 'trigger'? (see 'reflow -h')"),
+        (["runs", "lst"], "No such command 'lst'. Did you mean 'list'? (see 'reflow runs -h')"),
         (["trigger"], "Missing argument 'pipeline'. (see 'reflow trigger -h')"),
         (["runs", "list", "--limit", "many"], "Invalid value for '--limit'"),
         (["backfill", "example", "--start", "2024-01-01", "--bogus"], "No such option: --bogus"),

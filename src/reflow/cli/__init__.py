@@ -18,7 +18,7 @@ def run(app: Any, prog_name: str = "reflow") -> None:
     import typer
     from rich.markup import escape
 
-    from reflow.cli.app import err_console
+    from reflow.cli.options import err_console
     from reflow.core.errors import ReflowError
 
     def fail(message: str, code: int = 2) -> None:

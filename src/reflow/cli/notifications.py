@@ -1,8 +1,5 @@
 """``reflow notifications …``: what was sent to whom and how each delivery went, a retry
-of a given-up one, and a test message through a channel.
-
-Registered on the main app by :func:`register`.
-"""
+of a given-up one, and a test message through a channel."""
 
 from __future__ import annotations
 
@@ -13,28 +10,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from reflow.cli.options import HomeOption, fmt_date, fmt_time, open_project
+from reflow.cli.options import HomeOption, console, fmt_date, fmt_time, open_project
 
 if TYPE_CHECKING:
     from reflow.services.notifications import NotificationView
     from reflow.services.project import Project
 
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-
-notifications_app = typer.Typer(
-    help="Notifications: what was sent where, and how each delivery went.",
-    no_args_is_help=True,
-)
+notifications_app = typer.Typer()  # its help and its place among the commands: cli/app.py
 
 _STYLE = {"pending": "yellow", "sent": "green", "failed": "red"}
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(notifications_app, name="notifications")
 
 
 def _project(home: Path | None) -> Project:

@@ -1,13 +1,13 @@
 """``reflow web``, ``reflow up``, ``reflow users …`` and ``reflow tokens …``: the web server
 (REST API and UI) and the credentials it accepts.
 
-Registered on the main app by :func:`register`.
+Named in ``cli/app.py``'s ``COMMANDS``, like every command; :func:`register` adds them to
+another Typer app (``python -m reflow.cli.web``).
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -16,19 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from reflow.cli.logformat import ENV as LOG_FORMAT_ENV
 from reflow.cli.logformat import LogFormat, configure, say, uvicorn_config
-from reflow.cli.options import HomeOption, fmt_time, open_project
+from reflow.cli.options import HomeOption, console, err_console, fmt_time, open_project
 from reflow.core.errors import ConfigError, InvalidInput
 
 if TYPE_CHECKING:
     from reflow.services.project import Project
-
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
 
 SECRET_ENV = "REFLOW_WEB_SECRET_KEY"
 SECRET_FILE = "web-secret.key"
@@ -66,18 +62,21 @@ SecureOption = Annotated[
     ),
 ]
 
-users_app = typer.Typer(help="Users who may log in to the web UI.", no_args_is_help=True)
-tokens_app = typer.Typer(
-    help="API tokens for the REST API (`Authorization: Bearer TOKEN`).", no_args_is_help=True
-)
+# Their help and their place among the commands: cli/app.py.
+users_app = typer.Typer()
+tokens_app = typer.Typer()
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``web``, ``up``, ``users`` and ``tokens`` to the ``reflow`` command."""
+    """Add ``web``, ``up``, ``users`` and ``tokens`` to ``app``."""
+    from reflow.cli.app import COMMANDS, Group
+
     app.command("web")(web)
     app.command("up")(up)
-    app.add_typer(users_app, name="users")
-    app.add_typer(tokens_app, name="tokens")
+    for name, commands in (("users", users_app), ("tokens", tokens_app)):
+        group = COMMANDS[name]
+        assert isinstance(group, Group)
+        app.add_typer(commands, name=name, help=group.help, no_args_is_help=True)
 
 
 # -- users ----------------------------------------------------------------------------------
@@ -232,6 +231,8 @@ def secret_key(project: Project) -> str:
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
+    import secrets
+
     key = secrets.token_urlsafe(48)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:

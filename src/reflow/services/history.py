@@ -8,13 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reflow.core.config import is_url
 from reflow.core.errors import Conflict, InvalidInput, NotFound
 from reflow.core.naming import utcnow
-from reflow.core.pipeline import Pipeline
-from reflow.core.schedule import to_datetime
 from reflow.core.states import (
     RUN_ACTIVE,
     TI_FAILED_RESULTS,
@@ -24,11 +22,14 @@ from reflow.core.states import (
     RunState,
 )
 from reflow.services import runs as run_service
-from reflow.services.backfill import select_tasks
 from reflow.services.project import Project
 from reflow.store import history, repo
-from reflow.store.logs import remote_for
 from reflow.store.records import Run, TaskInstance
+
+# The pipeline model, backfills' task selection and shipped logs are imported where they
+# are used: how long a run ran (``run_span``, for every list of runs) needs none of them.
+if TYPE_CHECKING:
+    from reflow.core.pipeline import Pipeline
 
 
 def _runs(
@@ -111,6 +112,8 @@ def clear(
 
 
 def _chosen_tasks(pipeline: Pipeline, tasks: Sequence[str] | None, downstream: bool) -> set[str]:
+    from reflow.services.backfill import select_tasks
+
     if not tasks:
         return set(pipeline.tasks)
     chosen, _ = select_tasks(pipeline, tasks, None)
@@ -118,6 +121,8 @@ def _chosen_tasks(pipeline: Pipeline, tasks: Sequence[str] | None, downstream: b
 
 
 def _with_downstream(pipeline: Pipeline, task_ids: Sequence[str]) -> list[str]:
+    from reflow.services.backfill import select_tasks
+
     out: list[str] = []
     for task_id in task_ids:
         for t in select_tasks(pipeline, None, task_id)[0]:
@@ -230,6 +235,8 @@ def _count_logs(project: Project, paths: Sequence[str]) -> int:
     local = [p for p in paths if not is_url(p)]
     count = len(_log_removal(project, local).files)
     if shipped:
+        from reflow.store.logs import remote_for
+
         count += len(remote_for(project.settings, shipped[0]).present(shipped))
     return count
 
@@ -241,6 +248,8 @@ def _remove_logs(project: Project, paths: Sequence[str]) -> int:
     plan = _log_removal(project, [p for p in paths if not is_url(p)])
     removed = 0
     if shipped:
+        from reflow.store.logs import remote_for
+
         removed += remote_for(project.settings, shipped[0]).remove(shipped)
         for location in shipped:  # a spool file a stopped scheduler left on this host
             with contextlib.suppress(OSError):
@@ -297,6 +306,8 @@ def clean(project: Project, before: str, *, dry_run: bool = False) -> dict[str, 
     """Purge finished history older than ``before`` (by logical date): runs, task
     instances, tries, log files, backfills and schedulers, counted. A dry run deletes
     nothing and counts what the real clean would delete, the same way."""
+    from reflow.core.schedule import to_datetime
+
     when = run_service.parse_date(before)
     cutoff: datetime = to_datetime(when)
     if dry_run:

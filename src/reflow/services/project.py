@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reflow.core.config import Settings, load_settings
-from reflow.core.discovery import Catalog
 from reflow.core.errors import Conflict, NotFound
 from reflow.core.naming import utcnow
-from reflow.core.pipeline import Pipeline
-from reflow.launchers.base import Launcher
-from reflow.scheduler.catalog import sync_catalog
 from reflow.store import repo
 from reflow.store.db import Database
+
+if TYPE_CHECKING:  # a command that reads no pipeline file loads neither these nor the scheduler
+    from reflow.core.discovery import Catalog
+    from reflow.core.pipeline import Pipeline
+    from reflow.launchers.base import Launcher
 
 
 @dataclass
@@ -42,6 +43,9 @@ class Project:
     def catalog(self) -> Catalog:
         """Pipelines read from the pipelines folder and recorded in the store."""
         if self._catalog is None:
+            from reflow.core.discovery import Catalog
+            from reflow.scheduler.catalog import sync_catalog
+
             self._catalog = Catalog(self.settings.pipelines_path)
             self._catalog.refresh()
             self.stale = sync_catalog(self.db, self._catalog, utcnow()).stale

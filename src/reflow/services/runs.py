@@ -12,14 +12,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from reflow.core.errors import Conflict, InvalidInput, NotFound
-from reflow.core.masking import Secrets
 from reflow.core.naming import utcnow
-from reflow.core.pipeline import Pipeline
-from reflow.core.schedule import to_datetime
 from reflow.core.states import RUN_FINISHED, RunOrigin, RunState
-from reflow.scheduler.peers import covers, exited
 from reflow.services.project import Project
-from reflow.store import history, pauses, pools, repo
+from reflow.store import repo
 from reflow.store.records import (
     HistoryEvent,
     Run,
@@ -29,7 +25,11 @@ from reflow.store.records import (
     TaskTry,
 )
 
+# The pipeline model, the schedules, the scheduler and the rarer queries are imported where
+# they are used: listing or showing runs reads none of them.
 if TYPE_CHECKING:
+    from reflow.core.masking import Secrets
+    from reflow.core.pipeline import Pipeline
     from reflow.scheduler import Scheduler
 
 
@@ -63,6 +63,8 @@ def logical_date_for(pipeline: Pipeline, when: datetime | None, now: datetime) -
     if when is None:
         latest = schedule.latest_complete(now)
         return latest if latest is not None else now.replace(microsecond=0)
+    from reflow.core.schedule import to_datetime
+
     local = to_datetime(when, schedule.tz)
     if schedule.is_manual:
         return local.astimezone(UTC)
@@ -166,6 +168,8 @@ def progress(project: Project, run_pks: Sequence[int]) -> Progress:
 
 
 def is_paused(project: Project, pipeline: str) -> bool:
+    from reflow.store import pauses
+
     with project.db.read() as conn:
         return pipeline in pauses.paused_pipelines(conn)
 
@@ -176,6 +180,8 @@ def _empty_pools(project: Project, pipeline: str) -> list[str]:
     wanted = {t.option("pool") for t in defined.tasks.values()} - {None} if defined else set()
     if not wanted:
         return []
+    from reflow.store import pools
+
     with project.db.read() as conn:
         slots = pools.slots(conn, wanted)
     return sorted(p for p in wanted if not slots.get(p))
@@ -199,6 +205,8 @@ def scheduler_is_running(project: Project, pipeline: str | None = None) -> bool:
 def _driver(project: Project, pipeline: str | None, *, any_scope: bool) -> SchedulerRecord | None:
     """A live scheduler that drives ``pipeline``'s runs: a daemon (which drives every
     run), or with ``any_scope`` any scheduler covering the pipeline."""
+    from reflow.scheduler.peers import covers, exited
+
     with project.db.read() as conn:
         live = repo.live_schedulers(conn, utcnow(), project.settings.scheduler_timeout)
     wanted = None if pipeline is None else [pipeline]
@@ -302,6 +310,8 @@ def date_range(
         now = utcnow()
         first, last = (None if d is None else logical_date_for(defined, d, now) for d in given)
     else:
+        from reflow.core.schedule import to_datetime
+
         first, last = (None if d is None else to_datetime(d) for d in given)
     if first is not None and last is not None and last < first:
         raise InvalidInput(f"{labels[1]} {end} is before {labels[0]} {start}")
@@ -336,6 +346,8 @@ def list_runs(
             return repo.list_runs(conn, pipeline=pipeline, state=state, limit=limit)
         names = [pipeline] if pipeline is not None else [p.name for p in repo.pipeline_rows(conn)]
     ranges = {name: date_range(project, name, start, end, labels=labels) for name in names}
+    from reflow.store import history
+
     rows: list[Run] = []
     with project.db.read() as conn:
         for name, (first, last) in ranges.items():
@@ -365,6 +377,8 @@ def window(
 ) -> Window:
     """The ``limit`` newest runs after skipping the ``offset`` newest, of the logical
     dates from ``first`` to ``last`` (None: open; see :func:`date_range`)."""
+    from reflow.store import history
+
     with project.db.read() as conn:
         if first is None and last is None:
             rows = repo.list_runs(conn, pipeline=pipeline, limit=offset + limit + 1)
@@ -455,6 +469,8 @@ def task_order(project: Project, pipeline: str, found: Iterable[str] = ()) -> li
 
 def secrets_of(project: Project, pipeline: str) -> Secrets:
     """What must be masked when showing this pipeline's runs, conf and logs."""
+    from reflow.core.masking import Secrets
+
     defined = project.catalog.pipelines.get(pipeline)
     if defined is not None:
         return Secrets.of(defined.structure(), defined.params.secret_names())

@@ -146,6 +146,9 @@ class Database:
                 raise ConfigError(f"cannot use database {self.url!r}: {exc}") from None
             event.listen(self.engine, "do_execute", self._execute_read)
             event.listen(self.engine, "do_execute_no_params", self._execute_read_no_params)
+        from reflow.store.models import use_dialect
+
+        use_dialect(self.engine.dialect.name)  # the partial indexes' conditions in it
 
     # -- schema ---------------------------------------------------------------------------
     def current_revision(self) -> str | None:

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Connection,
     DateTime,
     Dialect,
     Float,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    event,
     false,
     text,
 )
@@ -34,6 +36,34 @@ metadata = MetaData(
         "pk": "pk_%(table_name)s",
     }
 )
+
+# The partial indexes and their condition (SQL that SQLite and PostgreSQL read alike). Each
+# dialect gets it as its own option (``sqlite_where``, ``postgresql_where``) from
+# :func:`use_dialect` when a database of that dialect is opened, not here: naming a
+# dialect's option imports that dialect, and a command on SQLite has no use for PostgreSQL's.
+_PARTIAL: list[tuple[Index, str]] = []
+_PARTIAL_DIALECTS = {"sqlite", "postgresql"}
+_dialects_used: set[str] = set()
+
+
+def _partial(index: Index, where: str) -> Index:
+    _PARTIAL.append((index, where))
+    return index
+
+
+def use_dialect(name: str) -> None:
+    """Give the partial indexes their condition in dialect ``name``'s option (once per
+    dialect; a dialect without partial indexes gets none)."""
+    if name not in _PARTIAL_DIALECTS or name in _dialects_used:
+        return
+    for index, where in _PARTIAL:
+        index.dialect_kwargs[f"{name}_where"] = text(where)
+    _dialects_used.add(name)
+
+
+@event.listens_for(metadata, "before_create")
+def _before_create(target: MetaData, connection: Connection, **kw: Any) -> None:
+    use_dialect(connection.dialect.name)  # metadata.create_all() makes them partial too
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -223,20 +253,11 @@ runs = Table(
     Index("ix_runs_backfill_id_state", "backfill_id", "state"),
     Index("ix_runs_pipeline_logical_date", "pipeline", "logical_date"),
     # Only the runs the scheduler has not acted on: each tick reads just those.
-    Index(
-        "ix_runs_unsettled",
-        "state",
-        sqlite_where=text(UNSEEN_CHANGES),
-        postgresql_where=text(UNSEEN_CHANGES),
-    ),
+    _partial(Index("ix_runs_unsettled", "state"), UNSEEN_CHANGES),
     # One scheduled/backfill run per (pipeline, logical date); manual runs are free.
-    Index(
-        "uq_runs_pipeline_logical_date_dated",
-        "pipeline",
-        "logical_date",
-        unique=True,
-        sqlite_where=text("origin != 'manual'"),
-        postgresql_where=text("origin != 'manual'"),
+    _partial(
+        Index("uq_runs_pipeline_logical_date_dated", "pipeline", "logical_date", unique=True),
+        "origin != 'manual'",
     ),
     # Run numbers are never given again, even after the newest run is deleted: a number
     # someone wrote down never points at another run (PostgreSQL's sequence never reuses).
@@ -320,13 +341,7 @@ tries = Table(
     UniqueConstraint("ti", "try_number"),
     Index("ix_tries_state", "state"),
     # At most one live try per task instance.
-    Index(
-        "uq_tries_ti_live",
-        "ti",
-        unique=True,
-        sqlite_where=text("ended_at IS NULL"),
-        postgresql_where=text("ended_at IS NULL"),
-    ),
+    _partial(Index("uq_tries_ti_live", "ti", unique=True), "ended_at IS NULL"),
     # A try's id names its pod, its fence and its runtime files: never given again, so
     # that nothing left of a deleted try (a fence kept for a day) is taken for a new one.
     sqlite_autoincrement=True,
@@ -428,11 +443,5 @@ api_tokens = Table(
     Column("revoked_at", UTCDateTime, nullable=True),
     UniqueConstraint("token_hash"),
     # One live token per name; revoked ones stay for the record.
-    Index(
-        "uq_api_tokens_name_live",
-        "name",
-        unique=True,
-        sqlite_where=text("revoked_at IS NULL"),
-        postgresql_where=text("revoked_at IS NULL"),
-    ),
+    _partial(Index("uq_api_tokens_name_live", "name", unique=True), "revoked_at IS NULL"),
 )

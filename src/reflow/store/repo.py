@@ -55,7 +55,6 @@ from reflow.core.states import (
     TryState,
     check_transition,
 )
-from reflow.store import outbox
 from reflow.store.models import (
     UNSEEN_CHANGES,
     backfills,
@@ -255,6 +254,8 @@ def _record_events(
     ending...) also gets its outbox entry here, committed with it."""
     if not moved:
         return
+    from reflow.store import outbox  # here: a command that only reads needs no notifications
+
     outbox.note_moves(conn, entity, moved, new, now)
     conn.execute(
         insert(events),

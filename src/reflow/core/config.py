@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from reflow.core.cost import CostSettings
 from reflow.core.errors import ConfigError
 from reflow.core.naming import NAME_PATTERN, log_name
 from reflow.core.notify import Event
@@ -230,6 +231,7 @@ class Settings(BaseModel):
         description="slots of each pool, shared by every pipeline ([reflow.pools] spark = 4)",
     )
     notify: NotifySettings = Field(default_factory=lambda: NotifySettings())
+    cost: CostSettings = Field(default_factory=lambda: CostSettings())
 
     @field_validator("logs_url")
     @classmethod

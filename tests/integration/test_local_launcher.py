@@ -777,3 +777,45 @@ def test_the_launcher_says_in_one_line_how_it_finds_the_processes_of_a_try(
     else:
         assert launcher.isolation in line
     launcher.close()
+
+
+# -- what a try used --------------------------------------------------------------------------
+BURN = (
+    "import time\n"
+    "end = time.process_time() + {seconds}\n"
+    "while time.process_time() < end:\n"
+    "    pass\n"
+)
+
+
+def test_a_try_reports_the_cpu_seconds_and_peak_memory_of_its_whole_process_tree(
+    tmp_path: Path, launcher: LocalLauncher
+) -> None:
+    # Two grandchildren burn 0.4 CPU-seconds each (CPU time: a loaded machine only makes
+    # them take longer); one of them also holds 200 MB for a moment.
+    burn = (tmp_path / "burn.py").resolve()
+    burn.write_text(BURN.format(seconds=0.4))
+    hold = (tmp_path / "hold.py").resolve()
+    hold.write_text("block = bytearray(200 * 1024 * 1024)\n" + BURN.format(seconds=0.4))
+    python = sys.executable
+    launcher.start(sh(tmp_path, 1, f"{python} {burn} & {python} {hold} & wait"))
+    [outcome] = outcomes(launcher, timeout=120)
+    assert outcome.ok
+    assert outcome.cpu_seconds is not None and outcome.peak_memory is not None
+    # Both burns, plus the interpreters' start-up and the shells: more than 0.8, and not
+    # wildly more.
+    assert 0.8 <= outcome.cpu_seconds < 3.0, outcome.cpu_seconds
+    # The largest process of the tree held the 200 MB block.
+    assert 200 * 1024 * 1024 <= outcome.peak_memory < 1024 * 1024 * 1024, outcome.peak_memory
+
+
+def test_an_adopted_try_is_not_measured(tmp_path: Path, runtime: Path) -> None:
+    # Its wrapper is another process's child: what it used cannot be read here.
+    ref = crashed_scheduler_started(tmp_path, runtime, "/bin/sh", "-c", "sleep 0.5")
+    second = LocalLauncher(runtime)
+    assert second.adopt(ref) is True
+    [outcome] = outcomes(second)
+    assert outcome.ok
+    assert (outcome.cpu_seconds, outcome.peak_memory) == (None, None)
+    second.release([1])
+    second.close()

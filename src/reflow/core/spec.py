@@ -70,6 +70,10 @@ class Outcome:
     # When the try's own process began, if later than its launch (a pod's container,
     # after scheduling and the image pull): the try's recorded start moves there.
     started_at: datetime | None = None
+    # What the try was measured to use, where its launcher can measure it (None: not
+    # measured): CPU-seconds (user + system) and peak memory in bytes.
+    cpu_seconds: float | None = None
+    peak_memory: int | None = None
 
     @property
     def ok(self) -> bool:

@@ -48,6 +48,7 @@ from reflow.launchers.local.processes import (
     _orphans,
     _orphans_of,
     _process,
+    _reap,
     _send,
     _signal_group,
     _stop_leftovers,
@@ -529,7 +530,8 @@ class LocalLauncher(Launcher):
             _send([*t.doomed.values(), *strays], signal.SIGKILL)
             if t.cgroup is not None and self._cgroups is not None:
                 self._cgroups.kill(t.cgroup, _SWEEP_TIMEOUT)
-        wrapper_code = t.popen.wait() if t.popen is not None else None
+        reaped = _reap(t.popen) if t.popen is not None else None
+        wrapper_code = reaped.code if reaped is not None else None
         if t.popen is not None:
             _OWN_WRAPPERS.discard(t.popen.pid)
         file_code = _read_int(_exit_file(self.runtime_dir, t.try_id))
@@ -550,14 +552,22 @@ class LocalLauncher(Launcher):
         # The exit file is the command's own status; the wrapper's differs only when the
         # wrapper itself was killed (then there is no exit file).
         code = file_code if file_code is not None else wrapper_code
+        # What it used, when this launcher started it (an adopted try's wrapper is another
+        # process's child: not measured).
+        cpu, peak = (reaped.cpu_seconds, reaped.peak_memory) if reaped else (None, None)
+
+        def ended(code: int | None, reason: FailureReason | None, detail: str = "") -> Outcome:
+            return Outcome(t.try_id, code, reason, now, detail, cpu_seconds=cpu, peak_memory=peak)
+
         if code == 0:
-            return Outcome(t.try_id, 0, None, now)
+            return ended(0, None)
         if code is None:
             if t.killed:
-                detail = "killed by signal 9 (SIGKILL) after the grace period"
-                return Outcome(t.try_id, None, FailureReason.ERROR, now, detail)
-            return Outcome(t.try_id, None, FailureReason.LOST, now, LOST_DETAIL)
-        return Outcome(t.try_id, code, FailureReason.ERROR, now, _describe(code, t.killed))
+                return ended(
+                    None, FailureReason.ERROR, "killed by signal 9 (SIGKILL) after the grace period"
+                )
+            return ended(None, FailureReason.LOST, LOST_DETAIL)
+        return ended(code, FailureReason.ERROR, _describe(code, t.killed))
 
 
 def _seconds(value: float) -> timedelta:

@@ -109,6 +109,35 @@ def _has_ended(t: _Try, ready: set[int]) -> bool:
     return t.proc is None or not _alive(t.proc)
 
 
+@dataclass(frozen=True)
+class Reaped:
+    """An own wrapper, reaped: its exit code (negative: the signal that killed it, as
+    Popen says) and what it used, if known (it is not when something else reaped it)."""
+
+    code: int
+    cpu_seconds: float | None = None
+    peak_memory: int | None = None
+
+
+def _reap(popen: subprocess.Popen[bytes]) -> Reaped:
+    """Wait for an own wrapper to be reaped, with its resource usage: the wrapper's own and
+    that of every descendant that was waited for by its parent (the whole try, but for a
+    process that left its tree: it is counted where it was reaped). The peak memory is the
+    largest single process's peak resident set, the kernel's figure for a tree."""
+    if popen.returncode is not None:
+        return Reaped(popen.returncode)
+    try:
+        _, status, usage = os.wait4(popen.pid, 0)
+    except ChildProcessError:  # reaped elsewhere: its code as Popen knows it
+        return Reaped(popen.wait())
+    popen.returncode = os.waitstatus_to_exitcode(status)
+    return Reaped(
+        popen.returncode,
+        cpu_seconds=usage.ru_utime + usage.ru_stime,
+        peak_memory=usage.ru_maxrss * 1024,  # Linux counts it in KiB
+    )
+
+
 def _group_is_ours(t: _Try) -> bool:
     """May the process group ``t.pid`` be signalled without hitting a stranger?"""
     if t.pid is None:

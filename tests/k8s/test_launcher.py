@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -1090,3 +1091,22 @@ def _scheduler_process(k8s: K8sEnv, tmp_path: Path) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=(tmp_path / "scheduler.err").open("wb"),
     )
+
+
+def test_an_outcome_says_what_the_pod_requested_and_from_its_scheduling_to_its_end(
+    k8s: K8sEnv, launchers: Any
+) -> None:
+    launcher = launchers()
+    pod = {"requests": {"cpu": "250m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}}
+    spec = try_spec(k8s, "sleep 2", pod=pod)
+    began = datetime.now(UTC).replace(microsecond=0)  # the API's times are whole seconds
+    handle = launcher.start(spec)
+    outcome = outcome_of(launcher, spec.try_id, timeout=120)
+    assert outcome.ok
+    [held] = outcome.held
+    assert (held.kind, held.name) == ("pod", handle.external_id.split("/")[1])
+    assert (held.cpu, held.memory) == (Decimal("0.25"), Decimal(64 * 2**20))
+    assert held.began is not None and held.ended is not None
+    assert began <= held.began <= held.ended <= outcome.ended_at
+    assert held.seconds >= 1  # it slept 2 s; the API's times are whole seconds
+    launcher.release([spec.try_id])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 
@@ -154,6 +155,48 @@ class Usage:
     @property
     def measured(self) -> bool:
         return self.cpu_seconds is not None and self.peak_memory is not None
+
+
+@dataclass(frozen=True)
+class Held:
+    """What one pod or process of a try held, and from when to when, as its launcher saw it:
+    a ``pod`` (a try's own), an ``executor`` (a Spark executor pod it started) or a
+    ``process`` (a local try's process tree, measured). Priced as :meth:`usage`."""
+
+    kind: str
+    name: str
+    began: datetime | None  # a pod: scheduled on a node; a process: started
+    ended: datetime | None
+    cpu: Decimal = ZERO
+    memory: Decimal = ZERO
+    gpus: Mapping[str, Decimal] = field(default_factory=dict)
+    ephemeral: Decimal = ZERO
+    # Claims that live with it (a pod's ephemeral volumes): (size in bytes, storage class).
+    claims: tuple[tuple[Decimal, str], ...] = ()
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    cpu_seconds: Decimal | None = None
+    peak_memory: Decimal | None = None
+
+    @property
+    def seconds(self) -> Decimal:
+        """How long it held what it asked for (0 when it never began, or has no end)."""
+        if self.began is None or self.ended is None:
+            return ZERO
+        return max(ZERO, Decimal(str((self.ended - self.began).total_seconds())))
+
+    def usage(self) -> Usage:
+        seconds = self.seconds
+        return Usage(
+            seconds=seconds,
+            cpu=self.cpu,
+            memory=self.memory,
+            gpus=self.gpus,
+            ephemeral=self.ephemeral,
+            claims=tuple(Claim(size, seconds, kind) for size, kind in self.claims),
+            node_selector=self.node_selector,
+            cpu_seconds=self.cpu_seconds,
+            peak_memory=self.peak_memory,
+        )
 
 
 @dataclass(frozen=True)

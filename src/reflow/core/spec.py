@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from reflow.core.cost import Held
 from reflow.core.states import FailureReason
 
 
@@ -70,10 +71,9 @@ class Outcome:
     # When the try's own process began, if later than its launch (a pod's container,
     # after scheduling and the image pull): the try's recorded start moves there.
     started_at: datetime | None = None
-    # What the try was measured to use, where its launcher can measure it (None: not
-    # measured): CPU-seconds (user + system) and peak memory in bytes.
-    cpu_seconds: float | None = None
-    peak_memory: int | None = None
+    # What the try's pods or processes held, and when, as far as its launcher saw (what
+    # its cost is computed from).
+    held: tuple[Held, ...] = ()
 
     @property
     def ok(self) -> bool:

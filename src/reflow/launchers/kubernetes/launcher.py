@@ -28,6 +28,7 @@ from reflow.core.pod import label_value
 from reflow.core.spec import Handle, Outcome, TryRef, TrySpec
 from reflow.core.states import FailureReason
 from reflow.launchers.base import Launcher
+from reflow.launchers.kubernetes import usage
 from reflow.launchers.kubernetes.api import NamespaceApi, _ApiError, load_client, server_version
 from reflow.launchers.kubernetes.fences import (
     _fenced_message,
@@ -421,7 +422,10 @@ class KubernetesLauncher(Launcher):
             what = reason.value if reason is not None else "succeeded"
             _note(t.log_path, f"pod {t.name or '(none)'}: {what}: {detail}")
         started = _container_started(t.raw) if t.raw is not None else None
-        return Outcome(t.try_id, code, reason, self._clock(), detail, started)
+        now = self._clock()
+        # What the pod held (a try whose pod was never seen held nothing that is known).
+        pods = (usage.held(t.raw, now),) if t.raw is not None else ()
+        return Outcome(t.try_id, code, reason, now, detail, started, held=pods)
 
     def _cleans(self, succeeded: bool) -> bool:
         policy = self.settings.cleanup

@@ -15,10 +15,12 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import psutil
 
+from reflow.core.cost import Held
 from reflow.core.errors import Fenced, InvalidInput, TaskError
 from reflow.core.spec import Handle, Outcome, TryRef, TrySpec
 from reflow.core.states import FailureReason
@@ -29,6 +31,7 @@ from reflow.launchers.local.processes import (
     _SWEEP_TIMEOUT,
     TRY_ID_VAR,
     TRY_SCOPE_VAR,
+    Reaped,
     _alive,
     _become_subreaper,
     _command,
@@ -552,12 +555,10 @@ class LocalLauncher(Launcher):
         # The exit file is the command's own status; the wrapper's differs only when the
         # wrapper itself was killed (then there is no exit file).
         code = file_code if file_code is not None else wrapper_code
-        # What it used, when this launcher started it (an adopted try's wrapper is another
-        # process's child: not measured).
-        cpu, peak = (reaped.cpu_seconds, reaped.peak_memory) if reaped else (None, None)
+        held = _held(t, reaped, now)
 
         def ended(code: int | None, reason: FailureReason | None, detail: str = "") -> Outcome:
-            return Outcome(t.try_id, code, reason, now, detail, cpu_seconds=cpu, peak_memory=peak)
+            return Outcome(t.try_id, code, reason, now, detail, held=held)
 
         if code == 0:
             return ended(0, None)
@@ -568,6 +569,24 @@ class LocalLauncher(Launcher):
                 )
             return ended(None, FailureReason.LOST, LOST_DETAIL)
         return ended(code, FailureReason.ERROR, _describe(code, t.killed))
+
+
+def _held(t: _Try, reaped: Reaped | None, now: datetime) -> tuple[Held, ...]:
+    """What the try's process tree used, when this launcher started it and reaped its
+    wrapper (an adopted try's wrapper is another process's child: not measured)."""
+    if reaped is None or reaped.cpu_seconds is None or reaped.peak_memory is None:
+        return ()
+    began = datetime.fromtimestamp(t.create_time, UTC) if t.create_time else None
+    return (
+        Held(
+            "process",
+            f"pid {t.pid}",
+            began,
+            now,
+            cpu_seconds=Decimal(str(reaped.cpu_seconds)),
+            peak_memory=Decimal(reaped.peak_memory),
+        ),
+    )
 
 
 def _seconds(value: float) -> timedelta:

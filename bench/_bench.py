@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, make_url, text
 
-from reflow.store import repo
+from reflow.store import schedulers as store_schedulers
 from reflow.store.db import Database
 
 
@@ -72,7 +72,7 @@ def wait_until_scheduling(db: Database, daemon: subprocess.Popen[bytes], timeout
     deadline = time.monotonic() + timeout
     while True:
         with db.read() as conn:
-            if repo.live_schedulers(conn, datetime.now(UTC), 60):
+            if store_schedulers.live_schedulers(conn, datetime.now(UTC), 60):
                 return
         if time.monotonic() > deadline or daemon.poll() is not None:
             raise SystemExit("the scheduler did not start")

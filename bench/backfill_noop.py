@@ -22,7 +22,8 @@ from reflow.launchers.local import LocalLauncher
 from reflow.scheduler import Scheduler
 from reflow.services import runs as run_service
 from reflow.services.project import Project
-from reflow.store import repo
+from reflow.store import runs as store_runs
+from reflow.store import tries as store_tries
 from reflow.store.db import Database
 
 PIPELINE = """
@@ -59,11 +60,11 @@ def measure(
     wall = time.perf_counter() - started
 
     with db.read() as conn:
-        states = {r.state for r in repo.runs_by_pk(conn, run_pks)}
+        states = {r.state for r in store_runs.runs_by_pk(conn, run_pks)}
         assert states == {"success"}, states
         latencies = []
         for run_pk in run_pks:
-            tries = {t.task_id: t for t in repo.tries_of(conn, run_pk=run_pk)}
+            tries = {t.task_id: t for t in store_tries.tries_of(conn, run_pk=run_pk)}
             for up, down in (("a", "b"), ("b", "c")):
                 gap = getattr(tries[down], start) - tries[up].ended_at
                 latencies.append(gap.total_seconds() * 1000)

@@ -30,7 +30,7 @@ from backfill_noop import measure, percentile, write_pipeline  # the same scenar
 
 from reflow.core.config import KubernetesSettings, Settings
 from reflow.services.project import Project
-from reflow.store import repo
+from reflow.store import tries as store_tries
 from reflow.store.db import Database
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -65,7 +65,7 @@ def _measure(
         project = Project(settings, db)
         wall, gaps = measure(project, project.launcher(), days)
         with db.read() as conn:
-            tries = repo.tries_of(conn)
+            tries = store_tries.tries_of(conn)
         return wall, gaps, [(t.ended_at - t.queued_at).total_seconds() for t in tries]
     finally:
         db.dispose()

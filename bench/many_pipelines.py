@@ -28,7 +28,7 @@ from _bench import scratch_database, wait_until_scheduling
 from reflow.core.config import Settings
 from reflow.launchers.local import LocalLauncher
 from reflow.scheduler import Scheduler
-from reflow.store import repo
+from reflow.store import runs as store_runs
 from reflow.store.db import Database
 
 PIPELINE = """
@@ -92,7 +92,7 @@ def midnight(home: Path, url: str | None, start: datetime, count: int) -> float:
     scheduler.create_due_runs(now[0])
     took = time.perf_counter() - began
     with db.read() as conn:
-        made = sum(n for (_, state), n in repo.count_active_runs(conn).items())
+        made = sum(n for (_, state), n in store_runs.count_active_runs(conn).items())
     assert made == count, made
     scheduler.stop()
     db.dispose()

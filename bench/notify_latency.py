@@ -33,7 +33,7 @@ from reflow.launchers.local import LocalLauncher
 from reflow.scheduler import Scheduler
 from reflow.services import backfill as backfill_service
 from reflow.services.project import Project
-from reflow.store import repo
+from reflow.store import runs as store_runs
 from reflow.store.db import Database
 
 PIPELINE = """\
@@ -76,7 +76,7 @@ def one(runs: int, url: str | None, notify: bool) -> tuple[float, list[float]]:
         def done() -> bool:
             with db.read() as conn:
                 finished = len(
-                    repo.list_runs(conn, pipeline="alerting", state="failed", limit=runs)
+                    store_runs.list_runs(conn, pipeline="alerting", state="failed", limit=runs)
                 )
             return finished == runs and (not notify or len(receiver.received) == runs)
 
@@ -91,7 +91,7 @@ def one(runs: int, url: str | None, notify: bool) -> tuple[float, list[float]]:
         with db.read() as conn:
             ended = {
                 r.run_id: r.ended_at.timestamp()
-                for r in repo.list_runs(conn, pipeline="alerting", limit=runs)
+                for r in store_runs.list_runs(conn, pipeline="alerting", limit=runs)
                 if r.ended_at is not None
             }
         db.dispose()

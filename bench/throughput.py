@@ -31,7 +31,7 @@ from reflow.services import backfill as backfill_service
 from reflow.services import history as history_service
 from reflow.services import runs as run_service
 from reflow.services.project import Project
-from reflow.store import repo
+from reflow.store import runs as store_runs
 from reflow.store.db import Database
 
 PIPELINES = {
@@ -109,7 +109,7 @@ def measure(url: str | None, scenario: str, days: int) -> None:
                 return False
             checked[0] = time.perf_counter()
             with db.read() as conn:
-                active = repo.count_active_runs(conn)
+                active = store_runs.count_active_runs(conn)
             return not any(p == scenario for p, _ in active)
 
         stop, waits = threading.Event(), []
@@ -123,7 +123,7 @@ def measure(url: str | None, scenario: str, days: int) -> None:
             writer.join()
         wall = time.perf_counter() - started
         with db.read() as conn:
-            states = {r.state for r in repo.list_runs(conn, pipeline=scenario, limit=days)}
+            states = {r.state for r in store_runs.list_runs(conn, pipeline=scenario, limit=days)}
         assert states == {"success"}, states
         tis = days * (20 if scenario == "years" else 1)
         print(

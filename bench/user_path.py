@@ -24,7 +24,7 @@ import psutil
 from _bench import scratch_database, wait_until_scheduling
 
 from reflow.core.config import Settings
-from reflow.store import repo
+from reflow.store import runs as store_runs
 from reflow.store.db import Database
 
 PIPELINE = """
@@ -67,7 +67,7 @@ def once(url: str | None) -> tuple[float, float]:
                     # The backfill's runs (the daemon also makes the latest scheduled one).
                     runs = [
                         r
-                        for r in repo.list_runs(conn, pipeline="noop", limit=100)
+                        for r in store_runs.list_runs(conn, pipeline="noop", limit=100)
                         if r.origin == "backfill"
                     ]
                     if len(runs) == 30 and all(r.state == "success" for r in runs):

@@ -1,9 +1,10 @@
 """The grid under load of history: a year of a daily pipeline with 20 tasks (365 runs,
 7,300 task instances) in SQLite, then the latency of the grid page and of its API call.
 
-Runs and task instances are written through the store (``repo.create_run`` and
-``repo.transition``, one transaction). The server is the real one (Uvicorn, auth on, a
-Bearer token for the API, a session for the page), requests go over HTTP with keep-alive.
+Runs and task instances are written through the store (``store.runs.create_run`` and
+``store.transitions.transition``, one transaction). The server is the real one (Uvicorn,
+auth on, a Bearer token for the API, a session for the page), requests go over HTTP with
+keep-alive.
 Prints p50/p95 per request; the target is p50 < 150 ms.
 Run: `.venv/bin/python bench/web_grid.py [--days 365] [--tasks 20] [--requests 50]`.
 """
@@ -29,7 +30,8 @@ from reflow.core.naming import run_id_for
 from reflow.core.states import RunOrigin, RunState, TIState
 from reflow.services import accounts
 from reflow.services.project import Project
-from reflow.store import repo
+from reflow.store import runs as store_runs
+from reflow.store import transitions
 from reflow.store.db import Database
 from reflow.web.app import create_app
 
@@ -59,7 +61,7 @@ def seed(project: Project, days: int) -> None:
     def work(conn: Any) -> None:
         for day in range(days):
             logical = first + timedelta(days=day)
-            run_pk = repo.create_run(
+            run_pk = store_runs.create_run(
                 conn,
                 pipeline="bench",
                 run_id=run_id_for(RunOrigin.BACKFILL, logical),
@@ -72,11 +74,11 @@ def seed(project: Project, days: int) -> None:
                 now=now,
             )
             failed = day % 17 == 16
-            tis = repo.run_task_instances(conn, [run_pk])
+            tis = store_runs.run_task_instances(conn, [run_pk])
             start = now - timedelta(days=days - day)
             for i, ti in enumerate(sorted(tis, key=lambda t: t.task_id)):
                 state = TIState.FAILED if failed and i == len(tis) - 1 else TIState.SUCCESS
-                repo.transition(
+                transitions.transition(
                     conn,
                     "ti",
                     [ti.id],
@@ -87,7 +89,7 @@ def seed(project: Project, days: int) -> None:
                     ended_at=start + timedelta(seconds=10 * i + 5 + day % 7),
                 )
             end = RunState.FAILED if failed else RunState.SUCCESS
-            repo.transition(
+            transitions.transition(
                 conn,
                 "run",
                 [run_pk],

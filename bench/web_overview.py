@@ -22,7 +22,8 @@ from reflow.core.config import Settings
 from reflow.core.naming import run_id_for
 from reflow.core.states import RunOrigin, RunState
 from reflow.services.project import Project
-from reflow.store import repo
+from reflow.store import runs as store_runs
+from reflow.store import transitions
 from reflow.store.db import Database
 from reflow.web import views
 
@@ -51,7 +52,7 @@ def seed(project: Project, runs_each: int) -> int:
             extra = 2 if n % 10 == 0 else 0
             for day in range(runs_each + extra):
                 logical = first + timedelta(days=day)
-                run_pk = repo.create_run(
+                run_pk = store_runs.create_run(
                     conn,
                     pipeline=pipeline.name,
                     run_id=run_id_for(RunOrigin.SCHEDULED, logical),
@@ -69,7 +70,7 @@ def seed(project: Project, runs_each: int) -> int:
                 state = RunState.FAILED if day % 13 == 12 else RunState.SUCCESS
                 if day == runs_each:
                     state = RunState.RUNNING
-                repo.transition(conn, "run", [run_pk], state, [RunState.QUEUED], now)
+                transitions.transition(conn, "run", [run_pk], state, [RunState.QUEUED], now)
         return written
 
     return int(project.db.write(work))

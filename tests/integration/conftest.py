@@ -17,7 +17,8 @@ from reflow.launchers.local import LocalLauncher
 from reflow.scheduler import Scheduler
 from reflow.services import runs as run_service
 from reflow.services.project import Project
-from reflow.store import repo
+from reflow.store import runs as store_runs
+from reflow.store import tries as store_tries
 from reflow.store.db import Database
 
 
@@ -80,15 +81,15 @@ class Env:
 
     def run(self, run_pk: int) -> Any:
         with self.db.read() as conn:
-            return repo.runs_by_pk(conn, [run_pk])[0]
+            return store_runs.runs_by_pk(conn, [run_pk])[0]
 
     def tis(self, run_pk: int) -> dict[str, Any]:
         with self.db.read() as conn:
-            return {t.task_id: t for t in repo.run_task_instances(conn, [run_pk])}
+            return {t.task_id: t for t in store_runs.run_task_instances(conn, [run_pk])}
 
     def tries(self, run_pk: int) -> list[Any]:
         with self.db.read() as conn:
-            return repo.tries_of(conn, run_pk=run_pk)
+            return store_tries.tries_of(conn, run_pk=run_pk)
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ from sqlalchemy import func, select, text
 from reflow.core.errors import ConfError, Conflict, InvalidInput
 from reflow.core.states import BackfillState, RunOrigin, RunState, TIState
 from reflow.services import backfill as backfill_service
-from reflow.store import history, repo
+from reflow.store import history, scheduling, transitions
+from reflow.store import runs as store_runs
 from reflow.store.models import backfills, runs, task_instances
 
 from .conftest import Env, wait_until
@@ -96,7 +97,7 @@ def test_max_active_runs_holds_across_backfill_manual_and_scheduled_runs(
 
     def done() -> bool:
         with env.db.read() as conn:
-            samples.append(repo.count_running_runs(conn).get("daily", 0))
+            samples.append(scheduling.count_running_runs(conn).get("daily", 0))
         return env.runs_done(wanted)()
 
     env.drive(done, create_scheduled_runs=True)
@@ -123,7 +124,7 @@ def test_scheduled_runs_take_a_free_slot_before_queued_backfill_runs(env: Env) -
     sched.create_due_runs(now)  # yesterday's scheduled run joins the queue after them
     sched.admit_runs(now)
     with env.db.read() as conn:
-        running = repo.list_runs(conn, pipeline="daily", state="running")
+        running = store_runs.list_runs(conn, pipeline="daily", state="running")
     assert [r.origin for r in running] == ["scheduled"]
     assert all(env.run(pk).state == RunState.QUEUED for pk in _run_pks(env, backfill_id))
     sched.stop()
@@ -159,7 +160,7 @@ def test_reprocessing_with_new_conf_runs_a_new_attempt_and_keeps_the_old_one(env
     assert (run.state, run.attempt, run.backfill_id) == (RunState.SUCCESS, 2, second)
     assert run.conf == {"mode": "full", "fail": False}
     with env.db.read() as conn:
-        attempts = repo.attempts_of(conn, run_pk)
+        attempts = store_runs.attempts_of(conn, run_pk)
     assert [(a.attempt, a.conf["fail"], a.state) for a in attempts] == [
         (1, True, "failed"),
         (2, False, "success"),
@@ -283,7 +284,7 @@ def test_states_of_unselected_tasks_are_kept_on_reset(env: Env) -> None:
 def test_a_backfill_is_written_all_or_nothing(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     _daily(env)
     plan = backfill_service.plan(env.project, "daily", start="2024-01-01", end="2024-01-05")
-    real = repo.create_run
+    real = store_runs.create_run
     calls = []
 
     def failing(*args: object, **kwargs: object) -> int:
@@ -292,7 +293,7 @@ def test_a_backfill_is_written_all_or_nothing(env: Env, monkeypatch: pytest.Monk
             raise RuntimeError("disk full")
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(repo, "create_run", failing)
+    monkeypatch.setattr(store_runs, "create_run", failing)
     with pytest.raises(RuntimeError, match="disk full"):
         backfill_service.create(env.project, plan)
     assert (_count(env, runs), _count(env, backfills), _count(env, task_instances)) == (0, 0, 0)
@@ -346,7 +347,7 @@ def _scheduled_run(env: Env, day: str, state: RunState = RunState.QUEUED) -> int
     now = datetime.now(UTC)
 
     def work(conn: Any) -> int:
-        pk = repo.create_run(
+        pk = store_runs.create_run(
             conn,
             pipeline="daily",
             run_id=f"scheduled__{logical.isoformat()}",
@@ -359,7 +360,7 @@ def _scheduled_run(env: Env, day: str, state: RunState = RunState.QUEUED) -> int
             now=now,
         )
         if state != RunState.QUEUED:
-            repo.transition(conn, "run", [pk], state, [RunState.QUEUED], now, ended_at=now)
+            transitions.transition(conn, "run", [pk], state, [RunState.QUEUED], now, ended_at=now)
         return pk
 
     return int(env.db.write(work))
@@ -399,7 +400,7 @@ def test_a_scheduled_run_committed_while_a_backfill_writes_is_skipped(env: Env) 
 
     def scheduler_write() -> None:
         def work(conn: Any) -> None:
-            repo.create_run(
+            store_runs.create_run(
                 conn,
                 pipeline="daily",
                 run_id=f"scheduled__{logical.isoformat()}",

@@ -18,7 +18,8 @@ from reflow.launchers.local import LocalLauncher
 from reflow.scheduler import Scheduler
 from reflow.services import lateness as lateness_service
 from reflow.services import pipelines as pipeline_service
-from reflow.store import deadlines, repo
+from reflow.store import deadlines
+from reflow.store import runs as store_runs
 from reflow.store.db import Database
 
 from .conftest import Env, wait_until
@@ -93,7 +94,7 @@ def dated_run(env: Env, name: str, day: str) -> Any:
     with env.db.read() as conn:
         rows = [
             r
-            for r in repo.list_runs(conn, pipeline=name, limit=100)
+            for r in store_runs.list_runs(conn, pipeline=name, limit=100)
             if r.logical_date.date().isoformat() == day
         ]
     return rows[0] if rows else None

@@ -19,7 +19,7 @@ from reflow.scheduler import Scheduler
 from reflow.services import history as history_service
 from reflow.services import runs as run_service
 from reflow.services.project import Project
-from reflow.store import repo
+from reflow.store import pipelines as store_pipelines
 
 from .conftest import Env, wait_until
 
@@ -59,9 +59,9 @@ def _lines(path: Path) -> list[str]:
 def test_versions_only_move_forward(env: Env) -> None:
     t = datetime(2024, 1, 1, tzinfo=UTC)
 
-    def sync(version: str, stamp: int) -> repo.Synced:
+    def sync(version: str, stamp: int) -> store_pipelines.Synced:
         found = {"p": (version, "p.py", {"tasks": {}}, stamp)}
-        return env.db.write(lambda c: repo.sync_pipelines(c, found, {}, t))
+        return env.db.write(lambda c: store_pipelines.sync_pipelines(c, found, {}, t))
 
     assert sync("v1", 10).changed == ["p"]
     assert sync("v2", 20).changed == ["p"]
@@ -71,7 +71,7 @@ def test_versions_only_move_forward(env: Env) -> None:
     # The old content written again is a new edit: forward, to a new generation.
     assert sync("v1", 30).changed == ["p"]
     with env.db.read() as conn:
-        (row,) = repo.pipeline_rows(conn, ["p"])
+        (row,) = store_pipelines.pipeline_rows(conn, ["p"])
     assert (row.version, row.generation, row.source_stamp) == ("v1", 3, 30)
 
 
@@ -212,5 +212,5 @@ def test_a_process_with_an_older_copy_refuses_to_trigger(env: Env) -> None:
     with pytest.raises(Conflict, match="older than its current version"):
         stale.pipeline("edited")
     with env.db.read() as conn:
-        (row,) = repo.pipeline_rows(conn, ["edited"])
+        (row,) = store_pipelines.pipeline_rows(conn, ["edited"])
     assert set(row.structure["tasks"]) == {"a", "b"}

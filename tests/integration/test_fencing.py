@@ -23,7 +23,7 @@ from reflow.launchers.local import LocalLauncher
 from reflow.scheduler import Scheduler
 from reflow.services import history
 from reflow.services import runs as run_service
-from reflow.store import repo
+from reflow.store import schedulers as store_schedulers
 from reflow.store.models import events
 
 from .conftest import Env, wait_until
@@ -258,7 +258,7 @@ def test_wait_takes_over_from_a_scheduler_that_stopped_answering(env: Env) -> No
     env.write("once", EVIDENCE_TASK.format(name="once", out=env.home / "e.txt", sleep=0))
     (run_pk,) = env.trigger("once")
     # A daemon that was killed a moment ago: registered, heartbeat fresh, never coming back.
-    env.db.write(lambda c: repo.register_scheduler(c, "elsewhere", 1, utcnow()))
+    env.db.write(lambda c: store_schedulers.register_scheduler(c, "elsewhere", 1, utcnow()))
     notes: list[str] = []
     result = run_service.wait(env.project, "once", [run_pk], lambda p: notes.append(p.note))
     assert result.done == 1 and env.run(run_pk).state == RunState.SUCCESS
@@ -293,7 +293,7 @@ def test_an_in_process_scheduler_drives_only_its_runs_and_adopts_only_its_pipeli
         timeout=30,
     )
     first.launcher.close()
-    env.db.write(lambda c: repo.stop_scheduler(c, first.id, utcnow()))  # type: ignore[arg-type]
+    env.db.write(lambda c: store_schedulers.stop_scheduler(c, first.id, utcnow()))  # type: ignore[arg-type]
     scoped = env.scheduler(only=["mine"], runs=[])
     scoped.start()
     assert env.tries(other_run[0])[0].owner == scoped.id

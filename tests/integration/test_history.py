@@ -18,7 +18,9 @@ from reflow.core.errors import Conflict, InvalidInput, NotFound
 from reflow.core.states import RunState, TIState
 from reflow.services import history as history_service
 from reflow.services import runs as run_service
-from reflow.store import history, repo
+from reflow.store import history
+from reflow.store import pipelines as store_pipelines
+from reflow.store import runs as store_runs
 from reflow.store.models import events, pipelines, runs, tries
 
 from .conftest import Env, wait_until
@@ -166,13 +168,13 @@ def test_deleting_a_pipeline_keeps_history_until_purged(env: Env) -> None:
     project = env.project  # a fresh catalog: the file is gone
     history_service.delete_pipeline(project, "daily")
     with env.db.read() as conn:
-        (row,) = repo.pipeline_rows(conn, ["daily"])
+        (row,) = store_pipelines.pipeline_rows(conn, ["daily"])
     assert not row.active and _count(env, runs) == 1
     # the file comes back: the pipeline and its history are there again
     path.write_text(source)
     assert "daily" in env.project.catalog.pipelines
     with env.db.read() as conn:
-        (row,) = repo.pipeline_rows(conn, ["daily"])
+        (row,) = store_pipelines.pipeline_rows(conn, ["daily"])
     assert row.active and env.run(pk).state == RunState.SUCCESS
     path.unlink()
     counts = history_service.delete_pipeline(env.project, "daily", purge=True)
@@ -191,7 +193,7 @@ def test_db_clean_purges_finished_history_before_a_date(env: Env) -> None:
     counts = history_service.clean(env.project, "2024-02-01")
     assert (counts["runs"], counts["tries"], counts["logs"]) == (2, 6, 6)
     with env.db.read() as conn:
-        assert [r.id for r in repo.list_runs(conn)] == recent
+        assert [r.id for r in store_runs.list_runs(conn)] == recent
 
 
 # -- pipeline edits -------------------------------------------------------------------------
@@ -275,7 +277,7 @@ def test_history_survives_edits_and_reprocessing_uses_the_new_structure(env: Env
         "c": "success",
     }
     with env.db.read() as conn:
-        versions = {a.version for a in repo.attempts_of(conn, pk)}
+        versions = {a.version for a in store_runs.attempts_of(conn, pk)}
     assert versions == {old_version, run.version}
 
 
@@ -388,7 +390,7 @@ def test_two_clears_of_one_finished_run_at_once_start_one_new_attempt(
     assert (other[0].runs, other[0].task_instances) == (1, 3)
     assert (late.runs, late.task_instances) == (0, 0)  # its work was done: a no-op
     with env.db.read() as conn:
-        assert [a.attempt for a in repo.attempts_of(conn, pk)] == [1, 2]
+        assert [a.attempt for a in store_runs.attempts_of(conn, pk)] == [1, 2]
     env.drive(env.runs_done([pk]))
     assert (env.run(pk).state, env.run(pk).attempt) == (RunState.SUCCESS, 2)
 
@@ -413,7 +415,7 @@ def test_a_mark_racing_a_clear_marks_the_run_as_it_is_now(
     history_service.mark(env.project, "daily", str(pk), "failed")
     run = env.run(pk)
     with env.db.read() as conn:
-        attempts = [(a.attempt, a.state) for a in repo.attempts_of(conn, pk)]
+        attempts = [(a.attempt, a.state) for a in store_runs.attempts_of(conn, pk)]
     # Attempt 1 keeps its outcome; the mark applies to attempt 2, the run's current one.
     assert attempts == [(1, "success"), (2, "failed")]
     assert (run.state, run.attempt) == (RunState.FAILED, 2)

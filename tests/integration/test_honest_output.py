@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from reflow.cli.app import app
 from reflow.services import history as history_service
-from reflow.store import repo
+from reflow.store import runs as store_runs
 from reflow.store.models import backfills, runs, schedulers, task_instances, tries
 from reflow.web.app import create_app
 
@@ -475,7 +475,7 @@ def test_a_retried_task_ran_from_its_first_try_to_its_end(tools: Tools, tmp_path
 # -- backfills ------------------------------------------------------------------------------
 def _all_runs(env: Env) -> list[int]:
     with env.db.read() as conn:
-        return [r.id for r in repo.list_runs(conn, limit=10_000)]
+        return [r.id for r in store_runs.list_runs(conn, limit=10_000)]
 
 
 def _backfill_cli(tools: Tools, start: str, end: str, *args: str) -> int:
@@ -498,7 +498,7 @@ def test_a_backfill_summary_and_the_backfill_list_count_its_runs(tools: Tools) -
     second = int(re.search(r"Backfill (\d+) of daily", out).group(1))  # type: ignore[union-attr]
     with env.db.read() as conn:
         row = conn.execute(select(backfills).where(backfills.c.id == second)).one()
-        mine = [r for r in repo.list_runs(conn, limit=100) if r.backfill_id == second]
+        mine = [r for r in store_runs.list_runs(conn, limit=100) if r.backfill_id == second]
     summary = _numbers(out, "runs created", "reset", "skipped")
     assert (
         summary

@@ -265,7 +265,7 @@ def test_a_scheduler_found_dead_is_reported(env: Env, hook: Receiver) -> None:
     from datetime import timedelta
 
     from reflow.core.naming import utcnow
-    from reflow.store import repo
+    from reflow.store import schedulers as store_schedulers
 
     hook.fail_first = 0
     env = _notifying(
@@ -274,7 +274,9 @@ def test_a_scheduler_found_dead_is_reported(env: Env, hook: Receiver) -> None:
         rules=(NotifyRule(events=(Event.SCHEDULER_LOST,), channels=("hook",)),),
     )
     long_ago = utcnow() - timedelta(hours=1)
-    silent = env.db.write(lambda c: repo.register_scheduler(c, "elsewhere", 4242, long_ago))
+    silent = env.db.write(
+        lambda c: store_schedulers.register_scheduler(c, "elsewhere", 4242, long_ago)
+    )
     env.drive(lambda: len(hook.received) == 1, timeout=60)
     body = hook.received[0].json()
     assert body["event"] == "scheduler_lost"

@@ -13,7 +13,8 @@ from reflow.core.errors import Conflict, NotFound
 from reflow.core.states import RunState, TIState
 from reflow.services import pipelines as pipeline_service
 from reflow.services import runs as run_service
-from reflow.store import pauses, repo
+from reflow.store import pauses
+from reflow.store import runs as store_runs
 
 from .conftest import Env, wait_until
 
@@ -36,7 +37,7 @@ def _daily(env: Env, name: str, *, catchup: bool, command: str = "true") -> None
 
 def _dates(env: Env, name: str) -> list[str]:
     with env.db.read() as conn:
-        rows = repo.list_runs(conn, pipeline=name, limit=1000)
+        rows = store_runs.list_runs(conn, pipeline=name, limit=1000)
     return sorted(r.logical_date.date().isoformat() for r in rows)
 
 

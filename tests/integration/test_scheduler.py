@@ -17,7 +17,9 @@ from reflow.core.spec import Handle, TrySpec
 from reflow.core.states import FailureReason, RunState, TIState
 from reflow.launchers.local import LocalLauncher
 from reflow.scheduler import Scheduler
-from reflow.store import repo
+from reflow.store import pipelines as store_pipelines
+from reflow.store import runs as store_runs
+from reflow.store import scheduling
 from reflow.store.db import Database
 
 from .conftest import Env
@@ -86,7 +88,7 @@ def test_max_active_runs_is_never_exceeded(env: Env, tmp_path: Path) -> None:
 
     def done() -> bool:
         with env.db.read() as conn:
-            samples.append(repo.count_running_runs(conn).get("limited", 0))
+            samples.append(scheduling.count_running_runs(conn).get("limited", 0))
         return env.runs_done(run_pks)()
 
     env.drive(done)
@@ -278,7 +280,7 @@ def test_a_broken_pipeline_file_does_not_stop_the_others(env: Env) -> None:
     env.drive(env.runs_done([run_pk]))
     assert env.run(run_pk).state == RunState.SUCCESS
     with env.db.read() as conn:
-        errors = {Path(e.path).name: e.message for e in repo.list_import_errors(conn)}
+        errors = {Path(e.path).name: e.message for e in store_pipelines.list_import_errors(conn)}
     assert "RuntimeError: boom" in errors["broken.py"]
     assert "pipeline 'cyclic': cycle" in errors["cyclic.py"]
 
@@ -297,7 +299,7 @@ def _daily(env: Env, name: str, catchup: bool) -> None:
 
 def _dates(env: Env, name: str) -> list[str]:
     with env.db.read() as conn:
-        rows = repo.list_runs(conn, pipeline=name, limit=1000)
+        rows = store_runs.list_runs(conn, pipeline=name, limit=1000)
     return sorted(r.logical_date.date().isoformat() for r in rows)
 
 
@@ -357,7 +359,7 @@ def test_a_midnight_of_many_pipelines_creates_their_runs_in_a_few_transactions(
     assert sched.create_due_runs(datetime(2024, 3, 10, 8, tzinfo=UTC))
     assert len(writes) == 3  # 100 pipelines per transaction
     with env.db.read() as conn:
-        made = repo.list_runs(conn, limit=1000)
+        made = store_runs.list_runs(conn, limit=1000)
     assert sorted({r.pipeline for r in made}) == [f"p{i:03d}" for i in range(250)]
     assert {r.logical_date.date().isoformat() for r in made} == {"2024-03-09"}
     # Each pipeline is next due when its next interval ends: nothing more that day.
@@ -380,7 +382,7 @@ def test_queued_runs_that_all_wait_for_a_slot_cost_no_write(
     assert not sched.admit_runs(now)
     assert writes == []  # two queued runs, no free slot: not even a transaction
     with env.db.read() as conn:
-        states = sorted(r.state for r in repo.list_runs(conn, pipeline="full"))
+        states = sorted(r.state for r in store_runs.list_runs(conn, pipeline="full"))
     assert states == ["queued", "queued", "running"]
     sched.stop()
 
@@ -395,7 +397,7 @@ def test_scheduled_runs_get_a_free_slot_before_manual_ones(env: Env) -> None:
     sched.create_due_runs(now)
     sched.admit_runs(now)
     with env.db.read() as conn:
-        running = repo.list_runs(conn, pipeline="prio", state="running")
+        running = store_runs.list_runs(conn, pipeline="prio", state="running")
     assert [r.origin for r in running] == ["scheduled"]
     assert env.run(manual[0]).state == RunState.QUEUED
     sched.stop()
@@ -440,7 +442,7 @@ def test_each_attempt_records_its_conf(env: Env) -> None:
     (run_pk,) = env.trigger("confd", ["2024-01-01"], {"force": True})
     env.drive(env.runs_done([run_pk]))
     with env.db.read() as conn:
-        attempts = repo.attempts_of(conn, run_pk)
+        attempts = store_runs.attempts_of(conn, run_pk)
     assert [json.dumps(a.conf, sort_keys=True) for a in attempts] == [
         '{"force": true, "path": "in/"}'
     ]

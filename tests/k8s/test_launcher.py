@@ -25,7 +25,7 @@ from reflow.core.trylines import task_output
 from reflow.launchers.kubernetes.launcher import KubernetesLauncher
 from reflow.launchers.kubernetes.manifest import fence_manifest, fence_name, pod_name
 from reflow.services import backfill as backfill_service
-from reflow.store import repo
+from reflow.store import schedulers as store_schedulers
 
 from ..integration.conftest import wait_until
 from .conftest import SPARK_IMAGE, K8sEnv
@@ -427,7 +427,7 @@ def test_a_finished_pod_stays_until_its_outcome_is_recorded(k8s: K8sEnv) -> None
     # The scheduler dies here, its outcome never recorded: its heartbeat stops, and once
     # that is older than the timeout the next scheduler adopts the pod.
     stale = datetime.now(UTC) - timedelta(hours=1)
-    k8s.db.write(lambda c: repo.heartbeat(c, dying.id, stale))
+    k8s.db.write(lambda c: store_schedulers.heartbeat(c, dying.id, stale))
 
     k8s.drive(k8s.runs_done([run_pk]), timeout=60)
 

@@ -10,7 +10,9 @@ from sqlalchemy import Connection, func, insert, select, update
 
 from reflow.core.lateness import RUN, Due
 from reflow.core.states import RunOrigin, RunState
-from reflow.store import deadlines, history, repo
+from reflow.store import deadlines, history
+from reflow.store import pipelines as store_pipelines
+from reflow.store import runs as store_runs
 from reflow.store.db import Database
 from reflow.store.models import deadline_misses, pipelines, task_instances, tries
 from reflow.store.records import DeadlineMiss
@@ -27,14 +29,14 @@ def day(n: int, hour: int = 0) -> datetime:
 def migrated(db: Database) -> Database:
     db.migrate()
     found = {name: ("v1", f"{name}.py", {"tasks": {}}, None) for name in ("p", "q")}
-    db.write(lambda c: repo.sync_pipelines(c, found, {}, NOW))
+    db.write(lambda c: store_pipelines.sync_pipelines(c, found, {}, NOW))
     return db
 
 
 def _run(db: Database, n: int, origin: RunOrigin = RunOrigin.SCHEDULED) -> int:
     logical = day(n)
     return db.write(
-        lambda c: repo.create_run(
+        lambda c: store_runs.create_run(
             c,
             pipeline="p",
             run_id=f"{origin.value}__{n}",
@@ -51,8 +53,8 @@ def _run(db: Database, n: int, origin: RunOrigin = RunOrigin.SCHEDULED) -> int:
 
 def _finish(db: Database, run_pk: int, at: datetime, state: RunState = RunState.SUCCESS) -> None:
     def work(conn: Connection) -> None:
-        repo.start_runs(conn, {run_pk: None}, at - timedelta(minutes=5))
-        assert repo.finish_runs(conn, [run_pk], state, at)
+        store_runs.start_runs(conn, {run_pk: None}, at - timedelta(minutes=5))
+        assert store_runs.finish_runs(conn, [run_pk], state, at)
 
     db.write(work)
 
@@ -148,7 +150,7 @@ def test_an_earlier_attempt_that_succeeded_in_time_meets_it_while_a_reprocess_ru
     run_pk = _run(migrated, 1)
     _finish(migrated, run_pk, day(2, 5))
     with migrated.read() as conn:
-        (run,) = repo.runs_by_pk(conn, [run_pk])
+        (run,) = store_runs.runs_by_pk(conn, [run_pk])
     reset = migrated.write(
         lambda c: history.reset_run(
             c,
@@ -168,7 +170,7 @@ def test_an_earlier_attempt_that_succeeded_in_time_meets_it_while_a_reprocess_ru
 
 def env_state(db: Database, run_pk: int) -> str:
     with db.read() as conn:
-        return repo.runs_by_pk(conn, [run_pk])[0].state
+        return store_runs.runs_by_pk(conn, [run_pk])[0].state
 
 
 def test_a_manual_run_of_the_date_counts(migrated: Database) -> None:

@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy import insert, select
 
 from reflow.core.notify import Event
-from reflow.store import history, outbox, repo
+from reflow.store import history, outbox
+from reflow.store import schedulers as store_schedulers
 from reflow.store.db import Database
 from reflow.store.models import notifications
 
@@ -38,7 +39,7 @@ def _add(db: Database, *, pipeline: str = "p", state: str = "pending", at: datet
 
 
 def _scheduler(db: Database) -> int:
-    return db.write(lambda c: repo.register_scheduler(c, "host", 1, T0))
+    return db.write(lambda c: store_schedulers.register_scheduler(c, "host", 1, T0))
 
 
 def test_a_claim_holds_until_its_lease_ends_or_its_sender_is_dead(db: Database) -> None:
@@ -62,7 +63,7 @@ def test_a_claim_holds_until_its_lease_ends_or_its_sender_is_dead(db: Database) 
     )
     # A sender known to be dead loses its claim at once.
     assert db.write(lambda c: outbox.claim_due(c, two, later, lease=600))
-    db.write(lambda c: repo.stop_scheduler(c, two, later))
+    db.write(lambda c: store_schedulers.stop_scheduler(c, two, later))
     taken = db.write(lambda c: outbox.claim_due(c, one, later, lease=600))
     assert [x.id for x in taken] == [n] and taken[0].attempts == 1
 

@@ -12,7 +12,11 @@ from sqlalchemy.exc import IntegrityError
 
 from reflow.core.errors import Conflict, IllegalTransition, LeaseLost
 from reflow.core.states import RunOrigin, RunState, TIState, TryState
-from reflow.store import history, repo
+from reflow.store import history, scheduling, transitions
+from reflow.store import pipelines as store_pipelines
+from reflow.store import runs as store_runs
+from reflow.store import schedulers as store_schedulers
+from reflow.store import tries as store_tries
 from reflow.store.db import Database
 from reflow.store.models import events, runs, task_instances
 
@@ -24,7 +28,7 @@ DAY = timedelta(days=1)
 def migrated(db: Database) -> Database:
     db.migrate()
     db.write(
-        lambda c: repo.sync_pipelines(
+        lambda c: store_pipelines.sync_pipelines(
             c,
             {"p": ("v1", "p.py", {"tasks": {}}, None), "q": ("v1", "q.py", {"tasks": {}}, None)},
             {},
@@ -43,7 +47,7 @@ def _run(
 ) -> int:
     logical = datetime(2024, 1, day, tzinfo=UTC)
     return db.write(
-        lambda c: repo.create_run(
+        lambda c: store_runs.create_run(
             c,
             pipeline=pipeline,
             run_id=f"{origin.value}__{day}__{logical.timestamp()}",
@@ -74,7 +78,7 @@ def test_a_conflict_leaves_the_rest_of_the_transaction_intact(migrated: Database
     def work(conn):  # type: ignore[no-untyped-def]
         logical = datetime(2024, 1, 1, tzinfo=UTC)
         with pytest.raises(Conflict):
-            repo.create_run(
+            store_runs.create_run(
                 conn,
                 pipeline="p",
                 run_id="other",
@@ -87,7 +91,7 @@ def test_a_conflict_leaves_the_rest_of_the_transaction_intact(migrated: Database
                 now=NOW,
             )
         logical2 = datetime(2024, 1, 2, tzinfo=UTC)
-        return repo.create_run(
+        return store_runs.create_run(
             conn,
             pipeline="p",
             run_id="second",
@@ -108,13 +112,13 @@ def test_transition_moves_only_rows_in_the_named_states_and_logs_events(
 ) -> None:
     run_pk = _run(migrated, 1)
     with migrated.read() as conn:
-        ids = [t.id for t in repo.run_task_instances(conn, [run_pk])]
+        ids = [t.id for t in store_runs.run_task_instances(conn, [run_pk])]
     moved = migrated.write(
-        lambda c: repo.transition(c, "ti", ids, TIState.SCHEDULED, [TIState.PENDING], NOW)
+        lambda c: transitions.transition(c, "ti", ids, TIState.SCHEDULED, [TIState.PENDING], NOW)
     )
     assert sorted(moved) == sorted(ids)
     again = migrated.write(
-        lambda c: repo.transition(c, "ti", ids, TIState.SCHEDULED, [TIState.PENDING], NOW)
+        lambda c: transitions.transition(c, "ti", ids, TIState.SCHEDULED, [TIState.PENDING], NOW)
     )
     assert again == []  # a lost race moves nothing
     with migrated.read() as conn:
@@ -128,22 +132,28 @@ def test_an_illegal_transition_is_a_bug_that_raises(migrated: Database) -> None:
     run_pk = _run(migrated, 1)
     with pytest.raises(IllegalTransition, match="pending -> running"):
         migrated.write(
-            lambda c: repo.transition(c, "ti", [1], TIState.RUNNING, [TIState.PENDING], NOW)
+            lambda c: transitions.transition(c, "ti", [1], TIState.RUNNING, [TIState.PENDING], NOW)
         )
     with pytest.raises(IllegalTransition, match="success -> running"):
         migrated.write(
-            lambda c: repo.transition(c, "run", [run_pk], RunState.RUNNING, [RunState.SUCCESS], NOW)
+            lambda c: transitions.transition(
+                c, "run", [run_pk], RunState.RUNNING, [RunState.SUCCESS], NOW
+            )
         )
 
 
 def _queue(db: Database, run_pk: int, task: str = "a") -> int:
     with db.read() as conn:
-        ti = next(t for t in repo.run_task_instances(conn, [run_pk]) if t.task_id == task)
-    db.write(lambda c: repo.start_run(c, run_pk, NOW, None))
-    db.write(lambda c: repo.transition(c, "ti", [ti.id], TIState.SCHEDULED, [TIState.PENDING], NOW))
-    sched = db.write(lambda c: repo.register_scheduler(c, "host", 1, NOW))
+        ti = next(t for t in store_runs.run_task_instances(conn, [run_pk]) if t.task_id == task)
+    db.write(lambda c: store_runs.start_run(c, run_pk, NOW, None))
+    db.write(
+        lambda c: transitions.transition(
+            c, "ti", [ti.id], TIState.SCHEDULED, [TIState.PENDING], NOW
+        )
+    )
+    sched = db.write(lambda c: store_schedulers.register_scheduler(c, "host", 1, NOW))
     got = db.write(
-        lambda c: repo.queue_try(
+        lambda c: store_tries.queue_try(
             c,
             ti_id=ti.id,
             run_pk=run_pk,
@@ -193,17 +203,19 @@ def test_at_most_one_live_try_per_task_instance(migrated: Database) -> None:
 def test_a_task_instance_is_queued_by_one_claimer_only(migrated: Database) -> None:
     run_pk = _run(migrated, 1)
     with migrated.read() as conn:
-        ti = next(t for t in repo.run_task_instances(conn, [run_pk]) if t.task_id == "a")
-    migrated.write(lambda c: repo.start_run(c, run_pk, NOW, None))
+        ti = next(t for t in store_runs.run_task_instances(conn, [run_pk]) if t.task_id == "a")
+    migrated.write(lambda c: store_runs.start_run(c, run_pk, NOW, None))
     migrated.write(
-        lambda c: repo.transition(c, "ti", [ti.id], TIState.SCHEDULED, [TIState.PENDING], NOW)
+        lambda c: transitions.transition(
+            c, "ti", [ti.id], TIState.SCHEDULED, [TIState.PENDING], NOW
+        )
     )
     results: list[object] = []
 
     def claim() -> None:
         results.append(
             migrated.write(
-                lambda c: repo.queue_try(
+                lambda c: store_tries.queue_try(
                     c,
                     ti_id=ti.id,
                     run_pk=run_pk,
@@ -236,7 +248,7 @@ def test_queued_runs_come_scheduled_first_then_manual_then_backfill(
     from reflow.scheduler.admission import admission_rank
 
     with migrated.read() as conn:
-        queued = repo.queued_runs(conn)
+        queued = scheduling.queued_runs(conn)
     order = [r.id for r in sorted(queued, key=lambda r: admission_rank(r, None))]
     assert order == [scheduled, manual, backfill, older_backfill]
 
@@ -247,61 +259,67 @@ def test_tries_are_claimed_once_and_only_from_schedulers_declared_dead(
     run_pk = _run(migrated, 1)
     _queue(migrated, run_pk)  # owned by scheduler 1, heartbeat at NOW
     with migrated.read() as conn:
-        (owner,) = [t.owner for t in repo.live_tries(conn)]
-    me = migrated.write(lambda c: repo.register_scheduler(c, "host", 2, NOW))
-    assert migrated.write(lambda c: repo.claim_orphans(c, me)) == []  # its owner lives
+        (owner,) = [t.owner for t in store_tries.live_tries(conn)]
+    me = migrated.write(lambda c: store_schedulers.register_scheduler(c, "host", 2, NOW))
+    assert migrated.write(lambda c: store_schedulers.claim_orphans(c, me)) == []  # its owner lives
 
     def declare(since: datetime) -> list[int]:
         return migrated.write(
-            lambda c: repo.mark_schedulers_dead(
+            lambda c: store_schedulers.mark_schedulers_dead(
                 c, silent=[owner], silent_since=since, exited=[], now=NOW
             )
         )
 
     assert declare(NOW - DAY) == []  # it was heard from since: still alive
     assert declare(NOW + DAY) == [owner]
-    assert migrated.write(lambda c: repo.claim_orphans(c, me, ["elsewhere"])) == []
-    claimed = migrated.write(lambda c: repo.claim_orphans(c, me, ["p"]))
+    assert migrated.write(lambda c: store_schedulers.claim_orphans(c, me, ["elsewhere"])) == []
+    claimed = migrated.write(lambda c: store_schedulers.claim_orphans(c, me, ["p"]))
     assert len(claimed) == 1 and claimed[0].owner == me
-    other = migrated.write(lambda c: repo.register_scheduler(c, "host", 3, NOW))
-    assert migrated.write(lambda c: repo.claim_orphans(c, other)) == []
+    other = migrated.write(lambda c: store_schedulers.register_scheduler(c, "host", 3, NOW))
+    assert migrated.write(lambda c: store_schedulers.claim_orphans(c, other)) == []
 
 
 def test_a_scheduler_declared_dead_holds_no_lease(migrated: Database) -> None:
-    me = migrated.write(lambda c: repo.register_scheduler(c, "host", 2, NOW))
-    migrated.write(lambda c: repo.hold_lease(c, me))
-    migrated.write(lambda c: repo.heartbeat(c, me, NOW))
+    me = migrated.write(lambda c: store_schedulers.register_scheduler(c, "host", 2, NOW))
+    migrated.write(lambda c: store_schedulers.hold_lease(c, me))
+    migrated.write(lambda c: store_schedulers.heartbeat(c, me, NOW))
     migrated.write(
-        lambda c: repo.mark_schedulers_dead(c, silent=[], silent_since=NOW, exited=[me], now=NOW)
+        lambda c: store_schedulers.mark_schedulers_dead(
+            c, silent=[], silent_since=NOW, exited=[me], now=NOW
+        )
     )
     with pytest.raises(LeaseLost):
-        migrated.write(lambda c: repo.hold_lease(c, me))
+        migrated.write(lambda c: store_schedulers.hold_lease(c, me))
     with pytest.raises(LeaseLost):
-        migrated.write(lambda c: repo.heartbeat(c, me, NOW))
+        migrated.write(lambda c: store_schedulers.heartbeat(c, me, NOW))
 
 
 def test_finishing_a_run_closes_its_attempt(migrated: Database) -> None:
     run_pk = _run(migrated, 1)
-    migrated.write(lambda c: repo.start_run(c, run_pk, NOW, NOW + DAY))
-    migrated.write(lambda c: repo.finish_run(c, run_pk, RunState.SUCCESS, NOW + DAY))
+    migrated.write(lambda c: store_runs.start_run(c, run_pk, NOW, NOW + DAY))
+    migrated.write(lambda c: store_runs.finish_run(c, run_pk, RunState.SUCCESS, NOW + DAY))
     with migrated.read() as conn:
-        (attempt,) = repo.attempts_of(conn, run_pk)
-        (run,) = repo.runs_by_pk(conn, [run_pk])
+        (attempt,) = store_runs.attempts_of(conn, run_pk)
+        (run,) = store_runs.runs_by_pk(conn, [run_pk])
     assert attempt.state == RunState.SUCCESS and attempt.ended_at == NOW + DAY
     assert run.started_at == NOW and run.deadline == NOW + DAY
     assert run.conf == {"x": 1}
 
 
 def test_import_errors_are_replaced_at_each_sync(migrated: Database) -> None:
-    migrated.write(lambda c: repo.sync_pipelines(c, {}, {"bad.py": ("bad.py: boom", "")}, NOW))
+    migrated.write(
+        lambda c: store_pipelines.sync_pipelines(c, {}, {"bad.py": ("bad.py: boom", "")}, NOW)
+    )
     with migrated.read() as conn:
-        assert [e.message for e in repo.list_import_errors(conn)] == ["bad.py: boom"]
-        rows = {r.name: r.active for r in repo.pipeline_rows(conn)}
+        assert [e.message for e in store_pipelines.list_import_errors(conn)] == ["bad.py: boom"]
+        rows = {r.name: r.active for r in store_pipelines.pipeline_rows(conn)}
     assert rows == {"p": False, "q": False}
-    migrated.write(lambda c: repo.sync_pipelines(c, {"p": ("v2", "p.py", {}, None)}, {}, NOW))
+    migrated.write(
+        lambda c: store_pipelines.sync_pipelines(c, {"p": ("v2", "p.py", {}, None)}, {}, NOW)
+    )
     with migrated.read() as conn:
-        assert repo.list_import_errors(conn) == []
-        (p,) = repo.pipeline_rows(conn, ["p"])
+        assert store_pipelines.list_import_errors(conn) == []
+        (p,) = store_pipelines.pipeline_rows(conn, ["p"])
     assert (p.active, p.version) == (True, "v2")
 
 
@@ -356,16 +374,16 @@ def test_every_id_list_is_read_and_written_in_chunks(migrated: Database) -> None
     live = _run(migrated, 1)
     _queue(migrated, live)
     with migrated.read() as conn:
-        assert [r.id for r in repo.runs_by_pk(conn, [*ids, live])] == [1]
-        assert len(repo.live_tries_of_runs(conn, [*ids, live])) == 1
-        assert repo.count_running_by_backfill(conn, ids) == {}
-        assert len(repo.run_task_instances(conn, ids)) == 2
+        assert [r.id for r in store_runs.runs_by_pk(conn, [*ids, live])] == [1]
+        assert len(store_tries.live_tries_of_runs(conn, [*ids, live])) == 1
+        assert scheduling.count_running_by_backfill(conn, ids) == {}
+        assert len(store_runs.run_task_instances(conn, ids)) == 2
         assert history.run_states_by_backfill(conn, ids) == {}
-    assert migrated.write(lambda c: repo.request_cancel(c, ids, "killed")) == [1]
+    assert migrated.write(lambda c: store_tries.request_cancel(c, ids, "killed")) == [1]
     assert migrated.write(lambda c: history.stop_live_tries(c, ids, "killed")) == [1]
     assert migrated.write(lambda c: history.cancel_runs(c, ids, NOW, "test")) == 1
     with migrated.read() as conn:
-        assert [r.state for r in repo.runs_by_pk(conn, [live])] == [RunState.CANCELLED]
+        assert [r.state for r in store_runs.runs_by_pk(conn, [live])] == [RunState.CANCELLED]
 
 
 @pytest.mark.slow
@@ -378,7 +396,7 @@ def test_clean_and_purge_handle_more_runs_than_a_statement_has_parameters(
     counted = migrated.write(lambda c: history.clean_before(c, cutoff, dry_run=True))
     assert (counted["runs"], counted["task_instances"]) == (MANY, MANY)
     with migrated.read() as conn:
-        assert len(repo.runs_by_pk(conn, pks)) == MANY
+        assert len(store_runs.runs_by_pk(conn, pks)) == MANY
     counts = migrated.write(lambda c: history.purge_pipeline(c, "p"))
     assert (counts["runs"], counts["task_instances"]) == (MANY, MANY)
     with migrated.read() as conn:
@@ -395,7 +413,7 @@ def test_the_latest_runs_of_every_pipeline_come_newest_first_in_one_statement(
     statements: list[str] = []
     event.listen(migrated.engine, "before_cursor_execute", _record(statements))
     with migrated.read() as conn:
-        latest = repo.latest_runs(conn, 3)
+        latest = store_runs.latest_runs(conn, 3)
     assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1
     assert [(r.logical_date.day, r.id) for r in latest["p"]][:1] == [(5, manual)]
     assert [r.logical_date.day for r in latest["p"]] == [5, 5, 4]
@@ -406,13 +424,17 @@ def test_active_runs_are_counted_per_pipeline_and_state(migrated: Database) -> N
     queued = [_run(migrated, day) for day in (1, 2, 3)]
     _run(migrated, 1, pipeline="q")
     migrated.write(
-        lambda c: repo.transition(c, "run", queued[:1], RunState.RUNNING, [RunState.QUEUED], NOW)
+        lambda c: transitions.transition(
+            c, "run", queued[:1], RunState.RUNNING, [RunState.QUEUED], NOW
+        )
     )
     migrated.write(
-        lambda c: repo.transition(c, "run", queued[1:2], RunState.SUCCESS, [RunState.QUEUED], NOW)
+        lambda c: transitions.transition(
+            c, "run", queued[1:2], RunState.SUCCESS, [RunState.QUEUED], NOW
+        )
     )
     with migrated.read() as conn:
-        counts = repo.count_active_runs(conn)
+        counts = store_runs.count_active_runs(conn)
     assert counts == {("p", "running"): 1, ("p", "queued"): 1, ("q", "queued"): 1}
 
 
@@ -425,17 +447,17 @@ def _record(statements: list[str]) -> Any:
 
 def _unsettled(db: Database) -> list[int]:
     with db.read() as conn:
-        return sorted(r.id for r in repo.unsettled_runs(conn))
+        return sorted(r.id for r in scheduling.unsettled_runs(conn))
 
 
 def _settle(db: Database, run_pk: int) -> None:
-    db.write(lambda c: repo.settle_runs(c, [run_pk]))
+    db.write(lambda c: scheduling.settle_runs(c, [run_pk]))
 
 
 def _move(db: Database, run_pk: int, task: str, to: TIState, from_: TIState) -> None:
     with db.read() as conn:
-        (ti,) = [t for t in repo.run_task_instances(conn, [run_pk]) if t.task_id == task]
-    db.write(lambda c: repo.transition(c, "ti", [ti.id], to, [from_], NOW))
+        (ti,) = [t for t in store_runs.run_task_instances(conn, [run_pk]) if t.task_id == task]
+    db.write(lambda c: transitions.transition(c, "ti", [ti.id], to, [from_], NOW))
 
 
 def test_a_running_run_is_unsettled_until_the_scheduler_acted_on_its_changes(
@@ -446,7 +468,7 @@ def test_a_running_run_is_unsettled_until_the_scheduler_acted_on_its_changes(
     quiet, busy = _run(migrated, 1), _run(migrated, 2)
     assert _unsettled(migrated) == []  # queued: not the tick's business yet
     for run_pk in (quiet, busy):
-        migrated.write(lambda c, r=run_pk: repo.start_run(c, r, NOW, None))
+        migrated.write(lambda c, r=run_pk: store_runs.start_run(c, r, NOW, None))
     assert _unsettled(migrated) == [quiet, busy]  # new: looked at once
     _settle(migrated, quiet)
     _settle(migrated, busy)
@@ -464,9 +486,9 @@ def test_a_running_run_is_unsettled_until_the_scheduler_acted_on_its_changes(
     _move(migrated, busy, "a", TIState.PENDING, TIState.SUCCESS)  # a clear
     assert _unsettled(migrated) == [busy]
     _settle(migrated, busy)
-    migrated.write(lambda c: repo.add_task_instances(c, busy, ["c"], NOW))  # an edit
+    migrated.write(lambda c: store_runs.add_task_instances(c, busy, ["c"], NOW))  # an edit
     assert _unsettled(migrated) == [busy]
-    migrated.write(lambda c: repo.finish_run(c, busy, RunState.SUCCESS, NOW))
+    migrated.write(lambda c: store_runs.finish_run(c, busy, RunState.SUCCESS, NOW))
     assert _unsettled(migrated) == []  # no longer running
 
 
@@ -475,27 +497,29 @@ def test_decisions_apply_only_to_runs_unchanged_since_they_were_read(
 ) -> None:
     read, changed, ended = _run(migrated, 1), _run(migrated, 2), _run(migrated, 3)
     for run_pk in (read, changed, ended):
-        migrated.write(lambda c, r=run_pk: repo.start_run(c, r, NOW, None))
+        migrated.write(lambda c, r=run_pk: store_runs.start_run(c, r, NOW, None))
     with migrated.read() as conn:
-        seen = {r.id: r.change_seq for r in repo.unsettled_runs(conn)}
+        seen = {r.id: r.change_seq for r in scheduling.unsettled_runs(conn)}
     _move(migrated, changed, "a", TIState.SKIPPED, TIState.PENDING)
-    migrated.write(lambda c: repo.finish_run(c, ended, RunState.FAILED, NOW))
-    assert migrated.write(lambda c: repo.hold_unchanged_runs(c, seen)) == {read}
+    migrated.write(lambda c: store_runs.finish_run(c, ended, RunState.FAILED, NOW))
+    assert migrated.write(lambda c: scheduling.hold_unchanged_runs(c, seen)) == {read}
 
 
 def test_retries_fall_due_with_time(migrated: Database) -> None:
     run_pk = _run(migrated, 1)
-    migrated.write(lambda c: repo.start_run(c, run_pk, NOW, None))
+    migrated.write(lambda c: store_runs.start_run(c, run_pk, NOW, None))
     with migrated.read() as conn:
-        (ti, _) = repo.run_task_instances(conn, [run_pk])
+        (ti, _) = store_runs.run_task_instances(conn, [run_pk])
     for to, from_ in [
         (TIState.SCHEDULED, TIState.PENDING),
         (TIState.QUEUED, TIState.SCHEDULED),
         (TIState.RUNNING, TIState.QUEUED),
     ]:
-        migrated.write(lambda c, to=to, f=from_: repo.transition(c, "ti", [ti.id], to, [f], NOW))
+        migrated.write(
+            lambda c, to=to, f=from_: transitions.transition(c, "ti", [ti.id], to, [f], NOW)
+        )
     migrated.write(
-        lambda c: repo.transition(
+        lambda c: transitions.transition(
             c,
             "ti",
             [ti.id],
@@ -506,6 +530,6 @@ def test_retries_fall_due_with_time(migrated: Database) -> None:
         )
     )
     with migrated.read() as conn:
-        assert repo.runs_with_due_retries(conn, NOW) == []
-        due = repo.runs_with_due_retries(conn, NOW + timedelta(minutes=5))
+        assert scheduling.runs_with_due_retries(conn, NOW) == []
+        due = scheduling.runs_with_due_retries(conn, NOW + timedelta(minutes=5))
     assert [r.id for r in due] == [run_pk]

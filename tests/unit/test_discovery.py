@@ -16,7 +16,7 @@ from reflow.core import pipeline as pipeline_module
 from reflow.core.discovery import Catalog, ImportProblem, discover, load_file, pipeline_files
 from reflow.core.pipeline import Pipeline
 from reflow.scheduler.catalog import sync_catalog
-from reflow.store import repo
+from reflow.store import pipelines as store_pipelines
 from reflow.store.db import Database
 
 NOW = datetime(2024, 1, 1, tzinfo=UTC)
@@ -338,8 +338,8 @@ def test_the_stored_pipeline_stays_active_while_its_name_clashes(
     sync_catalog(db, catalog, NOW)
 
     with db.read() as conn:
-        (row,) = repo.pipeline_rows(conn, ["events"])
-        errors = {e.path for e in repo.list_import_errors(conn)}
+        (row,) = store_pipelines.pipeline_rows(conn, ["events"])
+        errors = {e.path for e in store_pipelines.list_import_errors(conn)}
     assert (row.active, row.version, row.fileloc) == (True, version, str(original))
     assert errors == {str(original), str(intruder)}
 
@@ -347,8 +347,8 @@ def test_the_stored_pipeline_stays_active_while_its_name_clashes(
     catalog.refresh()
     sync_catalog(db, catalog, NOW)
     with db.read() as conn:
-        (row,) = repo.pipeline_rows(conn, ["events"])
-        assert repo.list_import_errors(conn) == []
+        (row,) = store_pipelines.pipeline_rows(conn, ["events"])
+        assert store_pipelines.list_import_errors(conn) == []
     assert (row.active, row.version, row.fileloc) == (True, version, str(original))
 
 

@@ -15,8 +15,12 @@ import pytest
 from sqlalchemy import Table, select
 
 from reflow.core.states import RunOrigin, RunState, TIState, TryState
-from reflow.store import auth, history, repo
+from reflow.store import auth, history, scheduling, transitions
+from reflow.store import pipelines as store_pipelines
 from reflow.store import records as r
+from reflow.store import runs as store_runs
+from reflow.store import schedulers as store_schedulers
+from reflow.store import tries as store_tries
 from reflow.store.db import Database
 from reflow.store.models import (
     api_tokens,
@@ -80,7 +84,11 @@ def test_a_table_record_has_the_columns_of_its_table_in_their_order(
 
 
 def test_a_run_its_task_instances_and_tries_come_back_whole_and_typed(db: Database) -> None:
-    db.write(lambda c: repo.sync_pipelines(c, {"p": ("v1", "p.py", {"tasks": {}}, 7)}, {}, NOW))
+    db.write(
+        lambda c: store_pipelines.sync_pipelines(
+            c, {"p": ("v1", "p.py", {"tasks": {}}, 7)}, {}, NOW
+        )
+    )
 
     def work(c: Any) -> int:
         backfill_id = history.create_backfill(
@@ -96,7 +104,7 @@ def test_a_run_its_task_instances_and_tries_come_back_whole_and_typed(db: Databa
             planned={"create": 1, "reset": 0, "skip": 0},
             now=NOW,
         )
-        run_pk = repo.create_run(
+        run_pk = store_runs.create_run(
             c,
             pipeline="p",
             run_id="backfill__1",
@@ -109,11 +117,11 @@ def test_a_run_its_task_instances_and_tries_come_back_whole_and_typed(db: Databa
             now=NOW,
             backfill_id=backfill_id,
         )
-        repo.start_runs(c, {run_pk: NOW + DAY}, NOW)
-        (a,) = [t.id for t in repo.run_task_instances(c, [run_pk]) if t.task_id == "a"]
-        repo.transition(c, "ti", [a], TIState.SCHEDULED, [TIState.PENDING], NOW)
-        scheduler = repo.register_scheduler(c, "host", 42, NOW, ["p"])
-        taken = repo.queue_try(
+        store_runs.start_runs(c, {run_pk: NOW + DAY}, NOW)
+        (a,) = [t.id for t in store_runs.run_task_instances(c, [run_pk]) if t.task_id == "a"]
+        transitions.transition(c, "ti", [a], TIState.SCHEDULED, [TIState.PENDING], NOW)
+        scheduler = store_schedulers.register_scheduler(c, "host", 42, NOW, ["p"])
+        taken = store_tries.queue_try(
             c,
             ti_id=a,
             run_pk=run_pk,
@@ -127,9 +135,9 @@ def test_a_run_its_task_instances_and_tries_come_back_whole_and_typed(db: Databa
         )
         assert taken is not None
         try_id = taken[0]
-        start = repo.Start(try_id, a, 1234, "host", "local-1234", NOW, 60.0)
-        assert repo.mark_tries_started(c, [start], owner=scheduler) == [try_id]
-        repo.request_cancel(c, [try_id], "killed")
+        start = store_tries.Start(try_id, a, 1234, "host", "local-1234", NOW, 60.0)
+        assert store_tries.mark_tries_started(c, [start], owner=scheduler) == [try_id]
+        store_tries.request_cancel(c, [try_id], "killed")
         ended = {
             "ended_at": NOW + timedelta(seconds=3),
             "exit_code": 1,
@@ -137,8 +145,10 @@ def test_a_run_its_task_instances_and_tries_come_back_whole_and_typed(db: Databa
             "detail": "exit code 1",
             "app_id": "app-1",
         }
-        repo.transition_each(c, "try", {try_id: ended}, TryState.FAILED, [TryState.RUNNING], NOW)
-        repo.transition(
+        transitions.transition_each(
+            c, "try", {try_id: ended}, TryState.FAILED, [TryState.RUNNING], NOW
+        )
+        transitions.transition(
             c,
             "ti",
             [a],
@@ -153,14 +163,14 @@ def test_a_run_its_task_instances_and_tries_come_back_whole_and_typed(db: Databa
 
     run_pk = db.write(work)
     with db.read() as conn:
-        (run,) = repo.runs_by_pk(conn, [run_pk])
-        attempts = repo.attempts_of(conn, run_pk)
-        tis = repo.run_task_instances(conn, [run_pk])
-        task_tries = repo.tries_of(conn, run_pk=run_pk)
-        finishing = repo.try_rows(conn, [t.id for t in task_tries])
+        (run,) = store_runs.runs_by_pk(conn, [run_pk])
+        attempts = store_runs.attempts_of(conn, run_pk)
+        tis = store_runs.run_task_instances(conn, [run_pk])
+        task_tries = store_tries.tries_of(conn, run_pk=run_pk)
+        finishing = store_tries.try_rows(conn, [t.id for t in task_tries])
         (backfill,) = history.list_backfills(conn)
-        (pipeline,) = repo.pipeline_rows(conn)
-        scheduler = repo.live_schedulers(conn, NOW, 60.0)
+        (pipeline,) = store_pipelines.pipeline_rows(conn)
+        scheduler = store_schedulers.live_schedulers(conn, NOW, 60.0)
 
     assert type(run) is r.Run and run.conf == {"x": 1, "nested": {"y": [1, 2]}}
     assert (run.state, run.started_at, run.deadline) == (RunState.RUNNING, NOW, NOW + DAY)
@@ -185,10 +195,14 @@ def test_a_run_its_task_instances_and_tries_come_back_whole_and_typed(db: Databa
 
 
 def test_the_partial_reads_of_the_scheduler_come_back_typed(db: Database) -> None:
-    db.write(lambda c: repo.sync_pipelines(c, {"p": ("v1", "p.py", {"tasks": {}}, None)}, {}, NOW))
+    db.write(
+        lambda c: store_pipelines.sync_pipelines(
+            c, {"p": ("v1", "p.py", {"tasks": {}}, None)}, {}, NOW
+        )
+    )
 
     def create(c: Any) -> int:
-        return repo.create_run(
+        return store_runs.create_run(
             c,
             pipeline="p",
             run_id="scheduled__1",
@@ -203,33 +217,35 @@ def test_the_partial_reads_of_the_scheduler_come_back_typed(db: Database) -> Non
 
     run_pk = db.write(create)
     with db.read() as conn:
-        queued = repo.queued_runs(conn)
-        latest = repo.latest_runs(conn, 3)["p"]
-        events = repo.run_history(conn, run_pk)
+        queued = scheduling.queued_runs(conn)
+        latest = store_runs.latest_runs(conn, 3)["p"]
+        events = store_runs.run_history(conn, run_pk)
 
     def launch(c: Any) -> int:
-        repo.start_runs(c, {run_pk: NOW + timedelta(seconds=1)}, NOW)
-        (ti,) = repo.run_task_instances(c, [run_pk])
-        repo.transition(c, "ti", [ti.id], TIState.SCHEDULED, [TIState.PENDING], NOW)
-        return repo.register_scheduler(c, "host", 42, NOW)
+        store_runs.start_runs(c, {run_pk: NOW + timedelta(seconds=1)}, NOW)
+        (ti,) = store_runs.run_task_instances(c, [run_pk])
+        transitions.transition(c, "ti", [ti.id], TIState.SCHEDULED, [TIState.PENDING], NOW)
+        return store_schedulers.register_scheduler(c, "host", 42, NOW)
 
     scheduler = db.write(launch)
     with db.read() as conn:
-        ready = repo.scheduled_task_instances(conn, limit=10)
+        ready = scheduling.scheduled_task_instances(conn, limit=10)
 
     def queue(c: Any) -> None:
-        claim = repo.Claim(ready[0].ti_id, run_pk, 1, "local", lambda n: f"{n}.log", 1.0, 5.0)
-        repo.queue_tries(c, [claim], owner=scheduler, now=NOW)
+        claim = store_tries.Claim(
+            ready[0].ti_id, run_pk, 1, "local", lambda n: f"{n}.log", 1.0, 5.0
+        )
+        store_tries.queue_tries(c, [claim], owner=scheduler, now=NOW)
 
     db.write(queue)
     later = NOW + timedelta(seconds=2)
     with db.read() as conn:
-        expired_runs = repo.expired_runs(conn, later)
-        expired_tries = repo.expired_tries(conn, scheduler, later)
-        live = repo.live_tries_of_runs(conn, [run_pk])
-    db.write(lambda c: repo.request_cancel(c, [t.id for t in live], "timed_out"))
+        expired_runs = scheduling.expired_runs(conn, later)
+        expired_tries = store_tries.expired_tries(conn, scheduler, later)
+        live = store_tries.live_tries_of_runs(conn, [run_pk])
+    db.write(lambda c: store_tries.request_cancel(c, [t.id for t in live], "timed_out"))
     with db.read() as conn:
-        requested = repo.cancel_requested(conn, scheduler)
+        requested = store_tries.cancel_requested(conn, scheduler)
 
     assert [type(q) for q in queued] == [r.QueuedRun]
     assert [type(x) for x in latest] == [r.RunSummary]

@@ -1,7 +1,7 @@
 """What an edit of a pipeline file does to the runs it already has, stated in one place.
 
 The store owns each pipeline's current version, and it only moves forward (see
-``store.repo.sync_pipelines``). A run follows the current version from the moment a
+``store.pipelines.sync_pipelines``). A run follows the current version from the moment a
 scheduler sees it; the run's earlier versions stay in its history (``run_attempts``).
 
 ==========================  ==============================================================

@@ -1,6 +1,6 @@
 """Run, task-instance and try states, and the legal transitions between them, as data.
 
-Only the store assigns states, and only along these edges (see ``store.repo``).
+Only the store assigns states, and only along these edges (see ``store.transitions``).
 """
 
 from __future__ import annotations

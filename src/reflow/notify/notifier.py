@@ -28,7 +28,8 @@ from reflow.core.faults import crash_point
 from reflow.core.masking import Secrets, scrub
 from reflow.core.pipeline import Pipeline
 from reflow.notify import channels, messages, routing
-from reflow.store import outbox, repo
+from reflow.store import outbox
+from reflow.store import runs as store_runs
 from reflow.store.db import Database
 from reflow.store.logs import LocalLog, LogSource
 from reflow.store.records import Notification
@@ -198,6 +199,6 @@ class Notifier:
             secrets = Secrets.of(pipeline.structure(), pipeline.params.secret_names())
             if secrets:
                 with self.db.read() as conn:
-                    confs = [a.conf for a in repo.attempts_of(conn, n.run)]
+                    confs = [a.conf for a in store_runs.attempts_of(conn, n.run)]
                 tail = scrub(tail, secrets.values(confs))
         return tail or None

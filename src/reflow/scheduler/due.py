@@ -10,7 +10,9 @@ from sqlalchemy import Connection
 from reflow.core.naming import run_id_for
 from reflow.core.pipeline import Pipeline
 from reflow.core.states import RunOrigin
-from reflow.store import repo
+from reflow.store import pipelines as store_pipelines
+from reflow.store import runs as store_runs
+from reflow.store import schedulers as store_schedulers
 from reflow.store.records import PipelineRecord
 
 # Runs one pipeline gets per tick at most (a catchup over years of missed intervals).
@@ -24,8 +26,8 @@ def create_due(
     created and when each pipeline is next due. A pipeline that another scheduler holds
     (it is creating or admitting its runs right now), or a paused one, is skipped: it
     stays due."""
-    locked = repo.lock_pipelines(conn, [p.name for p in chunk])
-    rows = {row.name: row for row in repo.pipeline_rows(conn, sorted(locked))}
+    locked = store_schedulers.lock_pipelines(conn, [p.name for p in chunk])
+    rows = {row.name: row for row in store_pipelines.pipeline_rows(conn, sorted(locked))}
     due: dict[str, tuple[Pipeline, list[datetime], datetime]] = {}
     for pipeline in chunk:
         # Paused since the tick read it: stays due, its runs made once it is unpaused.
@@ -33,9 +35,9 @@ def create_due(
             dates, nxt = _due_dates(pipeline, rows[pipeline.name], now)
             due[pipeline.name] = (pipeline, dates, nxt)
     wanted = {(name, d) for name, (_, dates, _) in due.items() for d in dates}
-    taken = repo.dated_runs_taken(conn, wanted)
+    taken = store_runs.dated_runs_taken(conn, wanted)
     new = [
-        repo.NewRun(
+        store_runs.NewRun(
             pipeline=p.name,
             run_id=run_id_for(RunOrigin.SCHEDULED, d),
             logical_date=d,
@@ -50,8 +52,10 @@ def create_due(
         if (p.name, d) not in taken
     ]
     # None in place of a date that a backfill created a moment ago.
-    made = repo.create_runs(conn, new, now)
-    repo.set_next_logical_dates(conn, {n: nxt for n, (_, dates, nxt) in due.items() if dates})
+    made = store_runs.create_runs(conn, new, now)
+    store_pipelines.set_next_logical_dates(
+        conn, {n: nxt for n, (_, dates, nxt) in due.items() if dates}
+    )
     next_due = {n: p.schedule.interval(nxt)[1] for n, (p, _, nxt) in due.items()}
     return any(m is not None for m in made), next_due
 

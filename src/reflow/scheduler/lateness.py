@@ -21,7 +21,8 @@ from sqlalchemy import Connection
 
 from reflow.core.lateness import RUN, Due, deadlines_of, due_between
 from reflow.core.pipeline import Pipeline
-from reflow.store import deadlines, repo
+from reflow.store import deadlines
+from reflow.store import schedulers as store_schedulers
 from reflow.store.db import Database
 
 log = logging.getLogger("reflow.scheduler")
@@ -108,7 +109,7 @@ def _record(conn: Connection, windows: list[_Window], now: datetime) -> list[lis
     """Check each window whose cursor is still where it was read (another scheduler may
     have checked it since, or hold the pipeline right now: left for it, or the next
     check) and record its misses; returns the new misses of each."""
-    held = repo.lock_pipelines(conn, [w.pipeline for w in windows])
+    held = store_schedulers.lock_pipelines(conn, [w.pipeline for w in windows])
     out = []
     for window in windows:
         if window.pipeline not in held:

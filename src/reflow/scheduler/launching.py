@@ -1,9 +1,9 @@
 """Launching: which scheduled task instances start first, and starting their tries.
 
-The scheduler reads the best candidates (``repo.scheduled_task_instances``), ranks them
-(:func:`rank`), takes as many as its limits allow in one transaction (:func:`choose`,
-``repo.queue_tries`` with a :func:`claim` each), then starts their processes or pods
-outside any transaction (:func:`start_tries`) and records where they run.
+The scheduler reads the best candidates (``store.scheduling.scheduled_task_instances``),
+ranks them (:func:`rank`), takes as many as its limits allow in one transaction
+(:func:`choose`, ``store.tries.queue_tries`` with a :func:`claim` each), then starts their
+processes or pods outside any transaction (:func:`start_tries`) and records where they run.
 
 Crash points between those steps are named in ``Scheduler._launch``: a try is queued
 (committed) before its process starts, so a scheduler that dies in between leaves a
@@ -29,7 +29,7 @@ from reflow.launchers.base import Launcher
 from reflow.scheduler import trylog
 from reflow.scheduler.readiness import Shape
 from reflow.scheduler.shipping import LogShipper, NoShipping
-from reflow.store import repo
+from reflow.store import tries as store_tries
 from reflow.store.records import ReadyTaskInstance, Run
 from reflow.tasks.build import Remote, build_try
 
@@ -41,7 +41,8 @@ class Launch:
     """A scheduled task instance that may start, with its run and its place in line."""
 
     ti_id: int
-    run: ReadyTaskInstance  # the run, with the task instance (repo.scheduled_task_instances)
+    # The run, with the task instance (store.scheduling.scheduled_task_instances).
+    run: ReadyTaskInstance
     task_id: str
     rank: tuple[Any, ...]
 
@@ -56,9 +57,9 @@ class Started:
     at: datetime
     timeout: float | None
 
-    def record(self) -> repo.Start:
+    def record(self) -> store_tries.Start:
         h = self.handle
-        return repo.Start(
+        return store_tries.Start(
             self.try_id, self.ti_id, h.pid, h.host, h.external_id, self.at, self.timeout
         )
 
@@ -144,12 +145,12 @@ def pool_of(pipeline: Pipeline, task_id: str) -> tuple[str | None, int]:
     return pool, int(task.option("pool_slots")) if pool is not None else 0
 
 
-def claim(settings: Settings, pipeline: Pipeline, cand: Launch) -> repo.Claim:
+def claim(settings: Settings, pipeline: Pipeline, cand: Launch) -> store_tries.Claim:
     """What the new try of ``cand`` needs when it is queued."""
     task = pipeline.tasks[cand.task_id]
     run = cand.run
     pool, slots = pool_of(pipeline, cand.task_id)
-    return repo.Claim(
+    return store_tries.Claim(
         ti_id=cand.ti_id,
         run_pk=run.id,
         run_attempt=run.attempt,

@@ -43,8 +43,12 @@ from reflow.scheduler.metrics import SchedulerMetrics
 from reflow.scheduler.peers import covers, exited
 from reflow.scheduler.readiness import Decision, Shape, decide
 from reflow.scheduler.reading import FolderReader
-from reflow.store import history, outbox, pauses, pools, repo
+from reflow.store import history, outbox, pauses, pools, scheduling
 from reflow.store import logs as store_logs
+from reflow.store import pipelines as store_pipelines
+from reflow.store import runs as store_runs
+from reflow.store import schedulers as store_schedulers
+from reflow.store import tries as store_tries
 from reflow.store.db import Database
 from reflow.store.records import (
     CancelRequest,
@@ -87,9 +91,9 @@ class Scheduler:
     again; without it, a lost lease ends :meth:`run` with LeaseLost.
 
     Fencing: every transaction that starts, adopts or records anything first checks that
-    this scheduler still holds its lease (``repo.hold_lease``). One that was paused past
-    ``scheduler_timeout`` and declared dead by another finds out there, stops watching
-    the tries it had (they are the other's now) and registers again.
+    this scheduler still holds its lease (``store.schedulers.hold_lease``). One that was
+    paused past ``scheduler_timeout`` and declared dead by another finds out there, stops
+    watching the tries it had (they are the other's now) and registers again.
     """
 
     def __init__(
@@ -157,8 +161,8 @@ class Scheduler:
         # Runs a removed task's try holds (nothing else of them starts until it ends).
         self._held: set[int] = set()
         self._shapes: dict[tuple[str, str], Shape] = {}
-        # The queued and running runs (repo.admission_signature) when admission last found
-        # nothing to start: while they stay the same, nothing can start.
+        # The queued and running runs (store.scheduling.admission_signature) when admission
+        # last found nothing to start: while they stay the same, nothing can start.
         self._nothing_admissible: tuple[Any, ...] | None = None
         # Paused pipelines (store.pauses), read at each tick's start: they get no new run
         # and start nothing; what runs finishes.
@@ -190,13 +194,13 @@ class Scheduler:
         if self.settings.pools:
             self.db.write(lambda c: pools.sync_config(c, self.settings.pools, now))
         self.id = self.db.write(
-            lambda c: repo.register_scheduler(c, self.host, os.getpid(), now, self.only)
+            lambda c: store_schedulers.register_scheduler(c, self.host, os.getpid(), now, self.only)
         )
         _dead, alive = self._partition_others(now)
         rivals = [r for r in alive if covers(r.scope, self.only)]
         if rivals and self.db.is_sqlite:
             pids = ", ".join(str(r.pid) for r in rivals)
-            self.db.write(lambda c: repo.stop_scheduler(c, self._id, now))
+            self.db.write(lambda c: store_schedulers.stop_scheduler(c, self._id, now))
             raise Conflict(
                 f"another scheduler (pid {pids}) is running on this SQLite database; "
                 "SQLite supports one scheduler at a time (use PostgreSQL for several)"
@@ -229,7 +233,7 @@ class Scheduler:
         try:
             if self.id is not None:
                 now = self.clock()
-                self.db.write(lambda c: repo.stop_scheduler(c, self._id, now))
+                self.db.write(lambda c: store_schedulers.stop_scheduler(c, self._id, now))
         except (StoreUnavailable, SQLAlchemyError) as exc:
             # The others find this scheduler silent and take its tries over.
             log.warning("could not record the scheduler's stop: %s", exc)
@@ -344,7 +348,7 @@ class Scheduler:
                 self.record_outcomes(self.launcher.poll(), self.clock())
                 self.enforce_deadlines(self.clock())
                 with self.db.read() as conn:
-                    live = {t.id for t in repo.live_tries(conn)} & wanted
+                    live = {t.id for t in store_tries.live_tries(conn)} & wanted
                 if not live or time.monotonic() > deadline:
                     return not live
                 self.launcher.wait(0.1)
@@ -365,7 +369,7 @@ class Scheduler:
         scheduler_id = self._id
 
         def fenced(conn: Connection) -> T:
-            repo.hold_lease(conn, scheduler_id)
+            store_schedulers.hold_lease(conn, scheduler_id)
             return work(conn)
 
         return self.metrics.write(self.db.write, fenced)
@@ -393,7 +397,7 @@ class Scheduler:
         busy |= self.schedule(now, settle=admitted)
         busy |= self.close_backfills(now)
         if now >= self._next_heartbeat:
-            self.db.write(lambda c: repo.heartbeat(c, self._id, now))
+            self.db.write(lambda c: store_schedulers.heartbeat(c, self._id, now))
             self._next_heartbeat = now + timedelta(seconds=self.settings.heartbeat_interval)
         if now >= self._next_recovery:
             busy |= self.recover(now)
@@ -472,19 +476,19 @@ class Scheduler:
     def enforce_deadlines(self, now: datetime) -> bool:
         # Look first without the write lock: most ticks have no deadline to enforce.
         with self.db.read() as conn:
-            due = bool(repo.expired_tries(conn, self._id, now)) or bool(
-                repo.expired_runs(conn, now, self.pipelines)
+            due = bool(store_tries.expired_tries(conn, self._id, now)) or bool(
+                scheduling.expired_runs(conn, now, self.pipelines)
             )
-            requested = repo.cancel_requested(conn, self._id)
+            requested = store_tries.cancel_requested(conn, self._id)
 
         def work(conn: Connection) -> list[CancelRequest]:
-            expired = repo.expired_tries(conn, self._id, now)
+            expired = store_tries.expired_tries(conn, self._id, now)
             expired = deadlines.past_timeout(conn, self.launcher, self._id, expired, now)
-            repo.request_cancel(conn, [r.id for r in expired], FailureReason.TIMED_OUT.value)
-            for run in repo.expired_runs(conn, now, self.pipelines):
+            store_tries.request_cancel(conn, [r.id for r in expired], FailureReason.TIMED_OUT.value)
+            for run in scheduling.expired_runs(conn, now, self.pipelines):
                 deadlines.time_out_run(conn, run.id, now)
                 self.metrics.run_timed_out(run.pipeline)
-            return repo.cancel_requested(conn, self._id)
+            return store_tries.cancel_requested(conn, self._id)
 
         if due:
             requested = self._write(work)
@@ -554,17 +558,17 @@ class Scheduler:
             if not queued:
                 return []
             backfills = history.open_backfills(conn) if any(r.backfill_id for r in queued) else {}
-            running = repo.count_running_runs(conn)
-            running_bf = repo.count_running_by_backfill(conn, backfills)
+            running = scheduling.count_running_runs(conn)
+            running_bf = scheduling.count_running_by_backfill(conn, backfills)
             return admissible(queued, pipelines, running, backfills, running_bf)
 
         with self.db.read() as conn:
-            signature = (repo.admission_signature(conn), self._paused)
+            signature = (scheduling.admission_signature(conn), self._paused)
             if signature == self._nothing_admissible:
                 return False
             queued = [
                 r
-                for r in repo.queued_runs(conn, pipelines)
+                for r in scheduling.queued_runs(conn, pipelines)
                 if self._drives(r.id) and r.pipeline not in self._paused
             ]
             # The first few: a backfill of thousands of dates under a high limit is admitted
@@ -577,7 +581,7 @@ class Scheduler:
 
         def work(conn: Connection) -> bool:
             # Locked, then asked whether paused: a pause committed since the read wins.
-            mine = repo.lock_pipelines(conn, {r.pipeline for r in chosen})
+            mine = store_schedulers.lock_pipelines(conn, {r.pipeline for r in chosen})
             mine -= pauses.paused_pipelines(conn)
             # Asked again on what the transaction reads: another scheduler, or a command,
             # may have started runs since.
@@ -590,7 +594,7 @@ class Scheduler:
                 )
                 for run in again
             }
-            return bool(repo.start_runs(conn, deadlines, now))
+            return bool(store_runs.start_runs(conn, deadlines, now))
 
         admitted = self._write(work)
         if admitted:
@@ -615,11 +619,11 @@ class Scheduler:
         pipelines = self.pipelines
         rescan = self._rescan
         with self.db.read() as conn:
-            looked = {r.id: r for r in repo.unsettled_runs(conn)}
-            looked.update((r.id, r) for r in repo.runs_with_due_retries(conn, now))
+            looked = {r.id: r for r in scheduling.unsettled_runs(conn)}
+            looked.update((r.id, r) for r in scheduling.runs_with_due_retries(conn, now))
             if rescan:
                 names = None if rescan is _ALL else sorted(rescan & pipelines.keys())
-                looked.update((r.id, r) for r in repo.running_runs(conn, names))
+                looked.update((r.id, r) for r in scheduling.running_runs(conn, names))
             mine = [r for r in looked.values() if r.pipeline in pipelines and self._drives(r.id)]
             if mine:
                 self._check_versions(conn, {r.pipeline for r in mine}, now)
@@ -635,7 +639,7 @@ class Scheduler:
         pipelines = self.pipelines
         current = [r for r in chunk if r.version == pipelines[r.pipeline].version]
         with self.db.read() as conn:
-            tis = repo.run_task_instances(conn, [r.id for r in current])
+            tis = store_runs.run_task_instances(conn, [r.id for r in current])
         by_run: dict[int, list[TaskInstance]] = {}
         for ti in tis:
             by_run.setdefault(ti.run, []).append(ti)
@@ -653,7 +657,7 @@ class Scheduler:
         seen = {r.id: r.change_seq for r in chunk}
 
         def apply(conn: Connection) -> bool:
-            held = repo.hold_unchanged_runs(conn, seen)
+            held = scheduling.hold_unchanged_runs(conn, seen)
             changed = False
             for run in outdated:
                 if run.id in held:
@@ -664,7 +668,7 @@ class Scheduler:
             changed |= settling.apply(
                 {pk: d for pk, d in decisions.items() if pk in held}, conn, now
             )
-            repo.settle_runs(conn, held)
+            scheduling.settle_runs(conn, held)
             return changed
 
         changed = self._write(apply)
@@ -688,7 +692,7 @@ class Scheduler:
         limit = free * 2 + 16
         with self.db.read() as conn:
             # Only as many of the best as could start: a backlog of thousands costs nothing.
-            rows = repo.scheduled_task_instances(
+            rows = scheduling.scheduled_task_instances(
                 conn,
                 limit=limit,
                 weights=self._weights,
@@ -698,7 +702,7 @@ class Scheduler:
             if rows:
                 # Pipelines at max_active_tasks and tasks whose pool is full cannot take
                 # one more: read past them.
-                live = repo.count_live_tis(conn)
+                live = scheduling.count_live_tis(conn)
                 full = [
                     p
                     for p, n in live.items()
@@ -706,7 +710,7 @@ class Scheduler:
                 ]
                 crowded = slots.crowded(conn, self._pooled, on_undefined=self._say_poolless)
                 if any(r.pipeline in full or (r.pipeline, r.ti_task_id) in crowded for r in rows):
-                    rows = repo.scheduled_task_instances(
+                    rows = scheduling.scheduled_task_instances(
                         conn,
                         limit=limit,
                         weights=self._weights,
@@ -740,7 +744,7 @@ class Scheduler:
         whose current version is not this scheduler's copy is stale (its runs wait) until
         the files are read again, which the next tick does."""
         pipelines = self.pipelines
-        versions = repo.current_versions(conn, names)
+        versions = store_pipelines.current_versions(conn, names)
         stale = {n: v for n, v in versions.items() if v != pipelines[n].version}
         if stale.keys() - self._stale.keys():
             self._reader.ask()  # read the files again now
@@ -763,9 +767,9 @@ class Scheduler:
         def take(conn: Connection) -> list[tuple[launching.Launch, int, int]]:
             # Locked, then asked whether paused: once a pause is committed, nothing of its
             # pipeline starts.
-            mine = repo.lock_pipelines(conn, {c.run.pipeline for c in candidates})
+            mine = store_schedulers.lock_pipelines(conn, {c.run.pipeline for c in candidates})
             mine -= pauses.paused_pipelines(conn)
-            live = repo.count_live_tis(conn)
+            live = scheduling.count_live_tis(conn)
             # The pools' rows are locked before their slots are counted: two schedulers
             # never fill the same free slots (PostgreSQL; SQLite's write lock does it).
             wanted = {self._pooled.get((c.run.pipeline, c.task_id), ("", 0))[0] for c in candidates}
@@ -774,7 +778,7 @@ class Scheduler:
                 candidates, pipelines, mine=mine, live=live, free=free, pool_free=pool_free
             )
             claims = [launching.claim(self.settings, pipelines[c.run.pipeline], c) for c in chosen]
-            got = repo.queue_tries(conn, claims, owner=self._id, now=now)
+            got = store_tries.queue_tries(conn, claims, owner=self._id, now=now)
             return [(c, *got[c.ti_id]) for c in chosen if c.ti_id in got]
 
         taken = self._write(take)
@@ -811,7 +815,7 @@ class Scheduler:
         already (its outcome was recorded first); nothing else can have happened to it
         while this scheduler holds its lease."""
         starts = [s.record() for s in self._unmarked]
-        self._write(lambda conn: repo.mark_tries_started(conn, starts, owner=self._id))
+        self._write(lambda conn: store_tries.mark_tries_started(conn, starts, owner=self._id))
         self._unmarked = []
 
     # -- crash recovery -----------------------------------------------------------------
@@ -820,7 +824,7 @@ class Scheduler:
     ) -> tuple[list[SchedulerRecord], list[SchedulerRecord]]:
         """Other registered schedulers, split into (dead, alive)."""
         with self.db.read() as conn:
-            others = repo.other_schedulers(conn, self._id)
+            others = store_schedulers.other_schedulers(conn, self._id)
         limit = now - timedelta(seconds=self.settings.scheduler_timeout)
         dead, alive = [], []
         for row in others:
@@ -832,7 +836,7 @@ class Scheduler:
 
     def _live_try_ids(self) -> set[int]:
         with self.db.read() as conn:
-            return {t.id for t in repo.live_tries(conn)}
+            return {t.id for t in store_tries.live_tries(conn)}
 
     def recover(self, now: datetime) -> bool:
         """Declare silent schedulers dead and adopt the live tries of dead ones (of this
@@ -846,7 +850,7 @@ class Scheduler:
         def work(conn: Connection) -> list[Try]:
             # A silent scheduler's heartbeat is checked again under its row's lock: one
             # that resumed meanwhile keeps its tries, and its next transaction goes on.
-            lost = repo.mark_schedulers_dead(
+            lost = store_schedulers.mark_schedulers_dead(
                 conn, silent=silent, silent_since=limit, exited=gone, now=now
             )
             for row in dead:
@@ -854,7 +858,7 @@ class Scheduler:
                     how = "exited without stopping" if row.id in gone else "went silent"
                     about = {"scheduler": row.id, "host": row.host, "pid": row.pid, "how": how}
                     outbox.enqueue(conn, Event.SCHEDULER_LOST, now, "scheduler", row.id, data=about)
-            return repo.claim_orphans(conn, self._id, self.only)
+            return store_schedulers.claim_orphans(conn, self._id, self.only)
 
         orphans = self._write(work)
         self.launcher.sweep(self._live_try_ids)

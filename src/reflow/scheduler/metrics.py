@@ -174,7 +174,7 @@ class SchedulerMetrics:
             counter.labels(cand.run.pipeline).inc()
 
     def try_ended(self, row: Any, outcome: Outcome, verdict: Verdict) -> None:
-        """A try whose end was recorded (``row``: ``repo.try_rows``)."""
+        """A try whose end was recorded (``row``: ``store.tries.try_rows``)."""
         pipeline, task = row.pipeline, row.task_id
         started = verdict.try_values.get("started_at")
         reason = verdict.reason

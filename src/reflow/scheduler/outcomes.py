@@ -22,7 +22,8 @@ from reflow.core.spec import Outcome
 from reflow.core.states import FailureReason, RunState, TIState, TryState
 from reflow.scheduler import trylog
 from reflow.scheduler.metrics import SchedulerMetrics
-from reflow.store import repo
+from reflow.store import transitions
+from reflow.store import tries as store_tries
 from reflow.store.models import tries
 from reflow.store.records import FinishingTry
 
@@ -54,7 +55,7 @@ class Verdict:
 def verdict(
     row: FinishingTry, outcome: Outcome, pipelines: Mapping[str, Pipeline], settings: Settings
 ) -> Verdict:
-    """Decide one try's end from its row (``repo.try_rows``) and its outcome."""
+    """Decide one try's end from its row (``store.tries.try_rows``) and its outcome."""
     now = outcome.ended_at
     pipeline = pipelines.get(row.pipeline)
     task = pipeline.tasks.get(row.task_id) if pipeline else None
@@ -149,7 +150,7 @@ def record(
 ) -> list[int]:
     """Record how tries ended, each at its outcome's time. Returns the tries whose evidence
     may be cleaned up: all but those of another scheduler (it adopted them and needs it)."""
-    rows = repo.try_rows(conn, [o.try_id for o in outcomes])
+    rows = store_tries.try_rows(conn, [o.try_id for o in outcomes])
     settled: list[int] = []
     verdicts: dict[int, tuple[FinishingTry, Outcome, Verdict]] = {}
     for outcome in outcomes:
@@ -165,7 +166,7 @@ def record(
     for state in (TryState.SUCCESS, TryState.FAILED):
         mine = {i: v for i, v in verdicts.items() if v[2].ok == (state == TryState.SUCCESS)}
         ended.update(
-            repo.transition_each(
+            transitions.transition_each(
                 conn,
                 "try",
                 {i: v.try_values for i, (_, _, v) in mine.items()},
@@ -190,7 +191,7 @@ def record(
         row, outcome, v = verdicts[try_id]
         moves.setdefault((v.ti_state, tuple(sorted(v.ti_values))), []).append((row, outcome, v))
     for (ti_state, _), group in moves.items():
-        repo.transition_each(
+        transitions.transition_each(
             conn,
             "ti",
             {row.ti: v.ti_values for row, _, v in group},

@@ -4,8 +4,8 @@
 without the database; :func:`apply` writes the decisions of several runs in one
 transaction, each move guarded by the state it leaves, so a decision made on a read that
 went stale writes nothing wrong (the caller also holds only runs that did not change:
-``repo.hold_unchanged_runs``). :func:`reconcile` brings a live run to its pipeline's
-current version first (``core.edits``).
+``store.scheduling.hold_unchanged_runs``). :func:`reconcile` brings a live run to its
+pipeline's current version first (``core.edits``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from sqlalchemy import Connection
 from reflow.core.pipeline import Pipeline
 from reflow.core.states import RunState, TIState
 from reflow.scheduler.readiness import Decision
-from reflow.store import repo
+from reflow.store import runs as store_runs
+from reflow.store import transitions
 from reflow.store.records import Run, TaskInstance
 
 
@@ -36,8 +37,8 @@ def apply(decisions: dict[int, Decision], conn: Connection, now: datetime) -> bo
         if decision.outcome is not None:
             ending.setdefault(decision.outcome, []).append(run_pk)
     for source, ids in scheduled.items():
-        repo.transition(conn, "ti", ids, TIState.SCHEDULED, [source], now)
-    repo.transition(
+        transitions.transition(conn, "ti", ids, TIState.SCHEDULED, [source], now)
+    transitions.transition(
         conn,
         "ti",
         no_ops,
@@ -48,19 +49,19 @@ def apply(decisions: dict[int, Decision], conn: Connection, now: datetime) -> bo
         started_at=now,
         ended_at=now,
     )
-    repo.transition(
+    transitions.transition(
         conn, "ti", upstream_failed, TIState.UPSTREAM_FAILED, [TIState.PENDING], now, ended_at=now
     )
     for state, run_pks in ending.items():
-        repo.finish_runs(conn, run_pks, state, now)
+        store_runs.finish_runs(conn, run_pks, state, now)
     return any(d.writes for d in decisions.values())
 
 
 def reconcile(conn: Connection, run: Run, pipeline: Pipeline, now: datetime) -> list[TaskInstance]:
     """Bring a live run to the pipeline's current version, as ``core.edits`` states;
     returns its task instances after."""
-    tis = repo.run_task_instances(conn, [run.id])
-    repo.reconcile_task_instances(
+    tis = store_runs.run_task_instances(conn, [run.id])
+    store_runs.reconcile_task_instances(
         conn,
         run.id,
         tis,
@@ -69,5 +70,5 @@ def reconcile(conn: Connection, run: Run, pipeline: Pipeline, now: datetime) -> 
         finished_too=False,
         version=pipeline.version,
     )
-    repo.set_run_version(conn, run.id, pipeline.version)
-    return repo.run_task_instances(conn, [run.id])
+    store_runs.set_run_version(conn, run.id, pipeline.version)
+    return store_runs.run_task_instances(conn, [run.id])

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reflow.core.config import Settings
-from reflow.store import repo
+from reflow.store import tries as store_tries
 from reflow.store.db import Database
 from reflow.store.logs import RemoteLogs, one_line, remote_logs
 
@@ -281,7 +281,7 @@ class LogShipper:
         for i in range(0, len(locations), _LEFTOVERS_PER_QUERY):
             chunk = locations[i : i + _LEFTOVERS_PER_QUERY]
             with self.db.read() as conn:
-                ended |= repo.ended_try_logs(conn, chunk)
+                ended |= store_tries.ended_try_logs(conn, chunk)
         with self._lock:
             for location in sorted(ended):
                 entry = _Log(next(self._ids), location, found[location], final=True, leftover=True)

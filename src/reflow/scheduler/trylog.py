@@ -148,7 +148,7 @@ def taken_over(scheduler: int, host: str, alive: bool) -> str:
 
 
 def ended(row: Any, outcome: Outcome, ok: bool, reason: str | None) -> str:
-    """How a try ended, from its row (``repo.try_rows``) and its outcome as recorded:
+    """How a try ended, from its row (``store.tries.try_rows``) and its outcome as recorded:
     ``ok`` and ``reason`` as the scheduler decided them."""
     code = outcome.exit_code
     status = f"exit code {code}" if code is not None else "no exit code"

@@ -25,7 +25,8 @@ from reflow.core.states import (
 )
 from reflow.services import runs as run_service
 from reflow.services.project import Project
-from reflow.store import history, repo
+from reflow.store import history, transitions
+from reflow.store import runs as store_runs
 from reflow.store.records import Backfill, Run
 
 ORDERS = ("oldest", "newest")
@@ -258,7 +259,7 @@ def _write_date(
     for _ in range(3):
         if item.action == "create":
             try:
-                run_pk = repo.create_run(
+                run_pk = store_runs.create_run(
                     conn,
                     pipeline=pipeline.name,
                     run_id=run_id_for(RunOrigin.BACKFILL, item.logical_date),
@@ -306,8 +307,10 @@ def _write_date(
 
 def _skip_unselected(conn: Any, run_pk: int, selected: set[str], now: datetime) -> None:
     """A new run of a partial backfill runs only the selected tasks."""
-    others = [ti.id for ti in repo.run_task_instances(conn, [run_pk]) if ti.task_id not in selected]
-    repo.transition(
+    others = [
+        ti.id for ti in store_runs.run_task_instances(conn, [run_pk]) if ti.task_id not in selected
+    ]
+    transitions.transition(
         conn,
         "ti",
         others,
@@ -372,7 +375,7 @@ def _steer(
 ) -> None:
     get(project, backfill_id)
     moved = project.db.write(
-        lambda c: repo.transition(c, "backfill", [backfill_id], to, from_, utcnow())
+        lambda c: transitions.transition(c, "backfill", [backfill_id], to, from_, utcnow())
     )
     if not moved:
         # Say what it is now: a cancel may have committed since it was read.

@@ -23,7 +23,10 @@ from reflow.core.states import (
 )
 from reflow.services import runs as run_service
 from reflow.services.project import Project
-from reflow.store import history, repo
+from reflow.store import history
+from reflow.store import pipelines as store_pipelines
+from reflow.store import runs as store_runs
+from reflow.store import tries as store_tries
 from reflow.store.records import Run, TaskInstance
 
 # The pipeline model, backfills' task selection and shipped logs are imported where they
@@ -76,9 +79,9 @@ def clear(
     def work(conn: Any) -> Cleared:
         result = Cleared()
         tis_by_run: dict[int, list[TaskInstance]] = {}
-        for ti in repo.run_task_instances(conn, [r.id for r in rows]):
+        for ti in store_runs.run_task_instances(conn, [r.id for r in rows]):
             tis_by_run.setdefault(ti.run, []).append(ti)
-        for row in repo.runs_by_pk(conn, [r.id for r in rows]):
+        for row in store_runs.runs_by_pk(conn, [r.id for r in rows]):
             tis = tis_by_run.get(row.id, [])
             wanted = [
                 ti.task_id
@@ -147,7 +150,7 @@ def mark(project: Project, pipeline: str, run: str, state: str, wait: float = 30
 
     def work(conn: Any) -> list[int]:
         current = history.mark_run(conn, row, target, now)
-        return [t.id for t in repo.live_tries_of_runs(conn, [current.id])]
+        return [t.id for t in store_tries.live_tries_of_runs(conn, [current.id])]
 
     live = project.db.write(work)
     run_service.stop_tries(project, pipeline, live, wait)
@@ -183,7 +186,7 @@ def delete(
         now = utcnow()
 
         def stop(conn: Any) -> list[int]:
-            live = [t.id for t in repo.live_tries_of_runs(conn, pks)]
+            live = [t.id for t in store_tries.live_tries_of_runs(conn, pks)]
             history.cancel_runs(conn, pks, now, "deleted")
             history.stop_live_tries(conn, pks, FailureReason.KILLED.value)
             return live
@@ -271,7 +274,7 @@ def delete_pipeline(
     Without ``purge`` its history stays, and a file defining it again picks it up; with
     ``purge`` everything recorded about it is deleted, logs included."""
     with project.db.read() as conn:
-        rows = repo.pipeline_rows(conn, [name])
+        rows = store_pipelines.pipeline_rows(conn, [name])
     if not rows:
         raise NotFound(f"unknown pipeline {name!r}")
     if name in project.catalog.pipelines:
@@ -282,8 +285,8 @@ def delete_pipeline(
     now = utcnow()
 
     def cancel(conn: Any) -> list[int]:
-        active = [r.id for r in repo.active_runs(conn, [name])]
-        live = [t.id for t in repo.live_tries_of_runs(conn, active)]
+        active = [r.id for r in store_runs.active_runs(conn, [name])]
+        live = [t.id for t in store_tries.live_tries_of_runs(conn, active)]
         history.cancel_runs(conn, active, now, "pipeline deleted")
         history.deactivate_pipeline(conn, name, now)
         return live
@@ -428,7 +431,7 @@ def _by_task(
     """The task ids of ``runs`` in order, and their task instances, each with its row (by
     task) and column (by run)."""
     with project.db.read() as conn:
-        tis = repo.run_task_instances(conn, [r.id for r in runs])
+        tis = store_runs.run_task_instances(conn, [r.id for r in runs])
     tasks = run_service.task_order(project, pipeline, {t.task_id for t in tis})
     row_of = {t: i for i, t in enumerate(tasks)}
     column_of = {r.id: i for i, r in enumerate(runs)}

@@ -13,7 +13,8 @@ from reflow.core.masking import LogMask
 from reflow.core.naming import utcnow
 from reflow.services import runs as run_service
 from reflow.services.project import Project
-from reflow.store import repo
+from reflow.store import runs as store_runs
+from reflow.store import tries as store_tries
 from reflow.store.logs import LogSource, open_log, remote_logs
 from reflow.store.records import Run, TaskTry
 
@@ -38,8 +39,8 @@ class LogChunk:
 def find_try(project: Project, run: Run, task_id: str, try_number: int | None = None) -> TaskTry:
     """The try (latest unless ``try_number``) of a task in a run."""
     with project.db.read() as conn:
-        tries = [t for t in repo.tries_of(conn, run_pk=run.id) if t.task_id == task_id]
-        tis = {t.task_id for t in repo.run_task_instances(conn, [run.id])}
+        tries = [t for t in store_tries.tries_of(conn, run_pk=run.id) if t.task_id == task_id]
+        tis = {t.task_id for t in store_runs.run_task_instances(conn, [run.id])}
     if task_id not in tis:
         raise NotFound(
             f"run {run.run_id} has no task {task_id!r} (tasks: {', '.join(sorted(tis))})"
@@ -63,7 +64,7 @@ def secret_values(project: Project, run: Run) -> list[str]:
     if not secrets:
         return []
     with project.db.read() as conn:
-        confs = [a.conf for a in repo.attempts_of(conn, run.id)]
+        confs = [a.conf for a in store_runs.attempts_of(conn, run.id)]
     return secrets.values([run.conf, *confs])
 
 

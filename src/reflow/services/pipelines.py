@@ -14,7 +14,9 @@ from reflow.core.naming import utcnow
 from reflow.core.pipeline import Pipeline
 from reflow.core.states import RunState
 from reflow.services.project import Project
-from reflow.store import pauses, repo
+from reflow.store import pauses
+from reflow.store import pipelines as store_pipelines
+from reflow.store import runs as store_runs
 from reflow.store.pauses import PipelineChange
 
 LATEST_RUNS = 5  # shown per pipeline in the lists
@@ -40,9 +42,9 @@ def list_pipelines(project: Project) -> tuple[list[PipelineSummary], list[Import
     # A few statements whatever the number of pipelines: the overview must stay quick
     # with a thousand of them.
     with project.db.read() as conn:
-        rows = repo.pipeline_rows(conn)
-        active = repo.count_active_runs(conn)
-        latest = repo.latest_runs(conn, LATEST_RUNS)
+        rows = store_pipelines.pipeline_rows(conn)
+        active = store_runs.count_active_runs(conn)
+        latest = store_runs.latest_runs(conn, LATEST_RUNS)
     for row in rows:
         pipeline = catalog.pipelines.get(row.name)
         out.append(
@@ -103,7 +105,7 @@ class RecordedPipeline:
 def recorded(project: Project, name: str) -> RecordedPipeline | None:
     """The pipeline as last recorded, None when the store never saw it."""
     with project.db.read() as conn:
-        rows = repo.pipeline_rows(conn, [name])
+        rows = store_pipelines.pipeline_rows(conn, [name])
     if not rows:
         return None
     row = rows[0]
@@ -173,7 +175,7 @@ def set_paused(
         project.pipeline(name)  # names the problem: unknown, or a file that does not load
         raise NotFound(f"unknown pipeline {name!r}")
     with project.db.read() as conn:
-        active = repo.count_active_runs(conn)
+        active = store_runs.count_active_runs(conn)
     return PauseResult(
         name=name,
         paused=paused,
@@ -186,7 +188,7 @@ def set_paused(
 def history(project: Project, name: str) -> list[PipelineChange]:
     """Who paused and unpaused the pipeline, and when (oldest first)."""
     with project.db.read() as conn:
-        known = repo.pipeline_rows(conn, [name])
+        known = store_pipelines.pipeline_rows(conn, [name])
         changes = pauses.history(conn, name)
     if not known:
         project.pipeline(name)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from reflow.core.config import Settings, load_settings
 from reflow.core.errors import Conflict, NotFound
 from reflow.core.naming import utcnow
-from reflow.store import repo
+from reflow.store import pipelines as store_pipelines
 from reflow.store.db import Database
 
 if TYPE_CHECKING:  # a command that reads no pipeline file loads neither these nor the scheduler
@@ -69,7 +69,7 @@ class Project:
             raise NotFound(broken[0])
         # Known to the store, from a file that does not load now: say so, not "unknown".
         with self.db.read() as conn:
-            rows = repo.pipeline_rows(conn, [name])
+            rows = store_pipelines.pipeline_rows(conn, [name])
         failing = {p.path: p.message for p in self.catalog.problems}
         if rows and rows[0].fileloc in failing:
             raise NotFound(

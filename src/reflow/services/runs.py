@@ -15,7 +15,10 @@ from reflow.core.errors import Conflict, InvalidInput, NotFound
 from reflow.core.naming import utcnow
 from reflow.core.states import RUN_FINISHED, RunOrigin, RunState
 from reflow.services.project import Project
-from reflow.store import repo
+from reflow.store import pipelines as store_pipelines
+from reflow.store import runs as store_runs
+from reflow.store import schedulers as store_schedulers
+from reflow.store import tries as store_tries
 from reflow.store.records import (
     HistoryEvent,
     Run,
@@ -126,7 +129,7 @@ def trigger(
         for logical_date in logical:
             run_id = f"manual__{logical_date.isoformat()}__{uuid.uuid4().hex[:6]}"
             pks.append(
-                repo.create_run(
+                store_runs.create_run(
                     conn,
                     pipeline=name,
                     run_id=run_id,
@@ -143,7 +146,7 @@ def trigger(
 
     pks = project.db.write(work)
     with project.db.read() as conn:
-        return repo.runs_by_pk(conn, pks)
+        return store_runs.runs_by_pk(conn, pks)
 
 
 @dataclass
@@ -158,7 +161,7 @@ class Progress:
 
 def progress(project: Project, run_pks: Sequence[int]) -> Progress:
     with project.db.read() as conn:
-        rows = repo.runs_by_pk(conn, run_pks)
+        rows = store_runs.runs_by_pk(conn, run_pks)
     return Progress(
         total=len(rows),
         done=sum(1 for r in rows if r.state in RUN_FINISHED),
@@ -208,7 +211,7 @@ def _driver(project: Project, pipeline: str | None, *, any_scope: bool) -> Sched
     from reflow.scheduler.peers import covers, exited
 
     with project.db.read() as conn:
-        live = repo.live_schedulers(conn, utcnow(), project.settings.scheduler_timeout)
+        live = store_schedulers.live_schedulers(conn, utcnow(), project.settings.scheduler_timeout)
     wanted = None if pipeline is None else [pipeline]
     host = socket.gethostname()
     for row in live:
@@ -343,8 +346,12 @@ def list_runs(
     check_run_filter(project, pipeline, state)
     with project.db.read() as conn:
         if start is None and end is None:
-            return repo.list_runs(conn, pipeline=pipeline, state=state, limit=limit)
-        names = [pipeline] if pipeline is not None else [p.name for p in repo.pipeline_rows(conn)]
+            return store_runs.list_runs(conn, pipeline=pipeline, state=state, limit=limit)
+        names = (
+            [pipeline]
+            if pipeline is not None
+            else [p.name for p in store_pipelines.pipeline_rows(conn)]
+        )
     ranges = {name: date_range(project, name, start, end, labels=labels) for name in names}
     from reflow.store import history
 
@@ -381,7 +388,7 @@ def window(
 
     with project.db.read() as conn:
         if first is None and last is None:
-            rows = repo.list_runs(conn, pipeline=pipeline, limit=offset + limit + 1)
+            rows = store_runs.list_runs(conn, pipeline=pipeline, limit=offset + limit + 1)
             page = rows[offset : offset + limit]
             return Window(page[::-1], len(rows) > offset + limit)
         rows = history.runs_in_range(conn, pipeline, first, last)
@@ -392,7 +399,7 @@ def window(
 def known(project: Project, pipeline: str) -> None:
     """Raise NotFound unless the pipeline exists in the folder or in the history."""
     with project.db.read() as conn:
-        if repo.pipeline_rows(conn, [pipeline]):
+        if store_pipelines.pipeline_rows(conn, [pipeline]):
             return
     project.pipeline(pipeline)
 
@@ -402,9 +409,9 @@ def find_run(project: Project, key: str, pipeline: str | None = None) -> Run:
     by_date = False
     with project.db.read() as conn:
         if key.isdigit():
-            rows = repo.runs_by_pk(conn, [int(key)])
+            rows = store_runs.runs_by_pk(conn, [int(key)])
         elif pipeline is not None:
-            rows = repo.find_runs(conn, pipeline, run_id=key)
+            rows = store_runs.find_runs(conn, pipeline, run_id=key)
             if not rows:
                 try:
                     when = parse_date(key)
@@ -413,13 +420,13 @@ def find_run(project: Project, key: str, pipeline: str | None = None) -> Run:
                 pl = project.catalog.pipelines.get(pipeline)
                 if when is not None and pl is not None:
                     logical = logical_date_for(pl, when, utcnow())
-                    rows = repo.find_runs(conn, pipeline, logical_date=logical)
+                    rows = store_runs.find_runs(conn, pipeline, logical_date=logical)
                     by_date = True
         else:
             rows = [
                 r
-                for p in repo.pipeline_rows(conn)
-                for r in repo.find_runs(conn, p.name, run_id=key)
+                for p in store_pipelines.pipeline_rows(conn)
+                for r in store_runs.find_runs(conn, p.name, run_id=key)
             ]
     if pipeline is not None:
         rows = [r for r in rows if r.pipeline == pipeline]
@@ -446,16 +453,16 @@ class RunDetail:
 
 def run_detail(project: Project, run: Run) -> RunDetail:
     with project.db.read() as conn:
-        tis = repo.run_task_instances(conn, [run.id])
+        tis = store_runs.run_task_instances(conn, [run.id])
         order = task_order(project, run.pipeline, {t.task_id for t in tis})
         rank = {task_id: i for i, task_id in enumerate(order)}
         tis.sort(key=lambda t: rank[t.task_id])
         return RunDetail(
             run,
-            repo.attempts_of(conn, run.id),
+            store_runs.attempts_of(conn, run.id),
             tis,
-            repo.tries_of(conn, run_pk=run.id),
-            repo.run_history(conn, run.id),
+            store_tries.tries_of(conn, run_pk=run.id),
+            store_runs.run_history(conn, run.id),
         )
 
 
@@ -475,7 +482,7 @@ def secrets_of(project: Project, pipeline: str) -> Secrets:
     if defined is not None:
         return Secrets.of(defined.structure(), defined.params.secret_names())
     with project.db.read() as conn:
-        rows = repo.pipeline_rows(conn, [pipeline])
+        rows = store_pipelines.pipeline_rows(conn, [pipeline])
     return Secrets.of(rows[0].structure if rows else None)
 
 
@@ -491,7 +498,7 @@ def stop_tries(project: Project, pipeline: str, try_ids: Sequence[int], timeout:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with project.db.read() as conn:
-            if not {t.id for t in repo.live_tries(conn)} & wanted:
+            if not {t.id for t in store_tries.live_tries(conn)} & wanted:
                 return True
         if _driver(project, pipeline, any_scope=True) is not None:
             time.sleep(0.2)

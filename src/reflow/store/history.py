@@ -27,6 +27,7 @@ from reflow.core.states import (
     TIState,
 )
 from reflow.store import deadlines, outbox, pauses
+from reflow.store._chunking import _chunks
 from reflow.store.models import (
     backfills,
     events,
@@ -39,15 +40,9 @@ from reflow.store.models import (
     tries,
 )
 from reflow.store.records import Backfill, Run, TaskInstance
-from reflow.store.repo import (
-    _chunks,
-    live_tries_of_runs,
-    pending_again,
-    reconcile_task_instances,
-    request_cancel,
-    runs_by_pk,
-    transition,
-)
+from reflow.store.runs import pending_again, reconcile_task_instances, runs_by_pk
+from reflow.store.transitions import transition
+from reflow.store.tries import live_tries_of_runs, request_cancel
 
 _UNSTARTED = (TIState.PENDING, TIState.SCHEDULED, TIState.UP_FOR_RETRY)
 

@@ -98,7 +98,7 @@ pipelines = Table(
     Column("fileloc", Text, nullable=True),
     Column("active", Boolean, nullable=False, default=True),
     Column("structure", JSON, nullable=False),
-    # How many times the current version moved forward (see repo.sync_pipelines).
+    # How many times the current version moved forward (see pipelines.sync_pipelines).
     Column("generation", Integer, nullable=False, default=1, server_default="1"),
     # Modification time (ns) of the file the current version was read from.
     Column("source_stamp", BigInteger, nullable=True),
@@ -238,9 +238,9 @@ runs = Table(
     Column("deadline", UTCDateTime, nullable=True),
     # Changes that can make one of the run's task instances ready or end the run (an
     # outcome, a clear, a new task instance, a state of the run), counted by
-    # ``repo.transition`` in the transaction that makes them; ``seen_seq`` is the count
-    # the scheduler last acted on. A running run whose counts differ is the scheduler's
-    # work (migration 0009).
+    # ``transitions.transition`` in the transaction that makes them; ``seen_seq`` is the
+    # count the scheduler last acted on. A running run whose counts differ is the
+    # scheduler's work (migration 0009).
     Column("change_seq", Integer, nullable=False, default=1, server_default="1"),
     Column("seen_seq", Integer, nullable=False, default=0, server_default="0"),
     # Higher first, for admission and for slots (migration 0011): see core.states.PRIORITY.

@@ -69,7 +69,7 @@ def schema_present(conn: Connection) -> bool:
 
 def holds_lease(conn: Connection, scheduler_id: int) -> bool:
     """Whether the scheduler is registered and not declared dead (read only: unlike
-    ``repo.hold_lease``, it locks nothing)."""
+    ``schedulers.hold_lease``, it locks nothing)."""
     row = conn.execute(
         select(schedulers.c.id).where(
             schedulers.c.id == scheduler_id, schedulers.c.stopped_at.is_(None)

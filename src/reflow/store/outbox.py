@@ -57,8 +57,8 @@ def note_moves(
     new: str,
     now: datetime | Mapping[int, datetime],
 ) -> None:
-    """One outbox entry per moved row whose move notifies (``repo.transition`` calls this
-    with the events it records, in the same transaction)."""
+    """One outbox entry per moved row whose move notifies (``transitions.transition``
+    calls this with the events it records, in the same transaction)."""
     event = NOTABLE.get((entity, new))
     if event is None or not moved:
         return

@@ -32,6 +32,7 @@ from reflow.store.models import (
     schedulers,
     task_instances,
     tries,
+    try_usage,
     users,
 )
 
@@ -46,6 +47,7 @@ TABLE_RECORDS: list[tuple[type[r.Record], Table]] = [
     (r.RunAttempt, run_attempts),
     (r.TaskInstance, task_instances),
     (r.Try, tries),
+    (r.TryUsage, try_usage),
     (r.User, users),
     (r.Token, api_tokens),
 ]

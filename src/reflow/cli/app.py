@@ -71,6 +71,7 @@ COMMANDS: dict[str, str | Group] = {
         "reflow.cli.pools:pools_app",
         "Pools: slots shared by every pipeline's tasks (pool=... on a task).",
     ),
+    "cost": "reflow.cli.cost:cost",
     "notifications": Group(
         "reflow.cli.notifications:notifications_app",
         "Notifications: what was sent where, and how each delivery went.",

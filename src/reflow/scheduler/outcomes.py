@@ -24,6 +24,7 @@ from reflow.scheduler import trylog
 from reflow.scheduler.metrics import SchedulerMetrics
 from reflow.store import transitions
 from reflow.store import tries as store_tries
+from reflow.store import usage as store_usage
 from reflow.store.models import tries
 from reflow.store.records import FinishingTry
 
@@ -201,4 +202,6 @@ def record(
             detail={row.ti: v.ti_detail for row, _, v in group},
             at={row.ti: o.ended_at for row, o, _ in group},
         )
+    # What the ended tries held, in the transaction that ends them: recorded once each.
+    store_usage.record(conn, {i: verdicts[i][1].held for i in sorted(ended)})
     return settled

@@ -3,6 +3,7 @@ the store's own (``reflow.store.records``), named here."""
 
 from reflow.store.records import (
     Backfill,
+    DatedUsage,
     DeadlineMiss,
     HistoryEvent,
     LateDate,
@@ -20,6 +21,7 @@ from reflow.store.records import (
 
 __all__ = [
     "Backfill",
+    "DatedUsage",
     "DeadlineMiss",
     "HistoryEvent",
     "LateDate",

@@ -25,7 +25,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 # The newest migration; tests check that it is Alembic's head.
-HEAD = "0013"
+HEAD = "0014"
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version"
 # How long a command waits for an unreachable database server before giving up.

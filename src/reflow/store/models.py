@@ -152,6 +152,29 @@ deadline_misses = Table(
     UniqueConstraint("pipeline", "logical_date", "task"),
 )
 
+# What each try's pods or processes held, and when (a try's own pod, each Spark executor
+# pod, a local try's process tree), recorded with its outcome: what its cost is computed
+# from. Requests in vCPUs and bytes; measured CPU-seconds and peak bytes for processes.
+try_usage = Table(
+    "try_usage",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("try_id", Integer, ForeignKey("tries.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("name", String(NAME), nullable=False),
+    Column("began_at", UTCDateTime, nullable=True),
+    Column("ended_at", UTCDateTime, nullable=True),
+    Column("cpu", Float, nullable=False, default=0.0),
+    Column("memory", Float, nullable=False, default=0.0),
+    Column("gpus", JSON, nullable=False),
+    Column("ephemeral", Float, nullable=False, default=0.0),
+    Column("claims", JSON, nullable=False),
+    Column("node_selector", JSON, nullable=False),
+    Column("cpu_seconds", Float, nullable=True),
+    Column("peak_memory", Float, nullable=True),
+    Index("ix_try_usage_try_id", "try_id"),
+)
+
 pipeline_versions = Table(
     "pipeline_versions",
     metadata,

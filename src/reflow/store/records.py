@@ -263,6 +263,26 @@ class DeadlineMiss(Record):
     recorded_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class TryUsage(Record):
+    """What one pod or process of a try held, and when (see ``core.cost.Held``)."""
+
+    id: int
+    try_id: int
+    kind: str
+    name: str
+    began_at: datetime | None
+    ended_at: datetime | None
+    cpu: float
+    memory: float
+    gpus: dict[str, float]
+    ephemeral: float
+    claims: list[list[Any]]
+    node_selector: dict[str, str]
+    cpu_seconds: float | None
+    peak_memory: float | None
+
+
 # -- joins and partial reads ---------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class LateDate(DeadlineMiss):
@@ -425,3 +445,16 @@ class NotificationAttempt(Record):
     result: str | None
     seconds: float
     sender: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DatedUsage(TryUsage):
+    """A usage row with what it is counted under: its try's run (number, logical date,
+    attempt, backfill), task and try number."""
+
+    run: int
+    logical_date: datetime
+    run_attempt: int
+    backfill_id: int | None
+    task_id: str
+    try_number: int

@@ -23,6 +23,7 @@ from typing import Any
 
 from reflow.core import trylines
 from reflow.core.config import KubernetesSettings
+from reflow.core.cost import Held
 from reflow.core.errors import Fenced, TaskError
 from reflow.core.pod import label_value
 from reflow.core.spec import Handle, Outcome, TryRef, TrySpec
@@ -424,7 +425,13 @@ class KubernetesLauncher(Launcher):
         started = _container_started(t.raw) if t.raw is not None else None
         now = self._clock()
         # What the pod held (a try whose pod was never seen held nothing that is known).
-        pods = (usage.held(t.raw, now),) if t.raw is not None else ()
+        # Accounting never stands in the way of an outcome: a pod it cannot read is left out.
+        pods: tuple[Held, ...] = ()
+        if t.raw is not None:
+            try:
+                pods = (usage.held(t.raw, now),)
+            except Exception as exc:
+                log.warning("pod %s: what it held is not recorded: %s", t.name, exc)
         return Outcome(t.try_id, code, reason, now, detail, started, held=pods)
 
     def _cleans(self, succeeded: bool) -> bool:

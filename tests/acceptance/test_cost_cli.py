@@ -49,7 +49,7 @@ def test_cost_by_date_with_its_total_and_as_json(tmp_path: Path) -> None:
         "EUR",
         None,
     )
-    assert [line["task"] for line in data["lines"]] == ["cpu", "idle"]
+    assert [line["key"] for line in data["lines"]] == ["cpu", "idle"]
     assert [line["tries"] for line in data["lines"]] == [2, 2]
     cpu = data["lines"][0]
     # 36 EUR per CPU-hour: a cent per CPU-second; the task burnt some.

@@ -7,7 +7,7 @@ import json
 import sys
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -36,7 +36,7 @@ def cost(
 
     report = service.cost(open_project(home), pipeline, start, end, by)
     if as_json:
-        sys.stdout.write(json.dumps(_as_dict(report), indent=2) + "\n")
+        sys.stdout.write(json.dumps(report.as_dict(), indent=2) + "\n")
         return
     if report.note:
         err_console.print(f"[yellow]{escape(report.note)}[/]")
@@ -82,39 +82,3 @@ def _money(value: Decimal) -> str:
     if value == 0 or abs(value) >= Decimal("0.01"):
         return f"{value.quantize(Decimal('0.01')):,}"
     return f"{value:.4g}"
-
-
-def _text(value: Decimal) -> str:
-    """An amount for JSON: its digits, never an exponent ("0", not "0E-32")."""
-    return "0" if value == 0 else format(value.normalize(), "f")
-
-
-def _as_dict(report: CostReport) -> dict[str, Any]:
-    def line(line: CostLine) -> dict[str, Any]:
-        key = line.key.isoformat() if isinstance(line.key, datetime) else line.key
-        c = line.cost
-        return {
-            report.by: key,
-            "tries": line.tries,
-            "cpu_hours": _text(line.cpu_hours),
-            "memory_gib_hours": _text(line.memory_gib_hours),
-            "cost": _text(c.total),
-            "by_resource": {
-                "cpu": _text(c.cpu),
-                "memory": _text(c.memory),
-                "gpu": _text(c.gpu),
-                "ephemeral": _text(c.ephemeral),
-                "storage": _text(c.storage),
-            },
-        }
-
-    total = line(report.total)
-    total.pop(report.by)
-    return {
-        "pipeline": report.pipeline,
-        "by": report.by,
-        "currency": report.currency,
-        "note": report.note,
-        "lines": [line(x) for x in report.lines],
-        "total": total,
-    }

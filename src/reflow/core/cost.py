@@ -4,7 +4,7 @@ that prices what one try used with it. Pure: no database, no clock, no launcher.
 A pod is priced by what it *requested* (that is what a node reserves for it, used or not)
 for as long as it held it; a local process by what it was *measured* to use (CPU-seconds,
 and its peak memory for as long as it ran). Money is :class:`~decimal.Decimal` throughout,
-never rounded until it is shown.
+kept to 12 decimal places (:data:`PLACES`), rounded only when it is shown.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ HOUR = Decimal(3600)
 # Storage is billed per GiB-month; clouds count a month as 730 hours (365 x 24 / 12).
 MONTH = 730 * HOUR
 ZERO = Decimal(0)
+# Amounts are kept to 12 decimal places (a millionth of a millionth of the currency): sums
+# of them are then exact whatever their order, and a line's costs add up to its total.
+PLACES = Decimal("1e-12")
 # What a table without any price says about the figures it gives.
 NO_PRICES = "no prices configured ([reflow.cost] in reflow.toml): every cost is 0"
 
@@ -250,7 +253,7 @@ def price(usage: Usage, prices: CostSettings) -> Cost:
         ),
         ZERO,
     )
-    return Cost(cpu, memory, gpu, ephemeral, storage)
+    return Cost(*(amount.quantize(PLACES) for amount in (cpu, memory, gpu, ephemeral, storage)))
 
 
 def total(costs: Mapping[object, Cost] | list[Cost]) -> Cost:

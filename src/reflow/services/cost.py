@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
-from reflow.core.cost import GIB, HOUR, NO_PRICES, Cost, CostSettings, Held, price
+from reflow.core.cost import GIB, HOUR, NO_PRICES, PLACES, Cost, CostSettings, Held, price
 from reflow.core.errors import InvalidInput
 from reflow.services import runs as run_service
 from reflow.services.project import Project
@@ -42,6 +42,41 @@ class CostReport:
     total: CostLine
     # Said with the figures: no prices are set (every cost is 0).
     note: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON for scripts and the API: amounts as decimal text (exact),
+        dates in ISO 8601."""
+        return {
+            "pipeline": self.pipeline,
+            "by": self.by,
+            "currency": self.currency,
+            "note": self.note,
+            "lines": [_line_dict(line) for line in self.lines],
+            "total": _line_dict(self.total) | {"key": None},
+        }
+
+
+def amount(value: Decimal) -> str:
+    """An amount as text: its digits, never an exponent ("0", not "0E-32")."""
+    return "0" if value == 0 else format(value.normalize(), "f")
+
+
+def _line_dict(line: CostLine) -> dict[str, Any]:
+    c = line.cost
+    return {
+        "key": line.key.isoformat() if isinstance(line.key, datetime) else line.key,
+        "tries": line.tries,
+        "cpu_hours": amount(line.cpu_hours),
+        "memory_gib_hours": amount(line.memory_gib_hours),
+        "cost": amount(c.total),
+        "by_resource": {
+            "cpu": amount(c.cpu),
+            "memory": amount(c.memory),
+            "gpu": amount(c.gpu),
+            "ephemeral": amount(c.ephemeral),
+            "storage": amount(c.storage),
+        },
+    }
 
 
 def _month(row: DatedUsage) -> str:
@@ -112,10 +147,10 @@ def _line(
 
 def _cpu_hours(held: Held) -> Decimal:
     if held.cpu_seconds is not None:
-        return held.cpu_seconds / HOUR
-    return held.cpu * held.seconds / HOUR
+        return (held.cpu_seconds / HOUR).quantize(PLACES)
+    return (held.cpu * held.seconds / HOUR).quantize(PLACES)
 
 
 def _memory_gib_hours(held: Held) -> Decimal:
     amount = held.peak_memory if held.peak_memory is not None else held.memory
-    return amount / GIB * held.seconds / HOUR
+    return (amount / GIB * held.seconds / HOUR).quantize(PLACES)

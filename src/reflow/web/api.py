@@ -5,7 +5,7 @@ current state, 422 invalid input."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, status
 
@@ -189,6 +189,22 @@ def grid(
     limit: Annotated[int, Query(ge=1, le=1000, description="Runs per page.")] = 60,
 ) -> s.GridOut:
     return views.grid(project, name, start=start, end=end, offset=offset, limit=limit)
+
+
+@router.get("/pipelines/{name}/cost", tags=["pipelines"], summary="What its tries cost")
+def cost(
+    name: Name,
+    project: ProjectDep,
+    start: DateQuery = None,
+    end: DateQuery = None,
+    by: Annotated[
+        Literal["date", "task", "backfill", "run", "month"], Query(description="How to group.")
+    ] = "date",
+) -> s.CostOut:
+    """What the tries of the pipeline's runs from ``start`` to ``end`` cost at the prices
+    of ``[reflow.cost]``: what each pod requested or each local process used, for as long
+    as it held it; every try of every attempt counted. Amounts are exact decimal text."""
+    return views.cost(project, name, start=start, end=end, by=by)
 
 
 @router.get(

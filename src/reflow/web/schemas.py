@@ -290,6 +290,35 @@ class LateDateListOut(Model):
     late: list[LateDateOut] = Field(description="Newest logical date first.")
 
 
+class CostByResource(Model):
+    cpu: str
+    memory: str
+    gpu: str
+    ephemeral: str
+    storage: str
+
+
+class CostLineOut(Model):
+    key: str | int | None = Field(
+        description="The logical date (ISO 8601), task, backfill number (null: tries of no "
+        "backfill), run number or month (YYYY-MM) this line counts; null on the total."
+    )
+    tries: int = Field(description="Tries counted: every try of every attempt.")
+    cpu_hours: str = Field(description="vCPU-hours requested (pods) or used (local tries).")
+    memory_gib_hours: str
+    cost: str = Field(description="In the table's currency, as exact decimal text.")
+    by_resource: CostByResource
+
+
+class CostOut(Model):
+    pipeline: str
+    by: Literal["date", "task", "backfill", "run", "month"]
+    currency: str
+    note: str | None = Field(description="Said with the figures, e.g. that no price is set.")
+    lines: list[CostLineOut]
+    total: CostLineOut
+
+
 class GridOut(Model):
     pipeline: str
     tasks: list[str]

@@ -15,6 +15,7 @@ from reflow.core.masking import MASK, Secrets
 from reflow.core.naming import utcnow
 from reflow.core.states import RUN_ACTIVE, RunState
 from reflow.services import backfill as backfill_service
+from reflow.services import cost as cost_service
 from reflow.services import history as history_service
 from reflow.services import lateness as lateness_service
 from reflow.services import logs as log_service
@@ -487,6 +488,20 @@ def durations(
         runs=[_grid_run(r, tz, now) for r in d.runs],
         durations=[[None if v is None else round(v, 3) for v in row] for row in d.seconds],
     )
+
+
+def cost(
+    project: Project,
+    name: str,
+    *,
+    start: str | None = None,
+    end: str | None = None,
+    by: str = "date",
+) -> s.CostOut:
+    """What ``name``'s tries cost, grouped ``by`` date, task, backfill, run or month."""
+    _check_days(start, end)
+    report = cost_service.cost(project, name, start, end, by, labels=_LABELS)
+    return s.CostOut.model_validate(report.as_dict())
 
 
 def late_dates(

@@ -254,19 +254,3 @@ def price(usage: Usage, prices: CostSettings) -> Cost:
         ZERO,
     )
     return Cost(*(amount.quantize(PLACES) for amount in (cpu, memory, gpu, ephemeral, storage)))
-
-
-def total(costs: Mapping[object, Cost] | list[Cost]) -> Cost:
-    """The sum of several costs."""
-    values = costs.values() if isinstance(costs, Mapping) else costs
-    return sum(values, Cost())
-
-
-def shown(amount: Decimal, currency: str) -> str:
-    """An amount as people read it: cents for amounts of a cent or more, else four
-    significant decimals (a second of a small pod costs a fraction of a cent)."""
-    if amount == 0:
-        return f"0.00 {currency}"
-    if abs(amount) >= Decimal("0.01"):
-        return f"{amount.quantize(Decimal('0.01')):,} {currency}"
-    return f"{amount:.4g} {currency}"

@@ -1,6 +1,6 @@
 """What a pipeline's tries cost: what each held (``store.usage``) at the prices of
 ``[reflow.cost]``, summed by logical date, task, backfill, run or calendar month. Every try
-of every attempt counts: a date reprocessed three times costs three runs."""
+of every attempt counts: a date that ran three times costs all three."""
 
 from __future__ import annotations
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from reflow.core import formats
+
 if TYPE_CHECKING:
     from reflow.services.project import Project
     from reflow.services.records import DeadlineMiss, Run
@@ -67,29 +69,10 @@ def styled(state: str | None) -> str:
     return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
 
 
-def fmt_time(value: datetime | None) -> str:
-    """A moment, to the second (UTC)."""
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
-
-
-def fmt_date(value: datetime | None) -> str:
-    """A logical date: the day alone at midnight, else to the minute."""
-    if value is None:
-        return ""
-    if value.hour == value.minute == value.second == 0:
-        return value.strftime("%Y-%m-%d")
-    return value.strftime("%Y-%m-%d %H:%M")
-
-
-def fmt_took(seconds: float | None) -> str:
-    """A duration; "-" for what never ran."""
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, sec = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"
+# The CLI's names for the shared formats (``core.formats``).
+fmt_time = formats.moment
+fmt_date = formats.day
+fmt_took = formats.duration
 
 
 def fmt_run_took(run: Run) -> str:

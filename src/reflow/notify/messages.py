@@ -19,6 +19,7 @@ from urllib.parse import quote
 from jinja2 import TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
+from reflow.core import formats
 from reflow.core.config import NotifySettings
 from reflow.core.errors import ConfigError
 from reflow.core.notify import Event
@@ -139,12 +140,7 @@ def render(
 
 def short_date(value: str | None) -> str:
     """``2024-01-03`` for a midnight, else ``2024-01-03 13:00`` (UTC)."""
-    if not value:
-        return ""
-    when = datetime.fromisoformat(value)
-    if (when.hour, when.minute, when.second) == (0, 0, 0):
-        return when.strftime("%Y-%m-%d")
-    return when.strftime("%Y-%m-%d %H:%M")
+    return formats.day(datetime.fromisoformat(value)) if value else ""
 
 
 def link(ui_url: str | None, context: Mapping[str, Any]) -> str | None:

@@ -3,6 +3,7 @@ that call the same services. Changes are POSTed with the session's CSRF token.""
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from markupsafe import Markup, escape
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from reflow.core import formats
 from reflow.core.errors import ReflowError
 from reflow.core.states import RUN_ACTIVE
 from reflow.services import accounts
@@ -35,31 +37,10 @@ _LATE_SHOWN = 10
 
 
 # -- formatting -----------------------------------------------------------------------------
-def fmt_time(value: datetime | None) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else ""
-
-
-def fmt_day(value: datetime | None) -> str:
-    """A date alone when it is midnight (UTC), else date and time."""
-    if value is None:
-        return ""
-    value = value.astimezone(UTC)
-    if value.hour == value.minute == value.second == 0:
-        return value.strftime("%Y-%m-%d")
-    return value.strftime("%Y-%m-%d %H:%M")
-
-
-def fmt_duration(seconds: float | None) -> str:
-    """A duration; "-" for what never ran."""
-    if seconds is None:
-        return "-"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, sec = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"
+# The pages' names for the shared formats (``core.formats``).
+fmt_time = formats.moment
+fmt_day = formats.day
+fmt_duration = functools.partial(formats.duration, millis=True)
 
 
 def fmt_json(value: Any) -> str:

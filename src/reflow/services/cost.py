@@ -114,10 +114,12 @@ def cost(
         rows = store_usage.of_pipeline(conn, pipeline, first, last)
     prices = project.settings.cost
     key_of = _KEYS[grouping]
-    groups: dict[datetime | str | int | None, list[DatedUsage]] = {}
-    for row in rows:
-        groups.setdefault(key_of(row), []).append(row)
-    lines = [_line(key, found, prices) for key, found in groups.items()]
+    # Each row priced once; its groups and the total add up the same figures.
+    priced = [_priced(row, prices) for row in rows]
+    groups: dict[datetime | str | int | None, list[_Priced]] = {}
+    for item in priced:
+        groups.setdefault(key_of(item.row), []).append(item)
+    lines = [_line(key, found) for key, found in groups.items()]
     if grouping in ("task", "month"):
         lines.sort(key=lambda line: str(line.key))
     elif grouping == "backfill":
@@ -127,22 +129,32 @@ def cost(
         grouping,
         prices.currency,
         lines,
-        _line("total", rows, prices),
+        _line("total", priced),
         None if prices.configured else NO_PRICES,
     )
 
 
-def _line(
-    key: datetime | str | int | None, rows: list[DatedUsage], prices: CostSettings
-) -> CostLine:
-    total = Cost()
-    cpu_hours = memory = Decimal(0)
-    for row in rows:
-        held = store_usage.held_of(row)
-        total += price(held.usage(), prices)
-        cpu_hours += _cpu_hours(held)
-        memory += _memory_gib_hours(held)
-    return CostLine(key, len({row.try_id for row in rows}), cpu_hours, memory, total)
+@dataclass(frozen=True)
+class _Priced:
+    row: DatedUsage
+    cost: Cost
+    cpu_hours: Decimal
+    memory_gib_hours: Decimal
+
+
+def _priced(row: DatedUsage, prices: CostSettings) -> _Priced:
+    held = store_usage.held_of(row)
+    return _Priced(row, price(held.usage(), prices), _cpu_hours(held), _memory_gib_hours(held))
+
+
+def _line(key: datetime | str | int | None, items: list[_Priced]) -> CostLine:
+    return CostLine(
+        key,
+        len({item.row.try_id for item in items}),
+        sum((item.cpu_hours for item in items), Decimal(0)),
+        sum((item.memory_gib_hours for item in items), Decimal(0)),
+        sum((item.cost for item in items), Cost()),
+    )
 
 
 def _cpu_hours(held: Held) -> Decimal:
